@@ -1,0 +1,221 @@
+"""The closed-form continuous-time (CfC) liquid cell with NCP masks on every weight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.scan import cfc_scan
+from velora_ens.models.lnn.sparse import WeightCache, as_mask, sparse_uniform_
+
+__all__ = ["NCPLiquidCell", "CFC_MODES"]
+
+CFC_MODES = ("default", "no_gate", "pure")
+
+
+class NCPLiquidCell(nn.Module):
+    """Closed-form continuous-time cell (Hasani et al. 2022) with wiring masks.
+
+    With ``z = [x, h]`` and elapsed time ``dt`` (default 1):
+
+    * ``default``: ``ff1 = tanh(W1 z + b1)``, ``ff2 = tanh(W2 z + b2)``,
+      ``g = sigmoid((Wa z + ba) * dt + (Wb z + bb))``, ``h' = ff1 * (1 - g) + g * ff2``;
+    * ``no_gate``: ``h' = ff1 + g * ff2``;
+    * ``pure``: ``h' = -A * exp(-dt * (|w_tau| + |f|)) * f + A`` with ``f = W1 z + b1``.
+
+    Masks apply to **every** weight matrix (the time gates included):
+
+    * input -> hidden follows ``mask`` (``(in_features, n_hidden)``, as
+      :meth:`velora_ens.wiring.Wiring.data` returns it);
+    * hidden -> hidden follows ``recurrent_mask`` (``(n_hidden, n_hidden)``), always
+      joined with the self-connections (a neuron sees its own state, like the leak term
+      of the ODE). ``None`` means dense recurrence, as in ncps' ``CfCCell``.
+
+    Synapse polarity is ignored unless ``sign_constrained=True``, in which case the input
+    weights of the ``ff1``/``ff2`` heads have the sign of their synapse (excitatory
+    ``+1``, inhibitory ``-1``) and learn only their magnitude.
+
+    ``forward(x, h=None, dt=None, episode_start=None) -> (y, h_new)`` takes one step
+    ``x: (B, in_features)`` or a sequence ``x: (B, L, in_features)`` (then ``y`` is every
+    step's state ``(B, L, n_hidden)`` and ``h_new`` the last one). ``y`` is the new state:
+    the next layer reads it.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_hidden: int,
+        mask: torch.Tensor | np.ndarray | None = None,
+        *,
+        recurrent_mask: torch.Tensor | np.ndarray | None = None,
+        mode: str = "default",
+        sign_constrained: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("n_hidden", n_hidden)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if mode not in CFC_MODES:
+            raise ValueError(f"mode must be one of {CFC_MODES}, got {mode!r}")
+        self.in_features, self.n_hidden, self.mode = int(in_features), int(n_hidden), mode
+        self.sign_constrained = bool(sign_constrained)
+        n_in, hid = self.in_features, self.n_hidden
+        heads = 1 if mode == "pure" else 4
+        self.n_heads = heads
+
+        signed = as_mask(mask, (n_in, hid)) if mask is not None else torch.ones(n_in, hid)
+        rec = (as_mask(recurrent_mask, (hid, hid), "recurrent_mask").abs()
+               if recurrent_mask is not None else torch.ones(hid, hid))
+        rec = torch.clamp(rec + torch.eye(hid), max=1.0)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.register_buffer("input_mask", signed.abs().t().repeat(heads, 1).to(**factory))
+        self.register_buffer("recurrent_mask", rec.t().repeat(heads, 1).to(**factory))
+        # Sign of each input weight for the sign-constrained heads (ff1, ff2), 0 elsewhere.
+        sign = torch.zeros(heads * hid, n_in)
+        if self.sign_constrained:
+            sign[: min(heads, 2) * hid] = signed.t().repeat(min(heads, 2), 1)
+        self.register_buffer("input_sign", sign.to(**factory))
+
+        self.input_weight = nn.Parameter(torch.empty(heads * hid, n_in, **factory))
+        self.recurrent_weight = nn.Parameter(torch.empty(heads * hid, hid, **factory))
+        self.bias = nn.Parameter(torch.empty(heads * hid, **factory))
+        if mode == "pure":
+            self.w_tau = nn.Parameter(torch.zeros(hid, **factory))
+            self.A = nn.Parameter(torch.ones(hid, **factory))
+        self._input_cache, self._recurrent_cache = WeightCache(), WeightCache()
+        self._joint_cache = WeightCache()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform init scaled by each neuron's real fan-in over ``[x, h]``; zero bias."""
+        joint = torch.cat([self.input_weight, self.recurrent_weight], dim=1).detach()
+        sparse_uniform_(joint, torch.cat([self.input_mask, self.recurrent_mask], dim=1))
+        with torch.no_grad():
+            self.input_weight.copy_(joint[:, : self.in_features])
+            self.recurrent_weight.copy_(joint[:, self.in_features :])
+            if self.sign_constrained:
+                constrained = self.input_sign != 0
+                self.input_weight[constrained] = self.input_weight[constrained].abs()
+            self.bias.zero_()
+            if self.mode == "pure":
+                self.w_tau.zero_()
+                self.A.fill_(1.0)
+
+    # ---------------------------------------------------------------- weights
+    def effective_input_weight(self) -> torch.Tensor:
+        """Masked (and sign-constrained) input weight, ``(heads * H, in)``."""
+
+        def compute() -> torch.Tensor:
+            w = self.input_weight
+            if self.sign_constrained:
+                w = torch.where(self.input_sign != 0, w.abs() * self.input_sign, w)
+            return w * self.input_mask
+
+        return self._input_cache.get((self.input_weight, self.input_mask), compute)
+
+    def effective_recurrent_weight(self) -> torch.Tensor:
+        """Masked recurrent weight, ``(heads * H, H)``."""
+        return self._recurrent_cache.get(
+            (self.recurrent_weight, self.recurrent_mask),
+            lambda: self.recurrent_weight * self.recurrent_mask)
+
+    def joint_weight(self) -> torch.Tensor:
+        """``[W_in | W_hh]^T`` masked, ``(in + H, heads * H)``: one matmul per step on
+        ``[x, h]``. Cached while gradients are off."""
+        return self._joint_cache.get(
+            (self.input_weight, self.recurrent_weight, self.input_mask),
+            lambda: torch.cat([self.effective_input_weight(),
+                               self.effective_recurrent_weight()], 1).t())
+
+    def project_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Input part of every head plus bias, ``(..., heads * H)``; one matmul for all steps."""
+        return torch.nn.functional.linear(x, self.effective_input_weight(), self.bias)
+
+    # ---------------------------------------------------------------- maths
+    def step(
+        self,
+        u: torch.Tensor,
+        h: torch.Tensor,
+        w_hh: torch.Tensor,
+        dt: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One step from a projected input ``u`` (``project_input``) and the state ``h``.
+
+        ``w_hh`` is ``effective_recurrent_weight().t()``. Plain autograd; this is the
+        reference the fused sequence path (:mod:`velora_ens.models.lnn.scan`) is tested
+        against.
+        """
+        return self.activate(torch.addmm(u, h, w_hh), dt)
+
+    def activate(self, a: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
+        """New state from the pre-activations ``a = W z + b`` of all heads."""
+        hid = self.n_hidden
+        if self.mode == "pure":
+            ts = 1.0 if dt is None else dt
+            return -self.A * torch.exp(-ts * (self.w_tau.abs() + a.abs())) * a + self.A
+        a1, a2, t_a, t_b = a.split(hid, dim=1)
+        ff1, ff2 = torch.tanh(a1), torch.tanh(a2)
+        gate = torch.sigmoid(t_a + t_b if dt is None else torch.addcmul(t_b, t_a, dt))
+        if self.mode == "no_gate":
+            return torch.addcmul(ff1, gate, ff2)
+        return torch.lerp(ff1, ff2, gate)  # ff1 * (1 - gate) + gate * ff2
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor | None = None,
+        dt: torch.Tensor | float | None = None,
+        episode_start: torch.Tensor | None = None,
+        *,
+        fused: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``.
+
+        ``fused=False`` forces the step-by-step autograd loop (for testing).
+        """
+        who = type(self).__name__
+        x = as_features(x, self.in_features, self.input_weight, who)
+        batch = x.shape[0]
+        steps = x.shape[1] if x.dim() == 3 else None
+        h = as_state(h, batch, self.n_hidden, self.input_weight, who)
+        dt = as_elapsed_time(dt, batch, steps, self.input_weight, who)
+        keep = as_keep_mask(episode_start, batch, steps, self.input_weight, who)
+        if steps is None:
+            if keep is not None:
+                h = h * keep
+            if torch.is_grad_enabled():
+                w_hh = self.effective_recurrent_weight().t()
+                h_new = self.step(self.project_input(x), h, w_hh, dt)
+            else:  # inference: one matmul against the cached joint weight [W_in | W_hh]^T
+                joint = self.joint_weight()
+                h_new = self.activate(torch.addmm(self.bias, torch.cat([x, h], 1), joint), dt)
+            return h_new, h_new
+        # Time-major projection of every step at once.
+        w_hh = self.effective_recurrent_weight().t()
+        u = self.project_input(x.transpose(0, 1))
+        dt_tm = None if dt is None else dt.transpose(0, 1)
+        keep_tm = None if keep is None else keep.transpose(0, 1)
+        if fused and self.mode != "pure" and not (dt_tm is not None and dt_tm.requires_grad):
+            states = cfc_scan(u.contiguous(), w_hh, h, dt_tm, keep_tm, self.mode)
+        else:
+            out = []
+            for t in range(steps):
+                if keep_tm is not None:
+                    h = h * keep_tm[t]
+                h = self.step(u[t], h, w_hh, None if dt_tm is None else dt_tm[t])
+                out.append(h)
+            states = torch.stack(out)
+        return states.transpose(0, 1), states[-1]
+
+    def extra_repr(self) -> str:
+        synapses = int(self.input_mask[: self.n_hidden].count_nonzero())
+        recurrent = int(self.recurrent_mask[: self.n_hidden].count_nonzero())
+        return (f"in_features={self.in_features}, n_hidden={self.n_hidden}, mode={self.mode!r}, "
+                f"input_synapses={synapses}, recurrent_synapses={recurrent}, "
+                f"sign_constrained={self.sign_constrained}")

@@ -1,0 +1,168 @@
+"""Liquid time-constant (LTC) cell: the ODE form, solved by fused semi-implicit Euler.
+
+Follows the update of ncps' ``LTCCell`` (velora_ncps.md section 2.3), with the wiring's
+masks and polarities: each synapse's reversal potential starts at its polarity
+(``+1`` excitatory, ``-1`` inhibitory) and is learned. Positive quantities
+(conductances ``w``, capacitance ``cm``, leak ``gleak``) are kept positive with a
+softplus by default (``implicit_constraints=True``); their raw values are initialised
+so that the *effective* values start in ncps' ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.sparse import as_mask
+
+__all__ = ["LTCCell"]
+
+
+def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class LTCCell(nn.Module):
+    """LTC neurons ``n_hidden`` driven by ``in_features`` sensory inputs.
+
+    With membrane potential ``v``, sensory input ``x`` (affine-mapped per feature) and
+    ``K = ode_unfolds`` sub-steps of size ``dt / K``::
+
+        s_ij  = w+_ij * sigmoid(sigma_ij * (x_i - mu_ij)) * |S_ij|       (sensory synapses)
+        a_ij  = w+_ij * sigmoid(sigma_ij * (v_i - mu_ij)) * |R_ij|       (recurrent synapses)
+        v_j  <- (cm_j/(dt/K) * v_j + gleak_j * vleak_j + sum_i a_ij erev_ij + sum_i s_ij serev_ij)
+                / (cm_j/(dt/K) + gleak_j + sum_i a_ij + sum_i s_ij + eps)
+
+    ``mask`` ``(in_features, n_hidden)`` and ``recurrent_mask`` ``(n_hidden, n_hidden)``
+    are signed wiring masks; ``None`` means fully connected with random polarities.
+    ``forward`` has the same contract as :class:`~velora_ens.models.lnn.cell.NCPLiquidCell`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_hidden: int,
+        mask: torch.Tensor | np.ndarray | None = None,
+        *,
+        recurrent_mask: torch.Tensor | np.ndarray | None = None,
+        ode_unfolds: int = 6,
+        epsilon: float = 1e-8,
+        implicit_constraints: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (("in_features", in_features, 1), ("n_hidden", n_hidden, 1),
+                                 ("ode_unfolds", ode_unfolds, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.in_features, self.n_hidden = int(in_features), int(n_hidden)
+        self.ode_unfolds, self.epsilon = int(ode_unfolds), float(epsilon)
+        self.implicit_constraints = bool(implicit_constraints)
+        n_in, hid = self.in_features, self.n_hidden
+
+        def signed_or_random(m, shape, name):
+            if m is not None:
+                return as_mask(m, shape, name)
+            return torch.where(torch.rand(shape) < 0.5, -1.0, 1.0)
+
+        sensory = signed_or_random(mask, (n_in, hid), "mask")
+        recurrent = signed_or_random(recurrent_mask, (hid, hid), "recurrent_mask")
+        kw = {"device": device, "dtype": dtype}
+        self.register_buffer("sensory_mask", sensory.abs().to(**kw))
+        self.register_buffer("recurrent_mask", recurrent.abs().to(**kw))
+
+        def param(shape, low, high, positive=False):
+            value = torch.empty(shape, **kw).uniform_(low, high)
+            if positive and self.implicit_constraints:
+                value = _inverse_softplus(value)
+            return nn.Parameter(value)
+
+        self.gleak = param((hid,), 0.001, 1.0, positive=True)
+        self.vleak = param((hid,), -0.2, 0.2)
+        self.cm = param((hid,), 0.4, 0.6, positive=True)
+        self.w = param((hid, hid), 0.001, 1.0, positive=True)
+        self.sigma = param((hid, hid), 3.0, 8.0)
+        self.mu = param((hid, hid), 0.3, 0.8)
+        self.erev = nn.Parameter(recurrent.to(**kw).clone())
+        self.sensory_w = param((n_in, hid), 0.001, 1.0, positive=True)
+        self.sensory_sigma = param((n_in, hid), 3.0, 8.0)
+        self.sensory_mu = param((n_in, hid), 0.3, 0.8)
+        self.sensory_erev = nn.Parameter(sensory.to(**kw).clone())
+        self.input_w = nn.Parameter(torch.ones(n_in, **kw))
+        self.input_b = nn.Parameter(torch.zeros(n_in, **kw))
+
+    def _positive(self, p: torch.Tensor) -> torch.Tensor:
+        return F.softplus(p) if self.implicit_constraints else p
+
+    @torch.no_grad()
+    def apply_weight_constraints(self) -> None:
+        """Clip positive parameters at zero; needed only with ``implicit_constraints=False``."""
+        if not self.implicit_constraints:
+            for p in (self.w, self.sensory_w, self.cm, self.gleak):
+                p.clamp_(min=0.0)
+
+    def sensory_drive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Numerator and denominator contributions of the sensory synapses, ``(..., H)``."""
+        xi = x * self.input_w + self.input_b
+        act = torch.sigmoid(self.sensory_sigma * (xi.unsqueeze(-1) - self.sensory_mu))
+        act = self._positive(self.sensory_w) * act * self.sensory_mask
+        return (act * self.sensory_erev).sum(-2), act.sum(-2)
+
+    def step(
+        self,
+        num_s: torch.Tensor,
+        den_s: torch.Tensor,
+        v: torch.Tensor,
+        dt: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One elapsed-time step: ``K`` semi-implicit Euler unfolds."""
+        cm = self._positive(self.cm)
+        cm_t = cm * self.ode_unfolds if dt is None else cm / (dt / self.ode_unfolds)
+        gleak = self._positive(self.gleak)
+        w = self._positive(self.w) * self.recurrent_mask
+        w_erev = w * self.erev
+        leak = gleak * self.vleak
+        for _ in range(self.ode_unfolds):
+            act = torch.sigmoid(self.sigma * (v.unsqueeze(-1) - self.mu))
+            num = cm_t * v + leak + (act * w_erev).sum(-2) + num_s
+            den = cm_t + gleak + (act * w).sum(-2) + den_s
+            v = num / (den + self.epsilon)
+        return v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor | None = None,
+        dt: torch.Tensor | float | None = None,
+        episode_start: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``."""
+        who = type(self).__name__
+        x = as_features(x, self.in_features, self.vleak, who)
+        batch = x.shape[0]
+        steps = x.shape[1] if x.dim() == 3 else None
+        v = as_state(h, batch, self.n_hidden, self.vleak, who)
+        dt = as_elapsed_time(dt, batch, steps, self.vleak, who)
+        keep = as_keep_mask(episode_start, batch, steps, self.vleak, who)
+        num_s, den_s = self.sensory_drive(x)
+        if steps is None:
+            if keep is not None:
+                v = v * keep
+            v = self.step(num_s, den_s, v, dt)
+            return v, v
+        out = []
+        for t in range(steps):
+            if keep is not None:
+                v = v * keep[:, t]
+            v = self.step(num_s[:, t], den_s[:, t], v, None if dt is None else dt[:, t])
+            out.append(v)
+        states = torch.stack(out, dim=1)
+        return states, v
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, n_hidden={self.n_hidden}, "
+                f"ode_unfolds={self.ode_unfolds}, implicit_constraints={self.implicit_constraints}")

@@ -1,0 +1,138 @@
+"""Fused time loop of the closed-form (CfC) cell with a hand-written backward pass.
+
+Autograd records every small op of every time step, and on a CPU that bookkeeping,
+not the arithmetic, dominates a liquid network's training step. :class:`CfCScan` runs
+the loop without recording anything and back-propagates through time with a few
+tensor ops per step, from quantities it vectorises over the whole sequence.
+
+Layout: all tensors are time-major, ``(L, B, ...)``; ``u`` already holds the input
+projection plus bias of the four heads ``[ff1 | ff2 | time_a | time_b]``, so one
+step is ``a = u_t + h_in @ w_hh``, with ``h_in = h_{t-1} * keep_t`` and
+
+* ``default``:  ``h_t = ff1 + g * (ff2 - ff1)``,
+* ``no_gate``:  ``h_t = ff1 + g * ff2``,
+
+where ``ff1 = tanh(a_1)``, ``ff2 = tanh(a_2)``, ``g = sigmoid(a_a * dt_t + a_b)``.
+The reference implementation of the same maths with ordinary autograd is
+:meth:`velora_ens.models.lnn.cell.NCPLiquidCell.step`; tests compare the two.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["CfCScan", "cfc_scan"]
+
+_MODES = {"default": 0, "no_gate": 1}
+
+
+def _forward(
+    u: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor,
+    dt: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    mode: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the loop; return states ``(L, B, H)``, tanh heads ``(L, B, 2H)``, gates."""
+    steps, batch, four_h = u.shape
+    hid = four_h // 4
+    states = u.new_empty(steps, batch, hid)
+    ffs = u.new_empty(steps, batch, 2 * hid)
+    gates = u.new_empty(steps, batch, hid)
+    h = h0
+    for t in range(steps):
+        if keep is not None:
+            h = h * keep[t]
+        a = torch.addmm(u[t], h, w_hh)
+        ff = torch.tanh(a[:, : 2 * hid], out=ffs[t])
+        if dt is None:
+            pre = a[:, 2 * hid : 3 * hid] + a[:, 3 * hid :]
+        else:
+            pre = torch.addcmul(a[:, 3 * hid :], a[:, 2 * hid : 3 * hid], dt[t])
+        g = torch.sigmoid(pre, out=gates[t])
+        ff1, ff2 = ff[:, :hid], ff[:, hid:]
+        if mode == 0:
+            h = torch.lerp(ff1, ff2, g, out=states[t])
+        else:
+            h = torch.addcmul(ff1, g, ff2, out=states[t])
+    return states, ffs, gates
+
+
+class CfCScan(torch.autograd.Function):
+    """``states = CfCScan.apply(u, w_hh, h0, dt, keep, mode)``; see the module docstring.
+
+    Gradients flow to ``u``, ``w_hh`` and ``h0``; ``dt`` and ``keep`` are treated as data.
+    First-order only (no double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, u, w_hh, h0, dt, keep, mode):  # type: ignore[override]
+        states, ffs, gates = _forward(u, w_hh, h0, dt, keep, mode)
+        ctx.mode = mode
+        ctx.save_for_backward(w_hh, h0, dt, keep, states, ffs, gates)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):  # type: ignore[override]
+        w_hh, h0, dt, keep, states, ffs, gates = ctx.saved_tensors
+        steps, batch, hid = states.shape
+        ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
+        one_minus_g = 1.0 - gates
+        dsig = gates * one_minus_g
+        # d h_t / d a_* for every step at once, stacked as (L, B, 4, H).
+        coef = ffs.new_empty(steps, batch, 4, hid)
+        if ctx.mode == 0:
+            torch.mul(one_minus_g, 1.0 - ff1 * ff1, out=coef[:, :, 0])
+            torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
+            dz = (ff2 - ff1) * dsig
+        else:
+            coef[:, :, 0] = 1.0 - ff1 * ff1
+            torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
+            dz = ff2 * dsig
+        if dt is None:
+            coef[:, :, 2] = dz
+        else:
+            torch.mul(dz, dt, out=coef[:, :, 2])
+        coef[:, :, 3] = dz
+
+        grad_a = torch.empty_like(coef)
+        w_hh_t = w_hh.t()
+        carry = torch.zeros_like(h0)
+        grad_states = grad_states.contiguous()
+        for t in range(steps - 1, -1, -1):
+            dh = grad_states[t] + carry
+            torch.mul(coef[t], dh.unsqueeze(1), out=grad_a[t])
+            carry = torch.mm(grad_a[t].view(batch, 4 * hid), w_hh_t)
+            if keep is not None:
+                carry = carry * keep[t]
+        grad_u = grad_a.view(steps, batch, 4 * hid)
+
+        grad_w = grad_h0 = None
+        if ctx.needs_input_grad[1]:
+            h_prev = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)
+            if keep is not None:
+                h_prev = h_prev * keep
+            grad_w = torch.mm(h_prev.reshape(-1, hid).t(), grad_u.reshape(-1, 4 * hid))
+        if ctx.needs_input_grad[2]:
+            grad_h0 = carry
+        return grad_u, grad_w, grad_h0, None, None, None
+
+
+def cfc_scan(
+    u: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor,
+    dt: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    mode: str,
+) -> torch.Tensor:
+    """States ``(L, B, H)`` of the CfC recurrence over time-major ``u`` ``(L, B, 4H)``.
+
+    Uses the fused :class:`CfCScan` when gradients are needed and the plain loop
+    (which records nothing) otherwise.
+    """
+    code = _MODES[mode]
+    if torch.is_grad_enabled() and (u.requires_grad or w_hh.requires_grad or h0.requires_grad):
+        return CfCScan.apply(u, w_hh, h0, dt, keep, code)
+    return _forward(u, w_hh, h0, dt, keep, code)[0]
