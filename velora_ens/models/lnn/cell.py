@@ -10,7 +10,7 @@ from torch import nn
 
 from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
 from velora_ens.models.lnn.scan import cfc_scan
-from velora_ens.models.lnn.sparse import WeightCache, as_mask, sparse_uniform_
+from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
 
 __all__ = ["NCPLiquidCell", "CFC_MODES"]
 
@@ -88,8 +88,7 @@ class NCPLiquidCell(nn.Module):
         if mode == "pure":
             self.w_tau = nn.Parameter(torch.zeros(hid, **factory))
             self.A = nn.Parameter(torch.ones(hid, **factory))
-        self._input_cache, self._recurrent_cache = WeightCache(), WeightCache()
-        self._joint_cache = WeightCache()
+        self.fused = True  # sequences use the fused scan (see velora_ens.models.lnn.scan)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -110,28 +109,14 @@ class NCPLiquidCell(nn.Module):
     # ---------------------------------------------------------------- weights
     def effective_input_weight(self) -> torch.Tensor:
         """Masked (and sign-constrained) input weight, ``(heads * H, in)``."""
-
-        def compute() -> torch.Tensor:
-            w = self.input_weight
-            if self.sign_constrained:
-                w = torch.where(self.input_sign != 0, w.abs() * self.input_sign, w)
-            return w * self.input_mask
-
-        return self._input_cache.get((self.input_weight, self.input_mask), compute)
+        w = self.input_weight
+        if self.sign_constrained:
+            w = torch.where(self.input_sign != 0, w.abs() * self.input_sign, w)
+        return w * self.input_mask
 
     def effective_recurrent_weight(self) -> torch.Tensor:
         """Masked recurrent weight, ``(heads * H, H)``."""
-        return self._recurrent_cache.get(
-            (self.recurrent_weight, self.recurrent_mask),
-            lambda: self.recurrent_weight * self.recurrent_mask)
-
-    def joint_weight(self) -> torch.Tensor:
-        """``[W_in | W_hh]^T`` masked, ``(in + H, heads * H)``: one matmul per step on
-        ``[x, h]``. Cached while gradients are off."""
-        return self._joint_cache.get(
-            (self.input_weight, self.recurrent_weight, self.input_mask),
-            lambda: torch.cat([self.effective_input_weight(),
-                               self.effective_recurrent_weight()], 1).t())
+        return self.recurrent_weight * self.recurrent_mask
 
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
         """Input part of every head plus bias, ``(..., heads * H)``; one matmul for all steps."""
@@ -159,7 +144,7 @@ class NCPLiquidCell(nn.Module):
         if self.mode == "pure":
             ts = 1.0 if dt is None else dt
             return -self.A * torch.exp(-ts * (self.w_tau.abs() + a.abs())) * a + self.A
-        a1, a2, t_a, t_b = a.split(hid, dim=1)
+        a1, a2, t_a, t_b = a.view(-1, 4, hid).unbind(1)
         ff1, ff2 = torch.tanh(a1), torch.tanh(a2)
         gate = torch.sigmoid(t_a + t_b if dt is None else torch.addcmul(t_b, t_a, dt))
         if self.mode == "no_gate":
@@ -173,12 +158,14 @@ class NCPLiquidCell(nn.Module):
         dt: torch.Tensor | float | None = None,
         episode_start: torch.Tensor | None = None,
         *,
-        fused: bool = True,
+        fused: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``.
 
-        ``fused=False`` forces the step-by-step autograd loop (for testing).
+        ``fused=False`` (or the attribute ``cell.fused = False``) forces the step-by-step
+        autograd loop for sequences, the reference the fused scan is tested against.
         """
+        fused = self.fused if fused is None else fused
         who = type(self).__name__
         x = as_features(x, self.in_features, self.input_weight, who)
         batch = x.shape[0]
@@ -189,12 +176,7 @@ class NCPLiquidCell(nn.Module):
         if steps is None:
             if keep is not None:
                 h = h * keep
-            if torch.is_grad_enabled():
-                w_hh = self.effective_recurrent_weight().t()
-                h_new = self.step(self.project_input(x), h, w_hh, dt)
-            else:  # inference: one matmul against the cached joint weight [W_in | W_hh]^T
-                joint = self.joint_weight()
-                h_new = self.activate(torch.addmm(self.bias, torch.cat([x, h], 1), joint), dt)
+            h_new = self.step(self.project_input(x), h, self.effective_recurrent_weight().t(), dt)
             return h_new, h_new
         # Time-major projection of every step at once.
         w_hh = self.effective_recurrent_weight().t()

@@ -120,17 +120,20 @@ class LTCCell(nn.Module):
         dt: torch.Tensor | None,
     ) -> torch.Tensor:
         """One elapsed-time step: ``K`` semi-implicit Euler unfolds."""
+        # ncps' update v <- (cm/h v + N) / (cm/h + D + eps), h = dt/K, multiplied through
+        # by h so that dt = 0 is well defined (the state does not move).
         cm = self._positive(self.cm)
-        cm_t = cm * self.ode_unfolds if dt is None else cm / (dt / self.ode_unfolds)
+        sub = 1.0 / self.ode_unfolds if dt is None else dt / self.ode_unfolds
         gleak = self._positive(self.gleak)
         w = self._positive(self.w) * self.recurrent_mask
         w_erev = w * self.erev
-        leak = gleak * self.vleak
+        leak = gleak * self.vleak + num_s
+        rest = gleak + den_s + self.epsilon
         for _ in range(self.ode_unfolds):
             act = torch.sigmoid(self.sigma * (v.unsqueeze(-1) - self.mu))
-            num = cm_t * v + leak + (act * w_erev).sum(-2) + num_s
-            den = cm_t + gleak + (act * w).sum(-2) + den_s
-            v = num / (den + self.epsilon)
+            num = cm * v + sub * (leak + (act * w_erev).sum(-2))
+            den = cm + sub * (rest + (act * w).sum(-2))
+            v = num / den
         return v
 
     def forward(

@@ -73,7 +73,7 @@ class LiquidNCPNetwork(nn.Module):
         mode: str = "default",
         sparsity_level: float = 0.5,
         seed: int | None = None,
-        activation: str = "mish",
+        activation: str = "silu",
         ode_unfolds: int = 6,
         sign_constrained: bool = False,
         device: torch.device | str | None = None,
@@ -131,14 +131,14 @@ class LiquidNCPNetwork(nn.Module):
         return self.motor(states), h_new
 
     def _inference_step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step with gradients off: the same maths as ``forward`` with cached masked
-        weights and no per-layer module calls (acting in an environment is latency-bound)."""
+        """One step with gradients off: the same maths as ``forward`` without the per-layer
+        module calls and checks (acting in an environment is latency-bound at batch 1)."""
         cmd = self.command
         h = as_state(h, x.shape[0], self.hidden_size, x, type(self).__name__)
         inter, motor = self.inter, self.motor
         u = self._act(torch.addmm(inter.bias, x, inter.masked_weight().t()))
-        joint = cmd.joint_weight()
-        h_new = cmd.activate(torch.addmm(cmd.bias, torch.cat([u, h], 1), joint), None)
+        a = torch.addmm(cmd.project_input(u), h, cmd.effective_recurrent_weight().t())
+        h_new = cmd.activate(a, None)
         return torch.addmm(motor.bias, h_new, motor.masked_weight().t()), h_new
 
     def get_config(self) -> dict:
@@ -171,7 +171,7 @@ class NCPNetwork(nn.Module):
         *,
         sparsity_level: float = 0.5,
         seed: int | None = None,
-        activation: str = "mish",
+        activation: str = "silu",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -40,22 +40,24 @@ def _forward(
     states = u.new_empty(steps, batch, hid)
     ffs = u.new_empty(steps, batch, 2 * hid)
     gates = u.new_empty(steps, batch, hid)
+    # Views for every step, made once (indexing inside the loop costs more than the maths).
+    u_t, s_t, f_t, g_t = u.unbind(0), states.unbind(0), ffs.unbind(0), gates.unbind(0)
+    ff1_t, ff2_t = ffs[..., :hid].unbind(0), ffs[..., hid:].unbind(0)
+    dt_t = None if dt is None else dt.unbind(0)
+    keep_t = None if keep is None else keep.unbind(0)
+    sizes = [2 * hid, hid, hid]
     h = h0
     for t in range(steps):
-        if keep is not None:
-            h = h * keep[t]
-        a = torch.addmm(u[t], h, w_hh)
-        ff = torch.tanh(a[:, : 2 * hid], out=ffs[t])
-        if dt is None:
-            pre = a[:, 2 * hid : 3 * hid] + a[:, 3 * hid :]
-        else:
-            pre = torch.addcmul(a[:, 3 * hid :], a[:, 2 * hid : 3 * hid], dt[t])
-        g = torch.sigmoid(pre, out=gates[t])
-        ff1, ff2 = ff[:, :hid], ff[:, hid:]
+        if keep_t is not None:
+            h = h * keep_t[t]
+        a_ff, a_a, a_b = torch.addmm(u_t[t], h, w_hh).split_with_sizes(sizes, dim=1)
+        torch.tanh(a_ff, out=f_t[t])
+        pre = a_a + a_b if dt_t is None else torch.addcmul(a_b, a_a, dt_t[t])
+        g = torch.sigmoid(pre, out=g_t[t])
         if mode == 0:
-            h = torch.lerp(ff1, ff2, g, out=states[t])
+            h = torch.lerp(ff1_t[t], ff2_t[t], g, out=s_t[t])
         else:
-            h = torch.addcmul(ff1, g, ff2, out=states[t])
+            h = torch.addcmul(ff1_t[t], g, ff2_t[t], out=s_t[t])
     return states, ffs, gates
 
 
@@ -97,16 +99,17 @@ class CfCScan(torch.autograd.Function):
         coef[:, :, 3] = dz
 
         grad_a = torch.empty_like(coef)
+        grad_u = grad_a.view(steps, batch, 4 * hid)
         w_hh_t = w_hh.t()
         carry = torch.zeros_like(h0)
-        grad_states = grad_states.contiguous()
+        coef_t, ga_t, gu_t = coef.unbind(0), grad_a.unbind(0), grad_u.unbind(0)
+        gs_t = grad_states.contiguous().unbind(0)
+        keep_t = None if keep is None else keep.unbind(0)
         for t in range(steps - 1, -1, -1):
-            dh = grad_states[t] + carry
-            torch.mul(coef[t], dh.unsqueeze(1), out=grad_a[t])
-            carry = torch.mm(grad_a[t].view(batch, 4 * hid), w_hh_t)
-            if keep is not None:
-                carry = carry * keep[t]
-        grad_u = grad_a.view(steps, batch, 4 * hid)
+            torch.mul(coef_t[t], (gs_t[t] + carry).unsqueeze(1), out=ga_t[t])
+            carry = torch.mm(gu_t[t], w_hh_t)
+            if keep_t is not None:
+                carry = carry * keep_t[t]
 
         grad_w = grad_h0 = None
         if ctx.needs_input_grad[1]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["SparseLinear", "WeightCache", "as_mask", "sparse_uniform_"]
+__all__ = ["SparseLinear", "as_mask", "sparse_uniform_"]
 
 
 def as_mask(mask: torch.Tensor | np.ndarray, shape: tuple[int, int], name: str = "mask") -> torch.Tensor:
@@ -44,32 +44,6 @@ def sparse_uniform_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-class WeightCache:
-    """Reuses a derived weight (e.g. ``W * mask``) while gradients are off.
-
-    Inference calls one step at a time, and recomputing every masked weight on each call
-    costs more than the step's arithmetic at batch 1. The cached value is keyed on the
-    storage and version counter of its sources, so any in-place update (an optimiser
-    step, ``load_state_dict``) or a move to another device invalidates it. With gradients
-    on, the weight is always recomputed so autograd sees the masking.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value: torch.Tensor | None = None
-
-    def get(self, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return compute()
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources)
-        if key != self._key or self._value is None:
-            self._value, self._key = compute(), key
-        return self._value
-
-    def __deepcopy__(self, memo: dict) -> WeightCache:
-        return WeightCache()
-
-
 class SparseLinear(nn.Module):
     """A linear layer whose connections follow a wiring mask.
 
@@ -103,7 +77,6 @@ class SparseLinear(nn.Module):
         self.register_buffer("mask", signed.abs().t().contiguous().to(device=device, dtype=dtype))
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         self.bias = nn.Parameter(torch.empty(self.out_features, **factory)) if bias else None
-        self._weight_cache = WeightCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -115,7 +88,7 @@ class SparseLinear(nn.Module):
 
     def masked_weight(self) -> torch.Tensor:
         """The effective weight ``W * mask`` (out, in)."""
-        return self._weight_cache.get((self.weight, self.mask), lambda: self.weight * self.mask)
+        return self.weight * self.mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -1,0 +1,31 @@
+"""GPU paths: run where CUDA is present, skipped cleanly otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from velora_ens.models import LiquidNCPNetwork
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("cell", ["cfc", "ltc"])
+def test_cuda_matches_cpu_forward_and_gradients(cell):
+    torch.manual_seed(0)
+    cpu = LiquidNCPNetwork(5, 8, 2, cell=cell, seed=0).double()
+    gpu = LiquidNCPNetwork(5, 8, 2, cell=cell, seed=0).double().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(3, 6, 5, dtype=torch.float64)
+    dt = torch.rand(3, 6, 1, dtype=torch.float64) + 0.1
+    start = torch.zeros(3, 6)
+    start[1, 3] = 1
+    y_cpu, h_cpu = cpu(x, dt=dt, episode_start=start)
+    y_gpu, h_gpu = gpu(x.cuda(), dt=dt.cuda(), episode_start=start.cuda())
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu)
+    torch.testing.assert_close(h_gpu.cpu(), h_cpu)
+    (y_cpu.square().sum() + h_cpu.sum()).backward()
+    (y_gpu.square().sum() + h_gpu.sum()).backward()
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, msg=name)
