@@ -83,7 +83,7 @@ def build_cases(include_ncps: bool) -> list[Case]:
              lambda x, s: lstm(x.unsqueeze(1), s), 20),
     ]
     if include_ncps:
-        from ncps.torch import CfC, LTC
+        from ncps.torch import LTC, CfC
         from ncps.wirings import AutoNCP
 
         cfc = CfC(FEATURES, AutoNCP(20, 1, seed=0), batch_first=True)

@@ -27,5 +27,5 @@ def test_cuda_matches_cpu_forward_and_gradients(cell):
     torch.testing.assert_close(h_gpu.cpu(), h_cpu)
     (y_cpu.square().sum() + h_cpu.sum()).backward()
     (y_gpu.square().sum() + h_gpu.sum()).backward()
-    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, msg=name)

@@ -204,7 +204,9 @@ class Wiring:
         expected = {"in_features", "n_neurons", "out_features", "sparsity_level", "seed"}
         if not isinstance(config, dict) or set(config) != expected:
             got = sorted(config) if isinstance(config, dict) else type(config).__name__
-            raise ValueError(f"Wiring config must have exactly the keys {sorted(expected)}, got {got}")
+            raise ValueError(
+                f"Wiring config must have exactly the keys {sorted(expected)}, got {got}"
+            )
         return cls(
             config["in_features"],
             config["n_neurons"],
@@ -246,11 +248,12 @@ class Wiring:
     def __repr__(self) -> str:
         c = self.counts
         return (
-            f"Wiring(sensory={c.sensory}, inter={c.inter}, command={c.command}, motor={c.motor}, "
-            f"sparsity_level={self.sparsity_level}, seed={self.seed}, synapses={self.n_connections})"
+            f"Wiring(sensory={c.sensory}, inter={c.inter}, command={c.command}, "
+            f"motor={c.motor}, sparsity_level={self.sparsity_level}, seed={self.seed}, "
+            f"synapses={self.n_connections})"
         )
 
 
 def asdict_masks(masks: LayerMasks) -> dict[str, torch.Tensor]:
-    """The masks of a :class:`LayerMasks` by name (``inter``, ``command``, ``motor``, ``recurrent``)."""
+    """The masks of a :class:`LayerMasks` by name: inter, command, motor, recurrent."""
     return {k: getattr(masks, k) for k in ("inter", "command", "motor", "recurrent")}

@@ -130,7 +130,9 @@ class LiquidNCPNetwork(nn.Module):
         states, h_new = self.command(u, h, dt, episode_start)
         return self.motor(states), h_new
 
-    def _inference_step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inference_step(
+        self, x: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step with gradients off: the same maths as ``forward`` without the per-layer
         module calls and checks (acting in an environment is latency-bound at batch 1)."""
         cmd = self.command

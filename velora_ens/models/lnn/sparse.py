@@ -10,7 +10,9 @@ from torch.nn import functional as F
 __all__ = ["SparseLinear", "as_mask", "sparse_uniform_"]
 
 
-def as_mask(mask: torch.Tensor | np.ndarray, shape: tuple[int, int], name: str = "mask") -> torch.Tensor:
+def as_mask(
+    mask: torch.Tensor | np.ndarray, shape: tuple[int, int], name: str = "mask"
+) -> torch.Tensor:
     """Validate a signed adjacency mask of shape ``(in, out)``; return it as float32.
 
     Entries must be -1, 0 or +1 (polarity is kept; callers take ``abs`` for
@@ -22,7 +24,9 @@ def as_mask(mask: torch.Tensor | np.ndarray, shape: tuple[int, int], name: str =
         raise ValueError(f"{name} must be a torch.Tensor or numpy array of shape {shape}, "
                          f"got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected (in, out) = {tuple(shape)}")
+        raise ValueError(
+            f"{name} has shape {tuple(mask.shape)}, expected (in, out) = {tuple(shape)}"
+        )
     mask = mask.detach().to(torch.float32)
     bad = ~((mask == 0) | (mask == 1) | (mask == -1))
     if bool(bad.any()):
@@ -73,7 +77,8 @@ class SparseLinear(nn.Module):
         self.out_features = int(out_features)
         signed = as_mask(mask, (self.in_features, self.out_features))
         factory = {"device": device, "dtype": dtype}
-        self.register_buffer("polarity", signed.t().contiguous().to(device=device, dtype=torch.int8))
+        polarity = signed.t().contiguous().to(device=device, dtype=torch.int8)
+        self.register_buffer("polarity", polarity)
         self.register_buffer("mask", signed.abs().t().contiguous().to(device=device, dtype=dtype))
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         self.bias = nn.Parameter(torch.empty(self.out_features, **factory)) if bias else None
