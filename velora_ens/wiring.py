@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from velora_ens._validation import check_int
+
 __all__ = ["LayerMasks", "NeuronCounts", "SynapseCounts", "Wiring"]
 
 _LAYERS = ("sensory", "inter", "command", "motor")
@@ -60,12 +62,6 @@ class LayerMasks:
     recurrent: torch.Tensor
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 class Wiring:
     """Seeded NCP wiring between ``in_features`` sensory and ``out_features`` motor neurons.
 
@@ -94,9 +90,9 @@ class Wiring:
         sparsity_level: float = 0.5,
         seed: int | None = None,
     ) -> None:
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
-        self.n_neurons = _check_int("n_neurons", n_neurons, 2)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
+        self.n_neurons = check_int("n_neurons", n_neurons, 2)
         if self.n_neurons < self.out_features:
             raise ValueError(
                 f"n_neurons={n_neurons} is too few for out_features={out_features}: "
@@ -110,7 +106,7 @@ class Wiring:
         self.sparsity_level = float(sparsity_level)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
 
         n_command = max(int(0.4 * self.n_neurons), 1)
         self.counts = NeuronCounts(

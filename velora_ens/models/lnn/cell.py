@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
 from velora_ens.models.lnn.scan import cfc_scan
 from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
@@ -58,12 +59,11 @@ class NCPLiquidCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("n_hidden", n_hidden)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if mode not in CFC_MODES:
             raise ValueError(f"mode must be one of {CFC_MODES}, got {mode!r}")
-        self.in_features, self.n_hidden, self.mode = int(in_features), int(n_hidden), mode
+        self.in_features = check_int("in_features", in_features, 1)
+        self.n_hidden = check_int("n_hidden", n_hidden, 1)
+        self.mode = mode
         self.sign_constrained = bool(sign_constrained)
         n_in, hid = self.in_features, self.n_hidden
         heads = 1 if mode == "pure" else 4

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
 from velora_ens.models.lnn.sparse import as_mask
 
@@ -55,12 +56,10 @@ class LTCCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value, low in (("in_features", in_features, 1), ("n_hidden", n_hidden, 1),
-                                 ("ode_unfolds", ode_unfolds, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        self.in_features, self.n_hidden = int(in_features), int(n_hidden)
-        self.ode_unfolds, self.epsilon = int(ode_unfolds), float(epsilon)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.n_hidden = check_int("n_hidden", n_hidden, 1)
+        self.ode_unfolds = check_int("ode_unfolds", ode_unfolds, 1)
+        self.epsilon = float(epsilon)
         self.implicit_constraints = bool(implicit_constraints)
         n_in, hid = self.in_features, self.n_hidden
 
