@@ -112,9 +112,11 @@ class BatchEnsembleLinear(_BatchEnsembleBase):
         b = self._members(x)
         e = self.num_members
         xe = x.reshape(e, -1, self.in_features)  # (E, B * ..., in)
-        y = F.linear(xe * self.r.unsqueeze(1), self.weight) * self.s.unsqueeze(1)
-        if self.bias is not None:
-            y = y + self.bias.unsqueeze(1)
+        y = F.linear(xe * self.r.unsqueeze(1), self.weight)
+        if self.bias is not None:  # y * s + bias in one fused op
+            y = torch.addcmul(self.bias.unsqueeze(1), y, self.s.unsqueeze(1))
+        else:
+            y = y * self.s.unsqueeze(1)
         return y.reshape((e * b,) + x.shape[1:-1] + (self.out_features,))
 
     def extra_repr(self) -> str:

@@ -1,0 +1,317 @@
+"""Training-step speed of velora_ens' ensemble heads, in one run.
+
+For every head, a training step (forward + loss + backward + Adam step) at 4 or 5
+members is timed against **one** model of a member's size and against the same number
+of **separate** models trained in a Python loop (one forward and loss per model, one
+backward, one Adam step over all of them). The Liquid Ensemble's delegation solvers are
+timed alone at B=1024, N=8. Models (all on 1 CPU thread):
+
+* MLP / BatchEnsemble: an MLP 64 -> 256 -> 256 -> 10 with cross-entropy. BatchEnsemble
+  follows the usual recipe (``per_core_batch // E`` examples tiled E times, so a step
+  processes as many rows as the single model's); tiling the full batch is also shown.
+* Deep Ensemble: ``DeepEnsemble(8, 1, hidden_dim=100, depth=3)`` (Gaussian NLL, no
+  FGSM), batch 100, 5 members vectorised vs five plain ``nn.Linear``/``nn.RMSNorm``
+  members of the same architecture.
+* Liquid Ensemble: 4 experts 16 -> 64 -> 1 with delegation heads (``sink_one``),
+  batch 256: the vectorised expert bank and the seed's list of expert modules.
+* Stochastic MoE: ``StochasticModel`` of a ``MixtureOfExperts`` of 4 functional MLP
+  experts (width 32) and a gate, Gaussian parameters, 16 draws, batch 256.
+
+Measurements are interleaved (round robin) and reported as medians over rounds, so a
+slow spell of a shared machine hits every model alike; ratios are taken within the run.
+
+    python benchmarks/bench_ensembles.py
+    python benchmarks/bench_ensembles.py --markdown docs/benchmarks/ensembles.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from velora_ens.ensembles import (
+    DeepEnsemble,
+    DelegatingMLPExperts,
+    LiquidEnsembleLayer,
+    batchensemble,
+    gaussian_nll_loss,
+    solve_delegation_many_sinks,
+    solve_delegation_one_sink,
+)
+from velora_ens.ensembles.moe import (
+    GatingNetwork,
+    IIDGaussianGroup,
+    MixtureOfExperts,
+    NeuralNetwork,
+    StochasticModel,
+)
+
+TARGETS = {"be_vs_single": 1.6, "de_loop_vs_vectorised": 2.0, "solve_ms": 1.0}
+
+
+@dataclass
+class Case:
+    group: str
+    name: str
+    step: Callable[[], None]
+    reps: int
+
+
+def _trainer(params, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    opt = torch.optim.Adam(list(params), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+    return step
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+def batch_cases(members: int = 4, batch: int = 256) -> list[Case]:
+    x, y = torch.randn(batch, 64), torch.randint(0, 10, (batch,))
+    xs, ys = x[: batch // members], y[: batch // members]
+    single = mlp()
+    be = batchensemble(mlp(), members)
+    loop = [mlp() for _ in range(members)]
+
+    def be_loss(xb, yb):
+        out = be(xb)  # (E, b, 10)
+        return F.cross_entropy(out.reshape(-1, 10), yb.repeat(members))
+
+    g = f"BatchEnsemble ({members})"
+    return [
+        Case(g, f"single MLP, batch {batch}",
+             _trainer(single.parameters(), lambda: F.cross_entropy(single(x), y)), 20),
+        Case(g, f"BatchEnsemble({members}), {batch // members} per member tiled to {batch} rows",
+             _trainer(be.parameters(), lambda: be_loss(xs, ys)), 20),
+        Case(g, f"BatchEnsemble({members}), {batch} per member ({members * batch} rows)",
+             _trainer(be.parameters(), lambda: be_loss(x, y)), 5),
+        Case(g, f"{members} separate MLPs in a Python loop, batch {batch} each",
+             _trainer([p for m in loop for p in m.parameters()],
+                      lambda: sum(F.cross_entropy(m(x), y) for m in loop)), 5),
+    ]
+
+
+def plain_member() -> nn.Module:
+    """One deep-ensemble member built from plain modules (the looped reference)."""
+    layers: list[nn.Module] = []
+    width = 8
+    for _ in range(3):
+        layers += [nn.Linear(width, 100), nn.RMSNorm(100, eps=1e-6), nn.SiLU()]
+        width = 100
+    return nn.Sequential(*layers, nn.Linear(100, 2))
+
+
+def deep_cases(members: int = 5, batch: int = 100) -> list[Case]:
+    x, y = torch.randn(batch, 8), torch.randn(batch, 1)
+    kw = {"hidden_dim": 100, "depth": 3, "use_adversarial_training": False}
+    single = DeepEnsemble(8, 1, num_members=1, **kw)
+    vec = DeepEnsemble(8, 1, num_members=members, **kw)
+    loop = [plain_member() for _ in range(members)]
+
+    def member_loss(m):
+        mean, raw = m(x).split(1, -1)
+        return gaussian_nll_loss(mean, F.softplus(raw) + 1e-6, y)
+
+    g = f"Deep Ensemble ({members})"
+    return [
+        Case(g, "single member", _trainer(single.parameters(), lambda: single(x, y)), 20),
+        Case(g, f"DeepEnsemble({members}), vectorised",
+             _trainer(vec.parameters(), lambda: vec(x, y)), 20),
+        Case(g, f"{members} separate members (nn.Linear/nn.RMSNorm MLPs) in a Python loop",
+             _trainer([p for m in loop for p in m.parameters()],
+                      lambda: sum(member_loss(m) for m in loop) / members), 5),
+    ]
+
+
+class SeedExpert(nn.Module):
+    """The seed-000 expert: a predictor MLP and a softmax router."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.predictor = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.router = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, n),
+                                    nn.Softmax(dim=-1))
+
+    def forward(self, x):
+        return self.predictor(x), self.router(x)
+
+
+def liquid_cases(members: int = 4, batch: int = 256) -> list[Case]:
+    x, y = torch.randn(batch, 16), torch.randn(batch, 1)
+    single = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+    bank = LiquidEnsembleLayer(DelegatingMLPExperts(16, 1, members, hidden=64), 0.1, 0.1)
+    listed = LiquidEnsembleLayer([SeedExpert(members) for _ in range(members)], 0.1, 0.1)
+    loop = [nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+            for _ in range(members)]
+
+    def le_loss(layer):
+        return F.mse_loss(layer(x), y) + layer.auxiliary_loss()
+
+    g = f"Liquid Ensemble ({members})"
+    return [
+        Case(g, "single MLP", _trainer(single.parameters(), lambda: F.mse_loss(single(x), y)),
+             20),
+        Case(g, f"LiquidEnsembleLayer, {members}-expert bank (vectorised), sink_one",
+             _trainer(bank.parameters(), lambda: le_loss(bank)), 20),
+        Case(g, f"LiquidEnsembleLayer, list of {members} expert modules, sink_one",
+             _trainer(listed.parameters(), lambda: le_loss(listed)), 10),
+        Case(g, f"{members} separate MLPs in a Python loop",
+             _trainer([p for m in loop for p in m.parameters()],
+                      lambda: sum(F.mse_loss(m(x), y) for m in loop)), 10),
+    ]
+
+
+def moe_cases(members: int = 4, batch: int = 256, draws: int = 16) -> list[Case]:
+    x, y = torch.rand(batch, 2) * 2 - 1, torch.randn(batch, 1)
+
+    def stochastic(surrogate):
+        return StochasticModel(surrogate, IIDGaussianGroup("all", surrogate.num_params()))
+
+    def expert():
+        return NeuralNetwork(2, 1, width=32, depth=1, activation=torch.tanh)
+
+    single = stochastic(expert())
+    moe = stochastic(MixtureOfExperts([expert() for _ in range(members)],
+                                      GatingNetwork(2, members, width=32)))
+    loop = [stochastic(expert()) for _ in range(members)]
+
+    def loss(model):
+        return (F.mse_loss(model(x, num_samples=draws), y.expand(draws, -1, -1))
+                + 1e-3 * model.distribution_loss())
+
+    g = f"Stochastic MoE ({members})"
+    return [
+        Case(g, f"single stochastic MLP, {draws} draws",
+             _trainer(single.parameters(), lambda: loss(single)), 20),
+        Case(g, f"MixtureOfExperts of {members} + gate, {draws} draws",
+             _trainer(moe.parameters(), lambda: loss(moe)), 10),
+        Case(g, f"{members} separate stochastic MLPs in a Python loop",
+             _trainer([p for m in loop for p in m.parameters()],
+                      lambda: sum(loss(m) for m in loop)), 10),
+    ]
+
+
+def solver_cases(batch: int = 1024, n: int = 8) -> list[Case]:
+    D = torch.softmax(torch.randn(batch, n, n), -1)
+    g = f"Liquid Ensemble solve (B={batch}, N={n}, forward)"
+    return [
+        Case(g, "solve_delegation_one_sink", lambda: solve_delegation_one_sink(D), 50),
+        Case(g, "solve_delegation_many_sinks, closed form",
+             lambda: solve_delegation_many_sinks(D, method="closed_form"), 50),
+        Case(g, "solve_delegation_many_sinks, iterative",
+             lambda: solve_delegation_many_sinks(D), 10),
+    ]
+
+
+def run(rounds: int) -> tuple[list[Case], dict[str, float]]:
+    torch.manual_seed(0)
+    cases = batch_cases() + deep_cases() + liquid_cases() + moe_cases() + solver_cases()
+    times: dict[str, list[float]] = {c.name: [] for c in cases}
+    for c in cases:  # warm-up
+        for _ in range(2):
+            c.step()
+    for r in range(rounds):
+        for c in cases:
+            start = time.perf_counter()
+            for _ in range(c.reps):
+                c.step()
+            times[c.name].append((time.perf_counter() - start) / c.reps)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return cases, {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def report(cases: list[Case], t: dict[str, float], rounds: int) -> tuple[str, bool]:
+    lines = [
+        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+        f"{rounds} interleaved rounds, medians; {dt.date.today().isoformat()}.",
+        "",
+        "Training step = forward + loss + backward + Adam step. In each group the first row "
+        "is the reference (1.00x); the ratio is the row's time over the reference's.",
+    ]
+    group = None
+    for c in cases:
+        if c.group != group:
+            group, ref = c.group, t[c.name]
+            unit = "ms"
+            lines += ["", f"**{group}**", "", f"| model | time ({unit}) | x first row |",
+                      "|---|---:|---:|"]
+        lines.append(f"| {c.name} | {t[c.name] * 1e3:.3f} | {t[c.name] / ref:.2f}x |")
+
+    def find(prefix: str) -> float:
+        return next(v for k, v in t.items() if k.startswith(prefix))
+
+    be = find("BatchEnsemble(4), 64 per member") / find("single MLP, batch")
+    de = find("5 separate members") / find("DeepEnsemble(5), vectorised")
+    solve_ms = t["solve_delegation_one_sink"] * 1e3
+    checks = [
+        ("BatchEnsemble(4) training step at most 1.6x a single model (same rows per step)",
+         f"{be:.2f}x", be <= TARGETS["be_vs_single"]),
+        ("vectorised DeepEnsemble(5) at least 2x faster than five looped models",
+         f"{de:.2f}x faster", de >= TARGETS["de_loop_vs_vectorised"]),
+        ("Liquid Ensemble solve (sink_one) for B=1024, N=8 under 1 ms",
+         f"{solve_ms:.3f} ms", solve_ms < TARGETS["solve_ms"]),
+    ]
+    lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
+    ok = True
+    for text, value, met in checks:
+        ok &= met
+        lines.append(f"| {text} | {value} | {'yes' if met else 'no'} |")
+    return "\n".join(lines), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--markdown", help="also write the results as a Markdown page here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases, t = run(args.rounds)
+    table, ok = report(cases, t, args.rounds)
+    print(table)
+    if args.markdown:
+        page = (
+            "# Ensemble heads speed\n\n"
+            "Generated by `python benchmarks/bench_ensembles.py --markdown "
+            f"{args.markdown}`; the script's docstring describes the models.\n\n"
+            + table + "\n"
+        )
+        tmp = args.markdown + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(page)
+        os.replace(tmp, args.markdown)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
