@@ -149,10 +149,12 @@ class DeepEnsemble(_Ensemble):
     """A deep ensemble of Gaussian regression MLPs.
 
     Args:
-        dim_in, dim_out: input and target sizes.
+        dim_in: input size.
+        dim_out: target size.
         num_members: ensemble size M.
-        hidden_dim, depth: each member has ``depth`` blocks ``Linear -> RMSNorm -> SiLU``
-            of width ``hidden_dim`` and a linear head predicting mean and variance.
+        hidden_dim: width of each member's hidden layers.
+        depth: each member has ``depth`` blocks ``Linear -> RMSNorm -> SiLU`` and a linear
+            head predicting mean and variance.
         use_adversarial_training: FGSM adversarial training (the paper's Sec. 3).
         adversarial_eps: FGSM step relative to each feature's range (paper: 0.01).
         min_variance: added to ``softplus`` for the predicted variance.

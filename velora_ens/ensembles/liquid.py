@@ -198,7 +198,9 @@ class LiquidEnsembleLayer(nn.Module):
         specialization_lambda: weight of the specialisation term (rewards few experts
             speaking per sample).
         solver: ``"sink_one"`` (closed form) or ``"sink_many"``.
-        epsilon, long_delegation_penalty, threshold: solver constants (see the solvers).
+        epsilon: the solvers' leak to the sink(s).
+        long_delegation_penalty: ``sink_many``'s damping per hop.
+        threshold: ``sink_many``'s stopping threshold (iterative method).
         many_sinks_method: ``"iterative"`` (default) or ``"closed_form"``.
         temperature: softmax temperature of the auxiliary loss's differentiable argmax.
         check: validate the delegations on every call (one device sync).
