@@ -120,7 +120,14 @@ class LiquidNCPNetwork(nn.Module):
         *,
         dt: torch.Tensor | float | None = None,
         episode_start: torch.Tensor | None = None,
+        return_states: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one step or a sequence; see the class docstring.
+
+        With ``return_states=True`` the second output is the state after **every** step,
+        ``(B, L, hidden_size)`` for a sequence (recurrent RL needs them to evaluate the
+        policy at each step's successor), instead of the last state only.
+        """
         x = as_features(x, self.in_features, self.inter.weight, type(self).__name__)
         if (x.dim() == 2 and h is not None and dt is None and episode_start is None
                 and not torch.is_grad_enabled() and isinstance(self.command, NCPLiquidCell)
@@ -128,7 +135,7 @@ class LiquidNCPNetwork(nn.Module):
             return self._inference_step(x, h)
         u = self._act(self.inter(x))
         states, h_new = self.command(u, h, dt, episode_start)
-        return self.motor(states), h_new
+        return self.motor(states), (states if return_states else h_new)
 
     def _inference_step(
         self, x: torch.Tensor, h: torch.Tensor

@@ -1,0 +1,8 @@
+"""Reinforcement-learning agents built on velora_ens' liquid networks."""
+
+from agents.buffers import SequenceBatch, SequenceReplayBuffer
+from agents.critics import CriticEnsemble
+from agents.neuroflow import NeuroFlow
+from agents.policies import LiquidActor
+
+__all__ = ["CriticEnsemble", "LiquidActor", "NeuroFlow", "SequenceBatch", "SequenceReplayBuffer"]

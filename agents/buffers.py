@@ -1,0 +1,125 @@
+"""Replay of whole trajectories, sampled as fixed-length sequences for recurrent actors.
+
+Each of the ``n_envs`` environment streams has its own ring of ``capacity`` steps, kept
+in the order they happened, so a sequence is a run of consecutive steps of one stream.
+A step stores the observation, the action, the reward, the real next observation, the
+``terminated`` flag, whether the observation **starts** an episode, and the actor's
+recurrent state just before it read the observation (the "stored state" of R2D2).
+
+A sequence may run across an episode boundary: its ``episode_start`` flags go to the
+network, which resets the state to zero at that step, so no step ever sees the state of
+another episode. A sequence never spans the ring's write position (old and new data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SequenceBatch", "SequenceReplayBuffer"]
+
+
+@dataclass
+class SequenceBatch:
+    """``B`` sequences of ``T`` steps; every tensor is ``(B, T, ...)`` except
+    ``start_state`` ``(B, H)``, the stored actor state before the first step."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    episode_start: torch.Tensor
+    start_state: torch.Tensor
+
+
+class SequenceReplayBuffer:
+    """Per-environment rings of transitions, sampled as sequences.
+
+    Args:
+        capacity: steps kept per environment stream.
+        n_envs: number of streams.
+        obs_dim: observation size.
+        action_dim: action size (1 for a discrete action index).
+        state_dim: size of the actor's recurrent state.
+    """
+
+    def __init__(self, capacity: int, n_envs: int, obs_dim: int, action_dim: int,
+                 state_dim: int) -> None:
+        if capacity < 1 or n_envs < 1:
+            raise ValueError(f"capacity and n_envs must be >= 1, got {capacity}, {n_envs}")
+        self.capacity, self.n_envs = int(capacity), int(n_envs)
+        shape = (self.n_envs, self.capacity)
+        f32 = np.float32
+        self.obs = np.zeros(shape + (obs_dim,), f32)
+        self.next_obs = np.zeros(shape + (obs_dim,), f32)
+        self.actions = np.zeros(shape + (action_dim,), f32)
+        self.rewards = np.zeros(shape, f32)
+        self.terminated = np.zeros(shape, f32)
+        self.episode_start = np.zeros(shape, f32)
+        self.states = np.zeros(shape + (state_dim,), f32)
+        self.pos = np.zeros(self.n_envs, np.int64)  # next write index per stream
+        self.size = np.zeros(self.n_envs, np.int64)  # steps held per stream
+
+    def __len__(self) -> int:
+        return int(self.size.sum())
+
+    def add(self, env_ids: np.ndarray, obs: np.ndarray, actions: np.ndarray,
+            rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
+            episode_start: np.ndarray, states: np.ndarray) -> None:
+        """Append one step to each stream in ``env_ids`` (arrays are indexed like ``env_ids``)."""
+        env_ids = np.asarray(env_ids, dtype=np.int64)
+        if env_ids.size == 0:
+            return
+        pos = self.pos[env_ids]
+        self.obs[env_ids, pos] = obs
+        self.actions[env_ids, pos] = np.asarray(actions, np.float32).reshape(len(env_ids), -1)
+        self.rewards[env_ids, pos] = rewards
+        self.next_obs[env_ids, pos] = next_obs
+        self.terminated[env_ids, pos] = terminated
+        self.episode_start[env_ids, pos] = episode_start
+        self.states[env_ids, pos] = states
+        self.pos[env_ids] = (pos + 1) % self.capacity
+        self.size[env_ids] = np.minimum(self.size[env_ids] + 1, self.capacity)
+
+    def can_sample(self, length: int) -> bool:
+        """Whether some stream holds at least ``length`` consecutive steps."""
+        return bool((self.size >= length).any())
+
+    def sample_indices(self, n_sequences: int, length: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Streams ``(B,)`` and ring indices ``(B, length)`` of uniformly drawn sequences.
+
+        Every window of ``length`` consecutive stored steps is equally likely.
+        """
+        windows = np.clip(self.size - length + 1, 0, None)
+        total = int(windows.sum())
+        if total == 0:
+            raise ValueError(f"no stream holds {length} steps yet (sizes {self.size.tolist()})")
+        flat = rng.integers(0, total, size=n_sequences)
+        env = np.searchsorted(np.cumsum(windows), flat, side="right")
+        offset = flat - (np.cumsum(windows) - windows)[env]
+        oldest = (self.pos[env] - self.size[env]) % self.capacity
+        idx = (oldest + offset)[:, None] + np.arange(length)[None, :]
+        return env, idx % self.capacity
+
+    def sample(self, n_sequences: int, length: int, rng: np.random.Generator,
+               device: torch.device | str = "cpu") -> SequenceBatch:
+        """``n_sequences`` sequences of ``length`` consecutive steps as tensors."""
+        env, idx = self.sample_indices(n_sequences, length, rng)
+        rows = env[:, None]
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, device=device)
+
+        return SequenceBatch(
+            obs=t(self.obs[rows, idx]),
+            actions=t(self.actions[rows, idx]),
+            rewards=t(self.rewards[rows, idx]),
+            next_obs=t(self.next_obs[rows, idx]),
+            terminated=t(self.terminated[rows, idx]),
+            episode_start=t(self.episode_start[rows, idx]),
+            start_state=t(self.states[env, idx[:, 0]]),
+        )

@@ -1,0 +1,103 @@
+"""N critics evaluated in one batched call.
+
+Every member is an MLP (or a sparse NCP-wired MLP) with its own weights; the weights
+of all members are stacked as ``(N, in, out)`` tensors and applied with one ``baddbmm``
+per layer, so two critics (or ten, for REDQ-style heads) cost one call, not N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from velora_ens.wiring import Wiring
+
+__all__ = ["CriticEnsemble"]
+
+
+class CriticEnsemble(nn.Module):
+    """``n_critics`` independent critics ``in_features -> out_features``.
+
+    Args:
+        in_features: input size (observation [+ actor state] [+ action]).
+        out_features: 1 for ``Q(s, a)``; the number of actions for discrete ``Q(s, .)``.
+        n_critics: ensemble size N.
+        hidden: hidden layer widths (MLP); ignored with ``ncp_neurons``.
+        ncp_neurons: build NCP-wired critics instead: inter + command neurons of a
+            :class:`~velora_ens.wiring.Wiring` per member (member ``i`` uses ``seed + i``).
+        seed: wiring seed for NCP critics.
+
+    ``forward(x)`` takes ``(B, in)`` (the same input for every member) or ``(N, B, in)``
+    and returns ``(N, B, out)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n_critics: int = 2,
+        hidden: Sequence[int] = (256, 256),
+        *,
+        ncp_neurons: int | None = None,
+        sparsity_level: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_critics, bool) or not isinstance(n_critics, int) or n_critics < 1:
+            raise ValueError(f"n_critics must be an integer >= 1, got {n_critics!r}")
+        self.in_features, self.out_features, self.n_critics = in_features, out_features, n_critics
+        if ncp_neurons is None:
+            sizes = [in_features, *hidden, out_features]
+            masks: list[torch.Tensor | None] = [None] * (len(sizes) - 1)
+        else:
+            wirings = [Wiring(in_features, ncp_neurons, out_features,
+                              sparsity_level=sparsity_level, seed=seed + i)
+                       for i in range(n_critics)]
+            c = wirings[0].counts
+            sizes = [in_features, c.inter, c.command, out_features]
+            masks = [torch.stack([getattr(w.masks, name).abs().float() for w in wirings])
+                     for name in ("inter", "command", "motor")]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            mask = masks[k]
+            fan_in = (mask.sum(1, keepdim=True).clamp_min(1) if mask is not None
+                      else torch.full((n_critics, 1, n_out), float(n_in)))
+            bound = fan_in.rsqrt()
+            w = (torch.rand(n_critics, n_in, n_out) * 2 - 1) * bound
+            if mask is not None:
+                w = w * mask
+                self.register_buffer(f"mask{k}", mask)
+            self.weights.append(nn.Parameter(w))
+            b_bound = 1.0 / math.sqrt(n_in)
+            self.biases.append(nn.Parameter((torch.rand(n_critics, 1, n_out) * 2 - 1) * b_bound))
+        self._masked = ncp_neurons is not None
+
+    def forward(self, x: torch.Tensor, *, detach_params: bool = False) -> torch.Tensor:
+        """``(N, B, out)``. ``detach_params=True`` lets gradients reach ``x`` only (an
+        actor loss needs dQ/da, not the critics' weight gradients, which cost as much)."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n_critics, -1, -1)
+        if x.dim() != 3 or x.shape[0] != self.n_critics or x.shape[-1] != self.in_features:
+            raise ValueError(f"CriticEnsemble expected input (B, {self.in_features}) or "
+                             f"({self.n_critics}, B, {self.in_features}), got {tuple(x.shape)}")
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            if self._masked:
+                w = w * getattr(self, f"mask{k}")
+            x = torch.baddbmm(b, x, w)
+            if k < last:
+                x = F.relu(x, inplace=True)
+        return x
+
+    def mean_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation over the members, each ``(B, out)``."""
+        q = self(x)
+        std = q.std(0, unbiased=False) if self.n_critics > 1 else torch.zeros_like(q[0])
+        return q.mean(0), std

@@ -1,0 +1,435 @@
+"""NeuroFlow: soft actor-critic with a liquid (recurrent) actor, trained on sequences.
+
+One class for Box actions (SAC, tanh-squashed Gaussian) and Discrete actions
+(SAC-Discrete: full probability vector, positive target entropy). The actor is a
+:class:`~velora_ens.models.LiquidNCPNetwork`; the critics are a batched
+:class:`~agents.critics.CriticEnsemble` (MLPs or NCP-wired MLPs) that read the
+observation, the actor's recurrent state (detached: the critics' view of the history)
+and, for Box actions, the action.
+
+Recurrent training follows R2D2: the replay buffer keeps whole trajectories; an update
+samples sequences of ``burn_in + seq_len`` steps starting from the actor state stored
+when the first step was acted on, refreshes that state over the burn-in prefix without
+gradients, and trains on the remaining ``seq_len`` steps with back-propagation through
+time. The state is reset to zero wherever an episode starts, when acting and when
+training. Targets bootstrap on ``terminated`` only (a time-limit truncation is not a
+terminal state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from torch.nn import functional as F
+
+from agents.buffers import SequenceReplayBuffer
+from agents.critics import CriticEnsemble
+from agents.policies import LiquidActor, check_spaces
+from envs import make_vec_env
+
+__all__ = ["NeuroFlow"]
+
+
+def _as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
+                   ) -> gym.vector.VectorEnv:
+    if isinstance(env, str):
+        return make_vec_env(env, n_envs, seed=seed, vectorization=vectorization)
+    if isinstance(env, gym.vector.VectorEnv):
+        return env
+    if isinstance(env, gym.Env):
+        if n_envs != 1:
+            raise ValueError(f"a single gymnasium.Env instance gives one stream; got n_envs="
+                             f"{n_envs} (pass an environment id or a vector env instead)")
+        return gym.vector.SyncVectorEnv([lambda: gym.wrappers.RecordEpisodeStatistics(env)])
+    raise ValueError(f"env must be an environment id, a gymnasium.Env or a gymnasium vector "
+                     f"env, got {type(env).__name__}")
+
+
+class NeuroFlow:
+    """Liquid soft actor-critic for Box and Discrete actions.
+
+    Args:
+        env: a Gymnasium id, a ``gymnasium.Env`` or a ``gymnasium.vector.VectorEnv``.
+        actor_neurons: inter + command neurons of the actor's NCP wiring.
+        cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
+        critic_hidden: hidden widths of each MLP critic.
+        critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
+        n_critics: critics in the ensemble head (targets use their minimum).
+        learning_rate: Adam step size for actor, critics and temperature.
+        buffer_size: transitions kept in replay (split over the environment streams).
+        learning_starts: transitions collected with random actions before learning.
+        batch_size: transitions per update (``batch_size // seq_len`` sequences).
+        seq_len: trained steps per sequence; ``burn_in``: steps before them that only
+            refresh the stored state.
+        tau: soft target update rate; gamma: discount.
+        utd_ratio: gradient updates per environment transition.
+        ent_coef: ``"auto"`` (learned, initial value 1), ``"auto_<init>"`` or a fixed float.
+        target_entropy: ``"auto"`` is ``-|A|`` for Box actions and
+            ``target_entropy_scale * log |A|`` (positive) for Discrete ones.
+        max_grad_norm: gradient-norm clip for actor and critics.
+        n_envs, vectorization: environment copies when ``env`` is an id.
+        seed: seeds torch, the replay sampling, the environments and their action spaces.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        *,
+        actor_neurons: int = 32,
+        cell: str = "cfc",
+        critic_hidden: tuple[int, ...] = (128, 128),
+        critic_ncp_neurons: int | None = None,
+        n_critics: int = 2,
+        learning_rate: float = 3e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        seq_len: int = 8,
+        burn_in: int = 8,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        utd_ratio: float = 1.0,
+        ent_coef: str | float = "auto",
+        target_entropy: str | float = "auto",
+        target_entropy_scale: float = 0.89,
+        max_grad_norm: float = 10.0,
+        critic_trains_state: bool = False,
+        n_envs: int = 1,
+        vectorization: str = "sync",
+        seed: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        for name, value, low in (("seq_len", seq_len, 1), ("burn_in", burn_in, 0),
+                                 ("batch_size", batch_size, 1), ("n_envs", n_envs, 1),
+                                 ("n_critics", n_critics, 1), ("actor_neurons", actor_neurons, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if batch_size < seq_len:
+            raise ValueError(f"batch_size={batch_size} must be >= seq_len={seq_len}")
+        if not utd_ratio > 0:
+            raise ValueError(f"utd_ratio must be > 0, got {utd_ratio!r}")
+        self.seed = seed
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.env = _as_vector_env(env, n_envs, seed, vectorization)
+        self.n_envs = self.env.num_envs
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+        check_spaces(self.observation_space, self.action_space)
+        self.autoreset_mode = self.env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if self.autoreset_mode == AutoresetMode.DISABLED:
+            raise ValueError("vector envs with autoreset disabled are not supported; use "
+                             "AutoresetMode.NEXT_STEP (Gymnasium's default) or SAME_STEP")
+        if seed is not None:
+            self.action_space.seed(seed)
+            self.env.action_space.seed(seed)
+
+        self.obs_dim = int(self.observation_space.shape[0])
+        self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
+                                 seed=seed)
+        self.discrete = self.actor.discrete
+        critic_in = self.obs_dim + self.actor.state_dim + (0 if self.discrete
+                                                             else self.actor.action_dim)
+        critic_out = self.actor.action_dim if self.discrete else 1
+        critic_seed = 0 if seed is None else seed + 1
+        self.critics = CriticEnsemble(critic_in, critic_out, n_critics, critic_hidden,
+                                      ncp_neurons=critic_ncp_neurons, seed=critic_seed)
+        self.critic_targets = CriticEnsemble(critic_in, critic_out, n_critics, critic_hidden,
+                                             ncp_neurons=critic_ncp_neurons, seed=critic_seed)
+        self.critic_targets.load_state_dict(self.critics.state_dict())
+        self.critic_targets.requires_grad_(False)
+
+        if isinstance(target_entropy, str):
+            if target_entropy != "auto":
+                raise ValueError(
+                    f"target_entropy must be 'auto' or a number, got {target_entropy!r}")
+            n = self.actor.action_dim
+            target_entropy = target_entropy_scale * float(np.log(n)) if self.discrete else -float(n)
+        self.target_entropy = float(target_entropy)
+        self.learn_alpha, init_alpha = self._parse_ent_coef(ent_coef)
+        self.log_alpha = torch.tensor(np.log(init_alpha), dtype=torch.float32,
+                                      requires_grad=self.learn_alpha)
+
+        # Fused Adam: one kernel for all tensors; the per-tensor loop costs more than the
+        # arithmetic for networks this small.
+        adam = {"lr": learning_rate, "fused": True}
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), **adam)
+        self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], **adam)
+                                if self.learn_alpha else None)
+
+        self.seq_len, self.burn_in = seq_len, burn_in
+        self.batch_size, self.learning_starts = batch_size, learning_starts
+        self.tau, self.gamma, self.utd_ratio = tau, gamma, float(utd_ratio)
+        self.max_grad_norm, self.verbose = max_grad_norm, verbose
+        self.critic_trains_state = bool(critic_trains_state)
+        self.buffer = SequenceReplayBuffer(max(buffer_size // self.n_envs, seq_len + burn_in),
+                                           self.n_envs, self.obs_dim,
+                                           1 if self.discrete else self.actor.action_dim,
+                                           self.actor.state_dim)
+        self.num_timesteps = 0
+        self.n_updates = 0
+        self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
+        self.last_losses: dict[str, float] = {}
+        self._obs: np.ndarray | None = None
+        self._update_budget = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _parse_ent_coef(ent_coef: str | float) -> tuple[bool, float]:
+        if isinstance(ent_coef, str):
+            if ent_coef == "auto":
+                return True, 1.0
+            if ent_coef.startswith("auto_"):
+                return True, float(ent_coef[5:])
+            raise ValueError(
+                f"ent_coef must be 'auto', 'auto_<init>' or a number, got {ent_coef!r}")
+        if not ent_coef > 0:
+            raise ValueError(f"a fixed ent_coef must be > 0, got {ent_coef!r}")
+        return False, float(ent_coef)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    def _to_env_action(self, action: np.ndarray) -> np.ndarray:
+        """Actor actions (``[-1, 1]`` or indices) to what the environment takes."""
+        if self.discrete:
+            return action.astype(np.int64)
+        low, high = self.action_space.low, self.action_space.high
+        return (low + 0.5 * (action + 1.0) * (high - low)).astype(self.action_space.dtype)
+
+    def _from_env_action(self, action: np.ndarray) -> np.ndarray:
+        if self.discrete:
+            return action
+        low, high = self.action_space.low, self.action_space.high
+        return 2.0 * (action - low) / (high - low) - 1.0
+
+    def _check_finite(self, name: str, value: np.ndarray) -> None:
+        if not np.all(np.isfinite(value)):
+            bad = np.argwhere(~np.isfinite(np.asarray(value, dtype=np.float64)))[0].tolist()
+            raise ValueError(f"the environment returned a non-finite {name} at step "
+                             f"{self.num_timesteps} (entry {bad}): {value!r}")
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False
+              ) -> NeuroFlow:
+        """Collect ``total_timesteps`` transitions (summed over the environment copies)
+        and train; returns ``self``."""
+        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, int) \
+                or total_timesteps < 1:
+            raise ValueError(f"total_timesteps must be an integer >= 1, got {total_timesteps!r}")
+        if callback is not None or progress_bar:
+            raise NotImplementedError("callbacks and progress bars arrive with the agent tooling")
+        env, n = self.env, self.n_envs
+        if self._obs is None:
+            self._obs, _ = env.reset(seed=self.seed)
+            self._check_finite("observation", self._obs)
+            self._state = torch.zeros(n, self.actor.state_dim)
+            self._episode_start = np.ones(n, dtype=bool)
+            self._pending_reset = np.zeros(n, dtype=bool)
+        end = self.num_timesteps + total_timesteps
+        start_time, start_steps = time.perf_counter(), self.num_timesteps
+        min_stored = self.seq_len + self.burn_in
+        while self.num_timesteps < end:
+            obs = self._obs
+            starts = torch.as_tensor(self._episode_start, dtype=torch.float32)
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, dtype=torch.float32)
+                state_before = self._state * (1.0 - starts).unsqueeze(1)
+                out, self._state = self.actor(obs_t, state_before)
+                if self.num_timesteps < self.learning_starts:
+                    action = np.stack([self._from_env_action(np.asarray(self.action_space.sample()))
+                                       for _ in range(n)])
+                else:
+                    action = self.actor.act(out, deterministic=False).numpy()
+            next_obs, reward, terminated, truncated, info = env.step(self._to_env_action(action))
+            self._check_finite("observation", next_obs)
+            self._check_finite("reward", reward)
+
+            # Gymnasium NEXT_STEP autoreset: the step after an episode ended only resets that
+            # copy (its action is ignored, reward 0); it is not a transition.
+            valid = ~self._pending_reset
+            real_next = next_obs
+            done = terminated | truncated
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
+                real_next = next_obs.copy()
+                for i in np.flatnonzero(done):
+                    real_next[i] = info["final_obs"][i]
+            ids = np.flatnonzero(valid)
+            self.buffer.add(ids, obs[ids], action[ids], reward[ids], real_next[ids],
+                            terminated[ids], self._episode_start[ids],
+                            state_before.numpy()[ids])
+            self._record_episodes(info, done)
+            if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                self._episode_start = self._pending_reset.copy()
+                self._pending_reset = done & valid
+            else:
+                self._episode_start = done.copy()
+            self._obs = next_obs
+            self.num_timesteps += int(valid.sum())
+
+            if self.num_timesteps >= self.learning_starts and self.buffer.can_sample(min_stored):
+                self._update_budget += self.utd_ratio * int(valid.sum())
+                while self._update_budget >= 1.0:
+                    self.train_step()
+                    self._update_budget -= 1.0
+            if self.verbose and self.num_timesteps % (1000 * n) < n and self.ep_info_buffer:
+                fps = (self.num_timesteps - start_steps) / (time.perf_counter() - start_time)
+                print(f"step {self.num_timesteps:>8d}  "
+                      f"ep_rew_mean {self.mean_episode_return():9.2f}"
+                      f"  fps {fps:6.0f}", flush=True)
+        return self
+
+    def _record_episodes(self, info: dict, done: np.ndarray) -> None:
+        episode = info.get("episode")
+        if episode is None:
+            return
+        mask = info.get("_episode", done)
+        for i in np.flatnonzero(mask):
+            self.ep_info_buffer.append({"r": float(episode["r"][i]), "l": int(episode["l"][i])})
+
+    def mean_episode_return(self) -> float:
+        """Mean return of the last (up to 100) finished training episodes."""
+        if not self.ep_info_buffer:
+            return float("nan")
+        return float(np.mean([e["r"] for e in self.ep_info_buffer]))
+
+    def train_step(self) -> dict[str, float]:
+        """One gradient update of critics, actor and temperature on sampled sequences."""
+        n_seq = max(self.batch_size // self.seq_len, 1)
+        b = self.buffer.sample(n_seq, self.burn_in + self.seq_len, self.rng)
+        burn = self.burn_in
+        state = b.start_state
+        if burn:
+            with torch.no_grad():
+                _, state = self.actor(b.obs[:, :burn], state,
+                                      episode_start=b.episode_start[:, :burn])
+        obs, starts = b.obs[:, burn:], b.episode_start[:, burn:]
+        out, states = self.actor(obs, state, episode_start=starts, return_states=True)
+        n = out.shape[0] * out.shape[1]
+        out, states = out.reshape(n, -1), states.reshape(n, -1)
+        obs, next_obs = obs.reshape(n, -1), b.next_obs[:, burn:].reshape(n, -1)
+        actions, rewards = b.actions[:, burn:].reshape(n, -1), b.rewards[:, burn:].reshape(n)
+        terminated = b.terminated[:, burn:].reshape(n)
+        alpha = self.log_alpha.exp().detach()
+        hist = states.detach()
+        target = self.td_target(rewards, terminated, next_obs, hist, alpha)
+        if self.critic_trains_state:
+            # The critic loss also shapes the liquid state it reads (a shared encoder, as in
+            # SAC-AE/DrQ); the actor loss still sees the critics as fixed functions.
+            hist = states
+
+        critic_in = torch.cat([obs, hist], 1)
+        if self.discrete:
+            q = self.critics(critic_in).gather(2, actions.long().unsqueeze(0).expand(
+                self.critics.n_critics, -1, -1)).squeeze(-1)
+        else:
+            q = self.critics(torch.cat([critic_in, actions], 1)).squeeze(-1)
+        critic_loss = 0.5 * F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none"
+                                       ).mean(1).sum()
+
+        # The actor sees the critics as fixed functions (their weights detached), and the
+        # critics see the actor state detached, so one backward pass of the summed losses
+        # gives each network exactly its own loss's gradient.
+        actor_in = critic_in if hist is not states else torch.cat([obs, states.detach()], 1)
+        actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss).backward()
+        torch.nn.utils.clip_grad_norm_(self.critics.parameters(), self.max_grad_norm, foreach=True)
+        torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm, foreach=True)
+        self.critic_optimizer.step()
+        self.actor_optimizer.step()
+
+        losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
+        if self.alpha_optimizer is not None:
+            # loss = log_alpha * mean(entropy - target): its gradient is that mean, so no
+            # autograd pass is needed. alpha grows while the policy is below its target.
+            gap = (entropy - self.target_entropy).mean()
+            self.log_alpha.grad = gap.reshape(()).clone()
+            self.alpha_optimizer.step()
+            losses["ent_coef_loss"] = float(self.log_alpha.detach() * gap)
+        losses["ent_coef"] = self.alpha
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_targets.parameters()),
+                                 list(self.critics.parameters()), self.tau)
+        self.n_updates += 1
+        self.last_losses = losses
+        return losses
+
+    @torch.no_grad()
+    def td_target(self, rewards: torch.Tensor, terminated: torch.Tensor, next_obs: torch.Tensor,
+                  state: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Soft Bellman targets ``r + gamma (1 - terminated) V(s')``, ``(n,)``.
+
+        ``state`` is the actor state after each step; one more actor step from it on the
+        real next observation gives the policy at the successor (also after the last
+        step of an episode, whose successor is not the next stored step). Only
+        ``terminated`` stops bootstrapping: a truncated step still bootstraps.
+        """
+        next_out, next_states = self.actor(next_obs, state)
+        next_in = torch.cat([next_obs, next_states], 1)
+        if self.discrete:
+            probs, log_probs = self.actor.categorical(next_out)
+            q_next = self.critic_targets(next_in).min(0).values
+            v_next = (probs * (q_next - alpha * log_probs)).sum(-1)
+        else:
+            next_action, next_log_prob = self.actor.sample_continuous(next_out)
+            q_next = self.critic_targets(torch.cat([next_in, next_action], 1)).min(0).values
+            v_next = q_next.squeeze(-1) - alpha * next_log_prob
+        return rewards + self.gamma * (1.0 - terminated) * v_next
+
+    def actor_loss(self, out: torch.Tensor, critic_in: torch.Tensor, alpha: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy loss and the policy's entropy estimate per sample.
+
+        Box: ``E[alpha log pi(a|s) - min_i Q_i(s, a)]`` with a reparameterised ``a``.
+        Discrete (SAC-Discrete): the expectation over **all** actions,
+        ``sum_a pi(a|s) (alpha log pi(a|s) - min_i Q_i(s, a))``, with the full
+        log-probability vector (not the log-probability of one sampled action).
+        """
+        if self.discrete:
+            probs, log_probs = self.actor.categorical(out)
+            with torch.no_grad():
+                q_pi = self.critics(critic_in).min(0).values
+            loss = (probs * (alpha * log_probs - q_pi)).sum(-1).mean()
+            return loss, -(probs * log_probs).sum(-1).detach()
+        action, log_prob = self.actor.sample_continuous(out)
+        q_pi = self.critics(torch.cat([critic_in, action], 1), detach_params=True
+                            ).min(0).values.squeeze(-1)
+        return (alpha * log_prob - q_pi).mean(), -log_prob.detach()
+
+    # ------------------------------------------------------------------ acting
+    def predict(self, observation: np.ndarray, state: np.ndarray | None = None,
+                episode_start: np.ndarray | None = None, deterministic: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions for one observation ``(obs_dim,)`` or a batch ``(n, obs_dim)``, and the
+        next recurrent state ``(n, state_dim)``; the sb3-contrib RecurrentPPO contract, so
+        ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged.
+
+        ``state=None`` starts from zeros; ``episode_start[i]`` resets sample ``i`` first.
+        """
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == 1
+        if single:
+            obs = obs[None]
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"expected an observation of shape ({self.obs_dim},) or "
+                             f"(n, {self.obs_dim}), got {np.shape(observation)}")
+        self._check_finite("observation", obs)
+        with torch.no_grad():
+            h = None if state is None else torch.as_tensor(np.asarray(state), dtype=torch.float32)
+            if h is not None and episode_start is not None:
+                keep = 1.0 - torch.as_tensor(np.asarray(episode_start), dtype=torch.float32)
+                h = h * keep.reshape(-1, 1)
+            out, h = self.actor(torch.as_tensor(obs), h)
+            action = self._to_env_action(self.actor.act(out, deterministic).numpy())
+        return (action[0] if single else action), h.numpy()

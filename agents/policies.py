@@ -1,0 +1,106 @@
+"""The liquid actor and its action distributions (squashed Gaussian, categorical)."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from velora_ens.models import LiquidNCPNetwork
+
+__all__ = ["LiquidActor", "check_spaces"]
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuse what NeuroFlow cannot handle, naming the space."""
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise ValueError(
+            f"NeuroFlow needs a Box observation space (a flat vector), got {observation_space}; "
+            "flatten Dict/Tuple observations first (gymnasium.wrappers.FlattenObservation)")
+    if len(observation_space.shape) != 1:
+        kind = "image" if len(observation_space.shape) == 3 else "multi-dimensional"
+        raise ValueError(
+            f"NeuroFlow needs 1-D vector observations, got {kind} observations of shape "
+            f"{observation_space.shape}; add a feature extractor or flatten them first")
+    if isinstance(action_space, gym.spaces.Discrete):
+        if action_space.n < 2:
+            raise ValueError(f"Discrete action space needs at least 2 actions, got {action_space}")
+        return
+    if isinstance(action_space, gym.spaces.Box):
+        if len(action_space.shape) != 1:
+            raise ValueError(f"Box action space must be 1-D, got shape {action_space.shape}")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise ValueError(f"Box action space must have finite bounds, got {action_space}")
+        return
+    raise ValueError(
+        f"NeuroFlow supports Box and Discrete action spaces, got {type(action_space).__name__} "
+        f"({action_space})")
+
+
+class LiquidActor(nn.Module):
+    """A :class:`LiquidNCPNetwork` whose outputs parametrise the policy.
+
+    * Box actions: ``2 |A|`` outputs, the mean and log-std of a Gaussian squashed by
+      ``tanh`` into ``[-1, 1]`` (actions are stored and fed to critics in that range and
+      rescaled to the environment's bounds only when stepping it);
+    * Discrete actions: ``|A|`` logits.
+    """
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, n_neurons: int = 32, *,
+                 cell: str = "cfc", seed: int | None = None) -> None:
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        out = self.action_dim if self.discrete else 2 * self.action_dim
+        self.net = LiquidNCPNetwork(obs_dim, max(n_neurons, out), out, cell=cell, seed=seed)
+
+    @property
+    def state_dim(self) -> int:
+        return self.net.hidden_size
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None, *,
+                episode_start: torch.Tensor | None = None,
+                return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(obs, state, episode_start=episode_start, return_states=return_states)
+
+    # ---------------------------------------------------------- Box actions
+    def squashed_gaussian(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = out.chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample_continuous(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action in ``[-1, 1]`` and its log-probability (tanh-corrected)."""
+        mean, log_std = self.squashed_gaussian(out)
+        std = log_std.exp()
+        noise = torch.randn_like(mean)
+        u = mean + std * noise
+        # log N(u; mean, std) - log|d tanh(u)/du|, the latter written stably.
+        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u), log_prob
+
+    # ---------------------------------------------------------- Discrete actions
+    @staticmethod
+    def categorical(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and log-probabilities of every action."""
+        log_probs = F.log_softmax(out, dim=-1)
+        return log_probs.exp(), log_probs
+
+    # ---------------------------------------------------------- acting
+    def act(self, out: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """Actions from network outputs: ``[-1, 1]`` vectors or integer indices."""
+        if self.discrete:
+            if deterministic:
+                return out.argmax(-1)
+            return torch.multinomial(F.softmax(out, -1), 1).squeeze(-1)
+        mean, log_std = self.squashed_gaussian(out)
+        if deterministic:
+            return torch.tanh(mean)
+        return torch.tanh(torch.addcmul(mean, log_std.exp(), torch.randn_like(mean)))

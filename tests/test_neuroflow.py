@@ -1,0 +1,201 @@
+"""NeuroFlow: liquid SAC for Box and Discrete actions with sequence replay."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+from rl_envs import BadEnv, CounterEnv, CueEnv
+
+from agents import NeuroFlow
+from envs import make_vec_env
+
+
+def small(env, **kw):
+    defaults = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2,
+                    actor_neurons=8, critic_hidden=(32, 32))
+    defaults.update(kw)
+    return NeuroFlow(env, **defaults)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_short_learning_run_updates_everything(env_id):
+    agent = small(env_id)
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    critic_before = [p.detach().clone() for p in agent.critics.parameters()]
+    target_before = [p.detach().clone() for p in agent.critic_targets.parameters()]
+    alpha_before = agent.alpha
+    agent.learn(200)
+    assert agent.num_timesteps == 200
+    assert agent.n_updates == 200 - 32 + 1
+    assert all(math.isfinite(v) for v in agent.last_losses.values())
+    for before, module in ((actor_before, agent.actor), (critic_before, agent.critics),
+                           (target_before, agent.critic_targets)):
+        assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters(), strict=True))
+    assert agent.alpha != alpha_before
+    action, state = agent.predict(agent.env.observation_space.sample()[0], deterministic=True)
+    assert agent.action_space.contains(np.asarray(action, dtype=agent.action_space.dtype))
+    assert state.shape == (1, agent.actor.state_dim)
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+@pytest.mark.parametrize("terminate", [True, False])
+def test_vector_env_transitions_never_mix_episodes(mode, terminate):
+    venv = make_vec_env(lambda: CounterEnv(5, terminate=terminate), 3, autoreset_mode=mode)
+    agent = small(venv, learning_starts=10_000, buffer_size=3000)
+    agent.learn(150)
+    buf = agent.buffer
+    assert agent.num_timesteps == 150 and len(buf) == 150
+    for e in range(3):
+        n = buf.size[e]
+        obs, nxt = buf.obs[e, :n], buf.next_obs[e, :n]
+        # Every stored transition is a real one: the counter moves by one within an episode
+        # (NEXT_STEP's reset step, which would jump back to 0, is never stored).
+        np.testing.assert_array_equal(nxt[:, 0], obs[:, 0] + 1)
+        np.testing.assert_array_equal(nxt[:, 1], obs[:, 1])
+        np.testing.assert_array_equal(buf.episode_start[e, :n], obs[:, 0] == 0)
+        last = nxt[:, 0] == 5
+        # Only a real termination stops bootstrapping; a time-limit truncation does not.
+        np.testing.assert_array_equal(buf.terminated[e, :n], last if terminate else 0 * last)
+        # The actor state is reset when an episode starts, while acting.
+        starts = buf.episode_start[e, :n] == 1
+        assert np.all(buf.states[e, :n][starts] == 0)
+        assert np.any(buf.states[e, :n][~starts] != 0)
+
+
+def test_terminated_and_truncated_bootstrap_differently():
+    agent = small("CartPole-v1")
+    torch.manual_seed(1)
+    n = 6
+    next_obs = torch.randn(n, 4)
+    state = torch.randn(n, agent.actor.state_dim)
+    rewards = torch.arange(n, dtype=torch.float32)
+    alpha = torch.tensor(0.3)
+    terminal = agent.td_target(rewards, torch.ones(n), next_obs, state, alpha)
+    cont = agent.td_target(rewards, torch.zeros(n), next_obs, state, alpha)
+    torch.testing.assert_close(terminal, rewards)
+    # Independent soft value of the successor for the discrete policy.
+    with torch.no_grad():
+        out, h = agent.actor.net(next_obs, state)
+        probs = torch.softmax(out, -1)
+        q = agent.critic_targets(torch.cat([next_obs, h], 1)).min(0).values
+        v = (probs * (q - alpha * torch.log(probs))).sum(-1)
+    torch.testing.assert_close(cont, rewards + agent.gamma * v)
+
+
+def test_sac_discrete_target_entropy_is_positive_and_actor_loss_uses_all_actions():
+    agent = small("CartPole-v1")
+    assert agent.target_entropy == pytest.approx(0.89 * math.log(2))
+    torch.manual_seed(2)
+    out = torch.randn(5, 2, requires_grad=True)
+    critic_in = torch.randn(5, 4 + agent.actor.state_dim)
+    alpha = torch.tensor(0.7)
+    loss, entropy = agent.actor_loss(out, critic_in, alpha)
+    probs, log_probs = torch.softmax(out, -1), torch.log_softmax(out, -1)
+    q = agent.critics(critic_in).min(0).values.detach()
+    expected = (probs * (alpha * log_probs - q)).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(entropy, -(probs * log_probs).sum(-1).detach())
+    # The gradient matches the full expectation's gradient (a sampled-action log-prob would not).
+    (g,) = torch.autograd.grad(loss, out)
+    (g_expected,) = torch.autograd.grad(expected, out)
+    torch.testing.assert_close(g, g_expected)
+    # Temperature moves towards the target: below-target entropy raises alpha.
+    assert small("Pendulum-v1").target_entropy == -1.0
+
+
+def test_continuous_log_prob_matches_the_change_of_variables():
+    agent = small("Pendulum-v1")
+    torch.manual_seed(3)
+    out = torch.randn(4000, 2)
+    torch.manual_seed(4)
+    action, log_prob = agent.actor.sample_continuous(out)
+    torch.manual_seed(4)
+    mean, log_std = agent.actor.squashed_gaussian(out)
+    base = torch.distributions.Normal(mean, log_std.exp())
+    u = mean + log_std.exp() * torch.randn_like(mean)
+    expected = base.log_prob(u).sum(-1) - torch.log(1 - torch.tanh(u) ** 2 + 1e-12).sum(-1)
+    torch.testing.assert_close(action, torch.tanh(u))
+    ok = (1 - torch.tanh(u).abs() > 1e-4).squeeze(-1)  # avoid the float32 saturation of tanh
+    torch.testing.assert_close(log_prob[ok], expected[ok], rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_same_run():
+    runs = []
+    for _ in range(2):
+        agent = small("Pendulum-v1")
+        agent.learn(120)
+        runs.append((agent, dict(agent.last_losses)))
+    (a, la), (b, lb) = runs
+    assert la == lb
+    for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for p, q in zip(a.critics.parameters(), b.critics.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "obs_space, act_space, fragment",
+    [
+        (gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,))}), gym.spaces.Discrete(2), "Dict"),
+        (gym.spaces.Box(0, 255, (3, 8, 8), np.uint8), gym.spaces.Discrete(2), "image"),
+        (gym.spaces.Box(-1, 1, (2,)), gym.spaces.MultiDiscrete([2, 3]), "MultiDiscrete"),
+        (gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-np.inf, np.inf, (1,)), "finite bounds"),
+    ],
+)
+def test_unsupported_spaces_are_refused_by_name(obs_space, act_space, fragment):
+    class Env(gym.Env):
+        observation_space, action_space = obs_space, act_space
+
+        def reset(self, *, seed=None, options=None):
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, False, False, {}
+
+    with pytest.raises(ValueError, match=fragment):
+        NeuroFlow(Env())
+
+
+def test_non_finite_observation_names_the_step():
+    agent = small(BadEnv(bad_step=7))
+    with pytest.raises(ValueError, match=r"non-finite observation at step 6"):
+        agent.learn(50)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="seq_len"):
+        NeuroFlow("CartPole-v1", seq_len=0)
+    with pytest.raises(ValueError, match="ent_coef"):
+        NeuroFlow("CartPole-v1", ent_coef="sometimes")
+    with pytest.raises(ValueError, match="NoSuchEnv"):
+        NeuroFlow("NoSuchEnv-v0")
+    agent = small("CartPole-v1")
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        agent.predict(np.zeros(3))
+
+
+def evaluate(agent: NeuroFlow, env: gym.Env, episodes: int) -> float:
+    total = 0.0
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=1000 + ep)
+        state, done = None, False
+        while not done:
+            action, state = agent.predict(obs, state, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += reward
+            done = terminated or truncated
+    return total / episodes
+
+
+@pytest.mark.slow
+def test_learns_a_memory_task_that_needs_recurrence():
+    """CueEnv: act on a cue seen two steps earlier. Chance is 0.5; memory gives 1."""
+    agent = NeuroFlow(CueEnv(delay=2), seed=0, learning_starts=200, batch_size=64, seq_len=4,
+                      burn_in=2, actor_neurons=16, learning_rate=1e-3)
+    agent.learn(2000)
+    assert evaluate(agent, CueEnv(delay=2), 100) >= 0.95
