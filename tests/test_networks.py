@@ -378,3 +378,20 @@ def test_ncp_network_explicit(activation):
         net(torch.randn(4, dtype=F64))
     cfg = json.loads(json.dumps(net.get_config()))
     assert torch.equal(NCPNetwork(**cfg).wiring.masks.inter, masks.inter)
+
+
+@pytest.mark.parametrize("cell", ["cfc", "ltc"])
+def test_return_states_gives_the_state_after_every_step(cell):
+    net = LiquidNCPNetwork(3, 8, 2, cell=cell, seed=0)
+    x = torch.randn(4, 6, 3)
+    start = torch.zeros(4, 6)
+    start[2, 3] = 1
+    y, states = net(x, episode_start=start, return_states=True)
+    y_last, h_last = net(x, episode_start=start)
+    torch.testing.assert_close(y, y_last)
+    assert states.shape == (4, 6, net.hidden_size)
+    torch.testing.assert_close(states[:, -1], h_last)
+    h = None
+    for t in range(6):
+        _, h = net(x[:, t], h, episode_start=start[:, t])
+        torch.testing.assert_close(states[:, t], h)
