@@ -23,7 +23,7 @@ class CriticEnsemble(nn.Module):
     """``n_critics`` independent critics ``in_features -> out_features``.
 
     Args:
-        in_features: input size (observation [+ actor state] [+ action]).
+        in_features: input size (observation, plus actor state and action where used).
         out_features: 1 for ``Q(s, a)``; the number of actions for discrete ``Q(s, .)``.
         n_critics: ensemble size N.
         hidden: hidden layer widths (MLP); ignored with ``ncp_neurons``.

@@ -65,15 +65,20 @@ class NeuroFlow:
         buffer_size: transitions kept in replay (split over the environment streams).
         learning_starts: transitions collected with random actions before learning.
         batch_size: transitions per update (``batch_size // seq_len`` sequences).
-        seq_len: trained steps per sequence; ``burn_in``: steps before them that only
-            refresh the stored state.
-        tau: soft target update rate; gamma: discount.
+        seq_len: trained steps per sequence.
+        burn_in: steps before them that only refresh the stored state.
+        tau: soft target update rate.
+        gamma: discount.
         utd_ratio: gradient updates per environment transition.
         ent_coef: ``"auto"`` (learned, initial value 1), ``"auto_<init>"`` or a fixed float.
         target_entropy: ``"auto"`` is ``-|A|`` for Box actions and
             ``target_entropy_scale * log |A|`` (positive) for Discrete ones.
         max_grad_norm: gradient-norm clip for actor and critics.
-        n_envs, vectorization: environment copies when ``env`` is an id.
+        critic_trains_state: let the critic loss also train the liquid network whose state
+            the critics read (a shared history encoder); helps partially observed tasks.
+        target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``.
+        n_envs: environment copies when ``env`` is an id.
+        vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
         seed: seeds torch, the replay sampling, the environments and their action spaces.
     """
 
@@ -100,6 +105,7 @@ class NeuroFlow:
         target_entropy_scale: float = 0.89,
         max_grad_norm: float = 10.0,
         critic_trains_state: bool = False,
+        target_q: str = "min",
         n_envs: int = 1,
         vectorization: str = "sync",
         seed: int | None = None,
@@ -170,6 +176,9 @@ class NeuroFlow:
         self.tau, self.gamma, self.utd_ratio = tau, gamma, float(utd_ratio)
         self.max_grad_norm, self.verbose = max_grad_norm, verbose
         self.critic_trains_state = bool(critic_trains_state)
+        if target_q not in ("min", "mean"):
+            raise ValueError(f"target_q must be 'min' or 'mean', got {target_q!r}")
+        self.target_q = target_q
         self.buffer = SequenceReplayBuffer(max(buffer_size // self.n_envs, seq_len + burn_in),
                                            self.n_envs, self.obs_dim,
                                            1 if self.discrete else self.actor.action_dim,
@@ -336,9 +345,10 @@ class NeuroFlow:
         critic_loss = 0.5 * F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none"
                                        ).mean(1).sum()
 
-        # The actor sees the critics as fixed functions (their weights detached), and the
-        # critics see the actor state detached, so one backward pass of the summed losses
-        # gives each network exactly its own loss's gradient.
+        # The actor loss sees the critics as fixed functions (weights and state input
+        # detached), so one backward pass of the summed losses gives the critics exactly
+        # their loss's gradient and the actor its own (plus the critic loss's gradient
+        # through the state when critic_trains_state is on).
         actor_in = critic_in if hist is not states else torch.cat([obs, states.detach()], 1)
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -365,6 +375,12 @@ class NeuroFlow:
         self.last_losses = losses
         return losses
 
+    def _reduce_target(self, q: torch.Tensor) -> torch.Tensor:
+        """Combine the target critics ``(N, B, out)``: the minimum (clipped double-Q) or
+        the mean (less pessimistic; "Revisiting Discrete SAC" finds the minimum
+        under-estimates with discrete actions)."""
+        return q.min(0).values if self.target_q == "min" else q.mean(0)
+
     @torch.no_grad()
     def td_target(self, rewards: torch.Tensor, terminated: torch.Tensor, next_obs: torch.Tensor,
                   state: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -377,13 +393,14 @@ class NeuroFlow:
         """
         next_out, next_states = self.actor(next_obs, state)
         next_in = torch.cat([next_obs, next_states], 1)
+        reduce = self._reduce_target
         if self.discrete:
             probs, log_probs = self.actor.categorical(next_out)
-            q_next = self.critic_targets(next_in).min(0).values
+            q_next = reduce(self.critic_targets(next_in))
             v_next = (probs * (q_next - alpha * log_probs)).sum(-1)
         else:
             next_action, next_log_prob = self.actor.sample_continuous(next_out)
-            q_next = self.critic_targets(torch.cat([next_in, next_action], 1)).min(0).values
+            q_next = reduce(self.critic_targets(torch.cat([next_in, next_action], 1)))
             v_next = q_next.squeeze(-1) - alpha * next_log_prob
         return rewards + self.gamma * (1.0 - terminated) * v_next
 

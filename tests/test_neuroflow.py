@@ -199,3 +199,27 @@ def test_learns_a_memory_task_that_needs_recurrence():
                       burn_in=2, actor_neurons=16, learning_rate=1e-3)
     agent.learn(2000)
     assert evaluate(agent, CueEnv(delay=2), 100) >= 0.95
+
+
+@pytest.mark.parametrize("trains_state", [False, True])
+def test_critic_trains_state_controls_whether_critic_loss_reaches_the_actor(trains_state):
+    agent = small("CartPole-v1", critic_trains_state=trains_state, learning_starts=10_000)
+    agent.learn(100)  # fill the buffer, no updates yet
+    agent.actor_loss = lambda out, critic_in, alpha: (0.0 * out.sum(), torch.zeros(out.shape[0]))
+    before = [p.detach().clone() for p in agent.actor.net.command.parameters()]
+    agent.train_step()
+    changed = any(not torch.equal(b, p)
+                  for b, p in zip(before, agent.actor.net.command.parameters(), strict=True))
+    assert changed == trains_state
+    # The motor layer only feeds the policy: the critic loss never reaches it.
+    assert agent.actor.net.motor.weight.grad is None or not agent.actor.net.motor.weight.grad.any()
+
+
+def test_target_q_reduction():
+    agent = small("CartPole-v1", target_q="mean")
+    q = torch.tensor([[[1.0, 4.0]], [[3.0, 0.0]]])
+    torch.testing.assert_close(agent._reduce_target(q), torch.tensor([[2.0, 2.0]]))
+    agent.target_q = "min"
+    torch.testing.assert_close(agent._reduce_target(q), torch.tensor([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match="target_q"):
+        small("CartPole-v1", target_q="max")
