@@ -50,7 +50,8 @@ TASKS = {
                      baseline_kwargs={"learning_rate": 1e-3}),
     "cartpole-novel": Task("CartPoleNoVel-v1", 50_000, 5_000, 475.0,
                            "RL Zoo RecurrentPPO: 500 at 100k",
-                           neuroflow={"target_entropy_scale": 0.3},
+                           neuroflow={"target_entropy_scale": 0.3, "learning_rate": 1e-3,
+                                      "critic_trains_state": True, "utd_ratio": 2.0},
                            baseline="DQN",
                            baseline_kwargs=dict(learning_rate=2.3e-3, batch_size=64,
                                                 buffer_size=100_000, learning_starts=1000,
@@ -61,7 +62,8 @@ TASKS = {
                                                 policy_kwargs={"net_arch": [256, 256]})),
     "pendulum-novel": Task("PendulumNoVel-v1", 50_000, 5_000, -250.0,
                            "RL Zoo RecurrentPPO: -218 at 100k",
-                           neuroflow={"learning_rate": 1e-3},
+                           neuroflow={"learning_rate": 1e-3, "critic_trains_state": True,
+                                      "utd_ratio": 2.0},
                            baseline_kwargs={"learning_rate": 1e-3}),
 }
 
