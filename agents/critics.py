@@ -80,11 +80,13 @@ class CriticEnsemble(nn.Module):
     def forward(self, x: torch.Tensor, *, detach_params: bool = False) -> torch.Tensor:
         """``(N, B, out)``. ``detach_params=True`` lets gradients reach ``x`` only (an
         actor loss needs dQ/da, not the critics' weight gradients, which cost as much)."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.n_critics, -1, -1)
-        if x.dim() != 3 or x.shape[0] != self.n_critics or x.shape[-1] != self.in_features:
+        ok = x.shape[-1] == self.in_features and (
+            x.dim() == 2 or (x.dim() == 3 and x.shape[0] == self.n_critics))
+        if not ok:
             raise ValueError(f"CriticEnsemble expected input (B, {self.in_features}) or "
                              f"({self.n_critics}, B, {self.in_features}), got {tuple(x.shape)}")
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n_critics, -1, -1)
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if detach_params:
