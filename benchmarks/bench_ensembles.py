@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from machine import machine
 from torch import nn
 from torch.nn import functional as F
 
@@ -235,19 +235,6 @@ def run(rounds: int) -> tuple[list[Case], dict[str, float]]:
             times[c.name].append((time.perf_counter() - start) / c.reps)
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     return cases, {k: statistics.median(v) for k, v in times.items()}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def report(cases: list[Case], t: dict[str, float], rounds: int) -> tuple[str, bool]:

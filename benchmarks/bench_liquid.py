@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from machine import machine
 from torch import nn
 
 from velora_ens.models import LiquidNCPNetwork
@@ -136,19 +136,6 @@ def run(rounds: int, include_ncps: bool) -> tuple[dict[str, float], dict[str, fl
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     return ({k: statistics.median(v) for k, v in train.items()},
             {k: statistics.median(v) for k, v in infer.items()})
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def report(train: dict[str, float], infer: dict[str, float], rounds: int) -> tuple[str, bool]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from machine import machine
 
 OUT = Path("docs/benchmarks/rl")
 
@@ -127,18 +126,6 @@ def run_one(args: tuple[str, str, int]) -> dict:
               f"{done / train_seconds:6.1f} steps/s", file=sys.stderr, flush=True)
     return {"algo": algo, "seed": seed, "curve": curve, "train_seconds": train_seconds,
             "steps_per_second": task.steps / train_seconds}
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
 
 
 def learning(task_name: str, seeds: list[int], jobs: int, out: Path) -> int:
