@@ -61,8 +61,7 @@ TASKS = {
                                                 policy_kwargs={"net_arch": [256, 256]})),
     "pendulum-novel": Task("PendulumNoVel-v1", 50_000, 5_000, -250.0,
                            "RL Zoo RecurrentPPO: -218 at 100k",
-                           neuroflow={"learning_rate": 1e-3, "critic_trains_state": True,
-                                      "utd_ratio": 2.0},
+                           neuroflow={"learning_rate": 1e-3, "critic_trains_state": True},
                            baseline_kwargs={"learning_rate": 1e-3}),
 }
 
