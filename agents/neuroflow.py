@@ -237,6 +237,16 @@ class NeuroFlow:
             raise ValueError(f"total_timesteps must be an integer >= 1, got {total_timesteps!r}")
         if callback is not None or progress_bar:
             raise NotImplementedError("callbacks and progress bars arrive with the agent tooling")
+        # Saturated gates and tiny Adam moments produce denormal floats, which the CPU
+        # handles tens of times slower than normal ones; flush them to zero while training
+        # (PyTorch's default, off, is restored on return).
+        torch.set_flush_denormal(True)
+        try:
+            return self._learn(total_timesteps)
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _learn(self, total_timesteps: int) -> NeuroFlow:
         env, n = self.env, self.n_envs
         if self._obs is None:
             self._obs, _ = env.reset(seed=self.seed)
@@ -249,10 +259,12 @@ class NeuroFlow:
         min_stored = self.seq_len + self.burn_in
         while self.num_timesteps < end:
             obs = self._obs
-            starts = torch.as_tensor(self._episode_start, dtype=torch.float32)
             with torch.no_grad():
                 obs_t = torch.as_tensor(obs, dtype=torch.float32)
-                state_before = self._state * (1.0 - starts).unsqueeze(1)
+                state_before = self._state
+                if self._episode_start.any():
+                    keep = torch.as_tensor(~self._episode_start, dtype=torch.float32)
+                    state_before = state_before * keep.unsqueeze(1)
                 out, self._state = self.actor(obs_t, state_before)
                 if self.num_timesteps < self.learning_starts:
                     action = np.stack([self._from_env_action(np.asarray(self.action_space.sample()))

@@ -150,12 +150,13 @@ def learning(task_name: str, seeds: list[int], jobs: int, out: Path) -> int:
                      float(np.mean(sps))))
     ours = rows[0][1]
     met = ours >= task.target
-    cmd = f"python benchmarks/bench_rl.py {task_name} --seeds {' '.join(map(str, seeds))}"
+    cmd = (f"python benchmarks/bench_rl.py {task_name} --seeds {' '.join(map(str, seeds))} "
+           f"--jobs {jobs}")
     lines = [
         f"## {task.env_id}, {task.steps:,} steps, seeds {seeds}",
         "",
         f"Command: `{cmd}`. Machine: {machine()}; torch {torch.__version__}, one thread "
-        f"per run, {jobs} runs at a time; {time.strftime('%Y-%m-%d')}; "
+        f"per run, {jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
         f"{(time.time() - started) / 60:.0f} min in all. Deterministic evaluation, 20 "
         f"episodes at the end (10 at the intermediate points).",
         "",
