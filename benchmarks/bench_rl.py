@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from machine import machine
+from report import machine, write_atomic
 
 OUT = Path("docs/benchmarks/rl")
 
@@ -138,7 +138,7 @@ def learning(task_name: str, seeds: list[int], jobs: int, out: Path) -> int:
         results = pool.map(run_one, work, chunksize=1)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / task_name
-    (stem.with_suffix(".json")).write_text(json.dumps(
+    write_atomic(stem.with_suffix(".json"), json.dumps(
         {"task": task_name, "env_id": task.env_id, "steps": task.steps, "seeds": seeds,
          "results": results}, indent=1))
     rows = []
@@ -170,7 +170,7 @@ def learning(task_name: str, seeds: list[int], jobs: int, out: Path) -> int:
     lines += ["", f"Target: NeuroFlow >= {task.target:g} ({task.reference}): "
               f"**{'met' if met else 'not met'}** ({ours:.1f}).", "",
               f"![learning curves]({task_name}.png)", ""]
-    (stem.with_suffix(".md")).write_text("\n".join(lines))
+    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
     plot(results, algos, task, stem.with_suffix(".png"))
     print("\n".join(lines))
     return 0 if met else 1
@@ -244,7 +244,7 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
         "",
     ]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.md").write_text("\n".join(lines))
+    write_atomic(out / "throughput.md", "\n".join(lines))
     print("\n".join(lines))
     return 0 if met else 1
 

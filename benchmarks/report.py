@@ -1,11 +1,12 @@
-"""A one-line description of the machine a benchmark ran on, for its report."""
+"""Shared pieces of the benchmark reports: the machine line and atomic page writes."""
 
 from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
-__all__ = ["machine"]
+__all__ = ["machine", "write_atomic"]
 
 
 def machine() -> str:
@@ -20,3 +21,11 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half a page."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
