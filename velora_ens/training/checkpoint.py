@@ -1,0 +1,129 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, both written atomically.
+
+A checkpoint in ``folder`` is two files:
+
+* ``checkpoint-<step>.safetensors``: every tensor (model, EMA, optimizer state, RNG
+  state), written to a temporary file and moved into place with ``os.replace``;
+* ``checkpoint.json``: counters, configuration, the optimizer's hyper-parameters and the
+  name and SHA-256 of the tensor file, written the same way **after** the tensors. It is
+  the commit point: a crash at any moment leaves the previous complete checkpoint.
+
+Loading reads JSON and safetensors only; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_JSON",
+    "flatten_optimizer_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "unflatten_optimizer_state",
+]
+
+CHECKPOINT_JSON = "checkpoint.json"
+FORMAT = "velora_ens.checkpoint/1"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_bytes_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tensor],
+                    state: dict[str, Any], keep_last: int = 2) -> Path:
+    """Write ``tensors`` and the JSON-able ``state`` as the checkpoint of ``step`` in
+    ``folder``; keep the ``keep_last`` newest tensor files. Returns the JSON's path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"checkpoint-{step:09d}.safetensors"
+    # clone: safetensors refuses tensors that share storage (tied weights, views)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    _write_bytes_atomic(folder / name, lambda p: save_file(flat, str(p)))
+    record = {"format": FORMAT, "step": int(step), "tensors": name,
+              "sha256": _sha256(folder / name), "state": state}
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False)
+    _write_bytes_atomic(folder / CHECKPOINT_JSON, lambda p: p.write_text(text))
+    old = sorted(folder.glob("checkpoint-*.safetensors"))
+    for path in old[: max(len(old) - max(keep_last, 1), 0)]:
+        if path.name != name:
+            path.unlink(missing_ok=True)
+    return folder / CHECKPOINT_JSON
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """``(tensors, state, step)`` of the checkpoint in ``folder`` (tensors on the CPU).
+
+    Raises ``FileNotFoundError`` when there is none and ``ValueError`` when the files do
+    not match (a tensor file changed or truncated after the JSON was written)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta_path = folder / CHECKPOINT_JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {folder}: {meta_path} does not exist")
+    record = json.loads(meta_path.read_text())
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} has format {record.get('format')!r}, expected {FORMAT!r}")
+    path = folder / record["tensors"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{meta_path} names {path.name}, which does not exist")
+    digest = _sha256(path)
+    if digest != record["sha256"]:
+        raise ValueError(f"{path} does not match {meta_path} (sha256 {digest[:12]}..., "
+                         f"expected {record['sha256'][:12]}...); the checkpoint is corrupt")
+    return load_file(str(path)), record["state"], int(record["step"])
+
+
+# --- optimizer state <-> (tensors, JSON) -----------------------------------------------
+def flatten_optimizer_state(sd: dict[str, Any], prefix: str = "optim"
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors and a JSON-able description."""
+    tensors: dict[str, torch.Tensor] = {}
+    state: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        out: dict[str, Any] = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                name = f"{prefix}.{idx}.{key}"
+                tensors[name] = value
+                out[key] = {"tensor": name}
+            else:
+                out[key] = {"value": value}
+        state[str(idx)] = out
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in sd["param_groups"]]
+    return tensors, {"state": state, "param_groups": groups}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+                              ) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {}
+    for idx, entry in meta["state"].items():
+        state[int(idx)] = {key: (tensors[v["tensor"]] if "tensor" in v else v["value"])
+                           for key, v in entry.items()}
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v)
+               for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
