@@ -32,6 +32,7 @@ from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
 from agents.policies import LiquidActor, check_spaces
 from envs import make_vec_env
+from velora_ens.models import LiquidNCPNetwork
 
 __all__ = ["NeuroFlow"]
 
@@ -74,8 +75,13 @@ class NeuroFlow:
         target_entropy: ``"auto"`` is ``-|A|`` for Box actions and
             ``target_entropy_scale * log |A|`` (positive) for Discrete ones.
         max_grad_norm: gradient-norm clip for actor and critics.
-        critic_trains_state: let the critic loss also train the liquid network whose state
-            the critics read (a shared history encoder); helps partially observed tasks.
+        critic_encoder: what summarises the history for the critics. ``"actor"``: the
+            actor's liquid state (free: it is computed anyway). ``"own"``: a separate liquid
+            network of ``actor_neurons`` neurons trained by the critic loss only, as Ni et
+            al. (2022) recommend for partially observed tasks (a shared encoder lets the
+            critic loss disturb the policy); it costs one more recurrent pass per update.
+        critic_trains_state: with ``critic_encoder="actor"``, let the critic loss also
+            train the actor's liquid network (a shared history encoder, as in SAC-AE).
         target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``.
         n_envs: environment copies when ``env`` is an id.
         vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
@@ -104,6 +110,7 @@ class NeuroFlow:
         target_entropy: str | float = "auto",
         target_entropy_scale: float = 0.89,
         max_grad_norm: float = 10.0,
+        critic_encoder: str = "actor",
         critic_trains_state: bool = False,
         target_q: str = "min",
         n_envs: int = 1,
@@ -141,7 +148,18 @@ class NeuroFlow:
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed)
         self.discrete = self.actor.discrete
-        critic_in = self.obs_dim + self.actor.state_dim + (0 if self.discrete
+        if critic_encoder not in ("actor", "own"):
+            raise ValueError(f"critic_encoder must be 'actor' or 'own', got {critic_encoder!r}")
+        if critic_encoder == "own" and critic_trains_state:
+            raise ValueError("critic_trains_state applies to critic_encoder='actor' only; the "
+                             "critics' own encoder is always trained by the critic loss")
+        self.critic_encoder = (
+            LiquidNCPNetwork(self.obs_dim, actor_neurons, 1, cell=cell,
+                             seed=None if seed is None else seed + 2)
+            if critic_encoder == "own" else None)
+        self.critic_state_dim = (self.actor.state_dim if self.critic_encoder is None
+                                 else self.critic_encoder.hidden_size)
+        critic_in = self.obs_dim + self.critic_state_dim + (0 if self.discrete
                                                              else self.actor.action_dim)
         critic_out = self.actor.action_dim if self.discrete else 1
         critic_seed = 0 if seed is None else seed + 1
@@ -167,7 +185,7 @@ class NeuroFlow:
         # arithmetic for networks this small.
         adam = {"lr": learning_rate, "fused": True}
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), **adam)
+        self.critic_optimizer = torch.optim.Adam(self._critic_parameters(), **adam)
         self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], **adam)
                                 if self.learn_alpha else None)
 
@@ -182,7 +200,7 @@ class NeuroFlow:
         self.buffer = SequenceReplayBuffer(max(buffer_size // self.n_envs, seq_len + burn_in),
                                            self.n_envs, self.obs_dim,
                                            1 if self.discrete else self.actor.action_dim,
-                                           self.actor.state_dim)
+                                           self._stored_state_dim)
         self.num_timesteps = 0
         self.n_updates = 0
         self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
@@ -203,6 +221,18 @@ class NeuroFlow:
         if not ent_coef > 0:
             raise ValueError(f"a fixed ent_coef must be > 0, got {ent_coef!r}")
         return False, float(ent_coef)
+
+    @property
+    def _stored_state_dim(self) -> int:
+        """Replay stores the actor state, then the critic encoder's (if it has one)."""
+        own = 0 if self.critic_encoder is None else self.critic_encoder.hidden_size
+        return self.actor.state_dim + own
+
+    def _critic_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.critics.parameters())
+        if self.critic_encoder is not None:
+            params += list(self.critic_encoder.parameters())
+        return params
 
     @property
     def alpha(self) -> float:
@@ -251,7 +281,7 @@ class NeuroFlow:
         if self._obs is None:
             self._obs, _ = env.reset(seed=self.seed)
             self._check_finite("observation", self._obs)
-            self._state = torch.zeros(n, self.actor.state_dim)
+            self._state = torch.zeros(n, self._stored_state_dim)
             self._episode_start = np.ones(n, dtype=bool)
             self._pending_reset = np.zeros(n, dtype=bool)
         end = self.num_timesteps + total_timesteps
@@ -265,7 +295,13 @@ class NeuroFlow:
                 if self._episode_start.any():
                     keep = torch.as_tensor(~self._episode_start, dtype=torch.float32)
                     state_before = state_before * keep.unsqueeze(1)
-                out, self._state = self.actor(obs_t, state_before)
+                h = self.actor.state_dim
+                out, actor_state = self.actor(obs_t, state_before[:, :h])
+                if self.critic_encoder is None:
+                    self._state = actor_state
+                else:
+                    _, encoder_state = self.critic_encoder(obs_t, state_before[:, h:])
+                    self._state = torch.cat([actor_state, encoder_state], 1)
                 if self.num_timesteps < self.learning_starts:
                     action = np.stack([self._from_env_action(np.asarray(self.action_space.sample()))
                                        for _ in range(n)])
@@ -328,25 +364,28 @@ class NeuroFlow:
         n_seq = max(self.batch_size // self.seq_len, 1)
         b = self.buffer.sample(n_seq, self.burn_in + self.seq_len, self.rng)
         burn = self.burn_in
-        state = b.start_state
-        if burn:
-            with torch.no_grad():
-                _, state = self.actor(b.obs[:, :burn], state,
-                                      episode_start=b.episode_start[:, :burn])
-        obs, starts = b.obs[:, burn:], b.episode_start[:, burn:]
-        out, states = self.actor(obs, state, episode_start=starts, return_states=True)
+        h = self.actor.state_dim
+        obs = b.obs[:, burn:]
+        out, states = self._unroll(self.actor, b.obs, b.episode_start, b.start_state[:, :h])
         n = out.shape[0] * out.shape[1]
         out, states = out.reshape(n, -1), states.reshape(n, -1)
         obs, next_obs = obs.reshape(n, -1), b.next_obs[:, burn:].reshape(n, -1)
         actions, rewards = b.actions[:, burn:].reshape(n, -1), b.rewards[:, burn:].reshape(n)
         terminated = b.terminated[:, burn:].reshape(n)
         alpha = self.log_alpha.exp().detach()
-        hist = states.detach()
-        target = self.td_target(rewards, terminated, next_obs, hist, alpha)
-        if self.critic_trains_state:
-            # The critic loss also shapes the liquid state it reads (a shared encoder, as in
-            # SAC-AE/DrQ); the actor loss still sees the critics as fixed functions.
-            hist = states
+        if self.critic_encoder is None:
+            hist = states.detach()
+            target = self.td_target(rewards, terminated, next_obs, hist, alpha)
+            if self.critic_trains_state:
+                # The critic loss also shapes the liquid state it reads (a shared encoder, as
+                # in SAC-AE/DrQ); the actor loss still sees the critics as fixed functions.
+                hist = states
+        else:
+            _, hist = self._unroll(self.critic_encoder, b.obs, b.episode_start,
+                                   b.start_state[:, h:])
+            hist = hist.reshape(n, -1)
+            target = self.td_target(rewards, terminated, next_obs, states.detach(), alpha,
+                                    critic_state=hist.detach())
 
         critic_in = torch.cat([obs, hist], 1)
         if self.discrete:
@@ -361,12 +400,13 @@ class NeuroFlow:
         # detached), so one backward pass of the summed losses gives the critics exactly
         # their loss's gradient and the actor its own (plus the critic loss's gradient
         # through the state when critic_trains_state is on).
-        actor_in = critic_in if hist is not states else torch.cat([obs, states.detach()], 1)
+        actor_in = critic_in if not hist.requires_grad else torch.cat([obs, hist.detach()], 1)
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
         self.critic_optimizer.zero_grad(set_to_none=True)
         self.actor_optimizer.zero_grad(set_to_none=True)
         (critic_loss + actor_loss).backward()
-        torch.nn.utils.clip_grad_norm_(self.critics.parameters(), self.max_grad_norm, foreach=True)
+        torch.nn.utils.clip_grad_norm_(self._critic_parameters(), self.max_grad_norm,
+                                       foreach=True)
         torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm, foreach=True)
         self.critic_optimizer.step()
         self.actor_optimizer.step()
@@ -387,6 +427,17 @@ class NeuroFlow:
         self.last_losses = losses
         return losses
 
+    def _unroll(self, net: torch.nn.Module, obs: torch.Tensor, episode_start: torch.Tensor,
+                state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refresh ``state`` over the burn-in prefix without gradients, then run the
+        trained steps; returns their outputs and states ``(B, seq_len, ...)``."""
+        burn = self.burn_in
+        if burn:
+            with torch.no_grad():
+                _, state = net(obs[:, :burn], state, episode_start=episode_start[:, :burn])
+        return net(obs[:, burn:], state, episode_start=episode_start[:, burn:],
+                   return_states=True)
+
     def _reduce_target(self, q: torch.Tensor) -> torch.Tensor:
         """Combine the target critics ``(N, B, out)``: the minimum (clipped double-Q) or
         the mean (less pessimistic; "Revisiting Discrete SAC" finds the minimum
@@ -395,15 +446,19 @@ class NeuroFlow:
 
     @torch.no_grad()
     def td_target(self, rewards: torch.Tensor, terminated: torch.Tensor, next_obs: torch.Tensor,
-                  state: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+                  state: torch.Tensor, alpha: torch.Tensor,
+                  critic_state: torch.Tensor | None = None) -> torch.Tensor:
         """Soft Bellman targets ``r + gamma (1 - terminated) V(s')``, ``(n,)``.
 
         ``state`` is the actor state after each step; one more actor step from it on the
         real next observation gives the policy at the successor (also after the last
         step of an episode, whose successor is not the next stored step). Only
         ``terminated`` stops bootstrapping: a truncated step still bootstraps.
+        ``critic_state`` is the critic encoder's state after each step (own encoder only).
         """
         next_out, next_states = self.actor(next_obs, state)
+        if self.critic_encoder is not None:
+            _, next_states = self.critic_encoder(next_obs, critic_state)
         next_in = torch.cat([next_obs, next_states], 1)
         reduce = self._reduce_target
         if self.discrete:

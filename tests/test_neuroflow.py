@@ -223,3 +223,59 @@ def test_target_q_reduction():
     torch.testing.assert_close(agent._reduce_target(q), torch.tensor([[1.0, 0.0]]))
     with pytest.raises(ValueError, match="target_q"):
         small("CartPole-v1", target_q="max")
+
+
+def test_own_critic_encoder_is_trained_by_the_critic_loss_only():
+    agent = small("CartPole-v1", critic_encoder="own", learning_starts=10_000)
+    agent.learn(100)  # fill the buffer, no updates yet
+    h = agent.actor.state_dim
+    # Replay keeps both states side by side, both reset where an episode starts.
+    assert agent.buffer.states.shape[-1] == h + agent.critic_encoder.hidden_size
+    starts = agent.buffer.episode_start[0, :100] == 1
+    assert np.all(agent.buffer.states[0, :100][starts] == 0)
+    assert np.any(agent.buffer.states[0, :100][~starts][:, h:] != 0)
+    agent.actor_loss = lambda out, critic_in, alpha: (0.0 * out.sum(), torch.zeros(out.shape[0]))
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    encoder_before = [p.detach().clone() for p in agent.critic_encoder.command.parameters()]
+    agent.train_step()
+    assert all(torch.equal(b, p) for b, p in zip(actor_before, agent.actor.parameters(),
+                                                 strict=True))
+    assert any(not torch.equal(b, p) for b, p in zip(
+        encoder_before, agent.critic_encoder.command.parameters(), strict=True))
+
+
+def test_own_critic_encoder_target_uses_the_encoder_state():
+    agent = small("CartPole-v1", critic_encoder="own")
+    torch.manual_seed(5)
+    n = 6
+    next_obs, rewards, alpha = torch.randn(n, 4), torch.rand(n), torch.tensor(0.2)
+    actor_state = torch.randn(n, agent.actor.state_dim)
+    encoder_state = torch.randn(n, agent.critic_encoder.hidden_size)
+    got = agent.td_target(rewards, torch.zeros(n), next_obs, actor_state, alpha,
+                          critic_state=encoder_state)
+    with torch.no_grad():
+        out, _ = agent.actor.net(next_obs, actor_state)
+        probs = torch.softmax(out, -1)
+        _, e = agent.critic_encoder(next_obs, encoder_state)
+        q = agent.critic_targets(torch.cat([next_obs, e], 1)).min(0).values
+        v = (probs * (q - alpha * torch.log(probs))).sum(-1)
+    torch.testing.assert_close(got, rewards + agent.gamma * v)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_short_learning_run_with_own_critic_encoder(env_id):
+    agent = small(env_id, critic_encoder="own")
+    before = [p.detach().clone() for p in agent.critic_encoder.parameters()]
+    agent.learn(120)
+    assert all(math.isfinite(v) for v in agent.last_losses.values())
+    assert any(not torch.equal(b, p)
+               for b, p in zip(before, agent.critic_encoder.parameters(), strict=True))
+    _, state = agent.predict(np.zeros(agent.obs_dim, np.float32))
+    assert state.shape == (1, agent.actor.state_dim)  # acting needs the actor only
+
+
+def test_critic_encoder_options_are_checked():
+    with pytest.raises(ValueError, match="critic_encoder"):
+        small("CartPole-v1", critic_encoder="mlp")
+    with pytest.raises(ValueError, match="critic_trains_state"):
+        small("CartPole-v1", critic_encoder="own", critic_trains_state=True)
