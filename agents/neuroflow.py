@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -62,7 +63,9 @@ class NeuroFlow:
         critic_hidden: hidden widths of each MLP critic.
         critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
         n_critics: critics in the ensemble head (targets use their minimum).
-        learning_rate: Adam step size for actor, critics and temperature.
+        learning_rate: Adam step size for actor, critics and temperature: a number, or
+            (as in Stable-Baselines3) a schedule called with the progress remaining in
+            the current ``learn`` call (1 at its start, 0 at its end).
         buffer_size: transitions kept in replay (split over the environment streams).
         learning_starts: transitions collected with random actions before learning.
         batch_size: transitions per update (``batch_size // seq_len`` sequences).
@@ -97,7 +100,7 @@ class NeuroFlow:
         critic_hidden: tuple[int, ...] = (128, 128),
         critic_ncp_neurons: int | None = None,
         n_critics: int = 2,
-        learning_rate: float = 3e-4,
+        learning_rate: float | Callable[[float], float] = 3e-4,
         buffer_size: int = 1_000_000,
         learning_starts: int = 100,
         batch_size: int = 256,
@@ -183,7 +186,16 @@ class NeuroFlow:
 
         # Fused Adam: one kernel for all tensors; the per-tensor loop costs more than the
         # arithmetic for networks this small.
-        adam = {"lr": learning_rate, "fused": True}
+        if callable(learning_rate):
+            self.lr_schedule: Callable[[float], float] | None = learning_rate
+            learning_rate = self._scheduled_lr(1.0)
+        elif isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
+                or not learning_rate > 0:
+            raise ValueError(f"learning_rate must be a number > 0 or a schedule (a callable of "
+                             f"the remaining progress), got {learning_rate!r}")
+        else:
+            self.lr_schedule = None
+        adam = {"lr": float(learning_rate), "fused": True}
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
         self.critic_optimizer = torch.optim.Adam(self._critic_parameters(), **adam)
         self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], **adam)
@@ -233,6 +245,20 @@ class NeuroFlow:
         if self.critic_encoder is not None:
             params += list(self.critic_encoder.parameters())
         return params
+
+    def _scheduled_lr(self, progress_remaining: float) -> float:
+        lr = self.lr_schedule(progress_remaining)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+            raise ValueError(f"the learning-rate schedule returned {lr!r} at progress "
+                             f"remaining {progress_remaining:.3f}; expected a number >= 0")
+        return float(lr)
+
+    def _update_learning_rate(self, progress_remaining: float) -> None:
+        lr = self._scheduled_lr(progress_remaining)
+        for opt in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr
 
     @property
     def alpha(self) -> float:
@@ -284,8 +310,9 @@ class NeuroFlow:
             self._state = torch.zeros(n, self._stored_state_dim)
             self._episode_start = np.ones(n, dtype=bool)
             self._pending_reset = np.zeros(n, dtype=bool)
-        end = self.num_timesteps + total_timesteps
-        start_time, start_steps = time.perf_counter(), self.num_timesteps
+        first_step = self.num_timesteps
+        end = first_step + total_timesteps
+        start_time = time.perf_counter()
         min_stored = self.seq_len + self.burn_in
         while self.num_timesteps < end:
             obs = self._obs
@@ -335,11 +362,14 @@ class NeuroFlow:
 
             if self.num_timesteps >= self.learning_starts and self.buffer.can_sample(min_stored):
                 self._update_budget += self.utd_ratio * int(valid.sum())
+                if self.lr_schedule is not None and self._update_budget >= 1.0:
+                    self._update_learning_rate(
+                        max(0.0, 1.0 - (self.num_timesteps - first_step) / total_timesteps))
                 while self._update_budget >= 1.0:
                     self.train_step()
                     self._update_budget -= 1.0
             if self.verbose and self.num_timesteps % (1000 * n) < n and self.ep_info_buffer:
-                fps = (self.num_timesteps - start_steps) / (time.perf_counter() - start_time)
+                fps = (self.num_timesteps - first_step) / (time.perf_counter() - start_time)
                 print(f"step {self.num_timesteps:>8d}  "
                       f"ep_rew_mean {self.mean_episode_return():9.2f}"
                       f"  fps {fps:6.0f}", flush=True)

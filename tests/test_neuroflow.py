@@ -279,3 +279,25 @@ def test_critic_encoder_options_are_checked():
         small("CartPole-v1", critic_encoder="mlp")
     with pytest.raises(ValueError, match="critic_trains_state"):
         small("CartPole-v1", critic_encoder="own", critic_trains_state=True)
+
+
+def test_learning_rate_schedule_follows_the_remaining_progress():
+    calls = []
+
+    def schedule(progress):
+        calls.append(progress)
+        return 1e-3 * progress
+
+    agent = small("Pendulum-v1", learning_rate=schedule)
+    assert calls == [1.0]  # the initial rate
+    agent.learn(100)
+    # SB3's convention: progress remaining goes from 1 to 0 over one learn() call and is
+    # applied before the updates of each step.
+    expected = [1.0 - t / 100 for t in range(32, 101)]
+    np.testing.assert_allclose(calls[1:], expected)
+    for opt in (agent.actor_optimizer, agent.critic_optimizer, agent.alpha_optimizer):
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * expected[-1])
+    with pytest.raises(ValueError, match="learning_rate"):
+        small("Pendulum-v1", learning_rate=-1.0)
+    with pytest.raises(ValueError, match=r"schedule returned nan"):
+        small("Pendulum-v1", learning_rate=lambda p: float("nan"))
