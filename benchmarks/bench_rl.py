@@ -61,7 +61,7 @@ TASKS = {
                                                 policy_kwargs={"net_arch": [256, 256]})),
     "pendulum-novel": Task("PendulumNoVel-v1", 50_000, 5_000, -250.0,
                            "RL Zoo RecurrentPPO: -218 at 100k",
-                           neuroflow={"learning_rate": 1e-3, "critic_trains_state": True},
+                           neuroflow={"learning_rate": 1e-3, "critic_encoder": "own"},
                            baseline_kwargs={"learning_rate": 1e-3}),
 }
 
@@ -127,20 +127,40 @@ def run_one(args: tuple[str, str, int]) -> dict:
             "steps_per_second": task.steps / train_seconds}
 
 
-def learning(task_name: str, seeds: list[int], jobs: int, out: Path) -> int:
+def reused_baseline(path: Path, task_name: str, seeds: list[int]) -> tuple[list[dict], str]:
+    """The baseline's runs from an earlier JSON of the same task, budget and seeds."""
+    task = TASKS[task_name]
+    if not path.exists():
+        raise SystemExit(f"--reuse-baseline: {path} does not exist; run without it first")
+    old = json.loads(path.read_text())
+    same = (old.get("task") == task_name and old.get("steps") == task.steps
+            and sorted(old.get("seeds", [])) == sorted(seeds))
+    runs = [r for r in old.get("results", []) if r["algo"] == task.baseline]
+    if not same or sorted(r["seed"] for r in runs) != sorted(seeds):
+        raise SystemExit(f"--reuse-baseline: {path} holds another task, budget or seeds")
+    return runs, old.get("baseline_date") or old.get("date") or "an earlier run"
+
+
+def learning(task_name: str, seeds: list[int], jobs: int, out: Path,
+             reuse_baseline: bool = False) -> int:
     import torch
 
     task = TASKS[task_name]
     algos = ["NeuroFlow", task.baseline]
-    work = [(task_name, a, s) for s in seeds for a in algos]
+    stem = out / task_name
+    reused, baseline_date = [], time.strftime("%Y-%m-%d")
+    if reuse_baseline:
+        reused, baseline_date = reused_baseline(stem.with_suffix(".json"), task_name, seeds)
+    work = [(task_name, a, s) for s in seeds for a in algos
+            if not (reuse_baseline and a == task.baseline)]
     started = time.time()
     with mp.get_context("spawn").Pool(jobs) as pool:
-        results = pool.map(run_one, work, chunksize=1)
+        results = pool.map(run_one, work, chunksize=1) + reused
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / task_name
     write_atomic(stem.with_suffix(".json"), json.dumps(
         {"task": task_name, "env_id": task.env_id, "steps": task.steps, "seeds": seeds,
-         "results": results}, indent=1))
+         "date": time.strftime("%Y-%m-%d"), "baseline_date": baseline_date,
+         "neuroflow": task.neuroflow, "results": results}, indent=1))
     rows = []
     for algo in algos:
         runs = [r for r in results if r["algo"] == algo]
@@ -151,14 +171,20 @@ def learning(task_name: str, seeds: list[int], jobs: int, out: Path) -> int:
     ours = rows[0][1]
     met = ours >= task.target
     cmd = (f"python benchmarks/bench_rl.py {task_name} --seeds {' '.join(map(str, seeds))} "
-           f"--jobs {jobs}")
+           f"--jobs {jobs}" + (" --reuse-baseline" if reuse_baseline else ""))
+    reuse_note = (f" The SB3 {task.baseline} runs were not repeated: they are read from the "
+                  f"JSON of the run of {baseline_date} (same seeds, budget and evaluation; "
+                  f"an SB3 run is deterministic for a seed on one machine)."
+                  if reuse_baseline else "")
     lines = [
         f"## {task.env_id}, {task.steps:,} steps, seeds {seeds}",
         "",
         f"Command: `{cmd}`. Machine: {machine()}; torch {torch.__version__}, one thread "
         f"per run, {jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
         f"{(time.time() - started) / 60:.0f} min in all. Deterministic evaluation, 20 "
-        f"episodes at the end (10 at the intermediate points).",
+        f"episodes at the end (10 at the intermediate points).{reuse_note}",
+        "",
+        f"NeuroFlow settings (besides the defaults): `{task.neuroflow}`.",
         "",
         "| agent | final return (mean ± std over seeds) | per seed | train steps/s |",
         "|---|---:|---|---:|",
@@ -257,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="throughput: chunks per agent")
     parser.add_argument("--chunk", type=int, default=500, help="throughput: steps per chunk")
     parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    parser.add_argument("--reuse-baseline", action="store_true",
+                        help="read the SB3 runs from the task's existing JSON (same seeds "
+                             "and budget) instead of training them again")
     args = parser.parse_args(argv)
     if args.task == "throughput":
         return throughput(args.rounds, args.chunk, args.out)
-    return learning(args.task, args.seeds, args.jobs, args.out)
+    return learning(args.task, args.seeds, args.jobs, args.out, args.reuse_baseline)
 
 
 if __name__ == "__main__":
