@@ -4,6 +4,8 @@ Subcommands:
 
 * ``demo``: train a liquid network on an irregularly sampled sequence task and print
   its metrics (the README's main job until agent training lands).
+* ``bench protein|cifar10|synthetic``: the supervised benchmarks of the ensemble heads
+  (:mod:`velora_ens.bench`); each writes ``results.json``, ``index.md`` and PNG plots.
 
 User mistakes (bad options, bad values) end with one clear line on stderr and exit
 code 2, not a traceback.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +42,50 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--neurons", type=int, default=16, help="inter + command neurons")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     demo.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_bench(sub)
     return parser
+
+
+_BENCHES = {"protein": "UCI protein regression, every head on 90/10 splits",
+            "cifar10": "CIFAR-10 image classification, a CNN with each head",
+            "synthetic": "two-regime 1-D regression: predictive mean and 80% band"}
+
+
+def _add_bench(sub) -> None:
+    from importlib import import_module
+
+    bench = sub.add_parser("bench", help="supervised benchmarks of the ensemble heads",
+                           description="Supervised benchmarks; each writes results.json, "
+                                       "index.md (a Markdown page) and PNG plots to --out.")
+    tasks = bench.add_subparsers(dest="task", parser_class=_Parser, required=True)
+    for name, text in _BENCHES.items():
+        p = tasks.add_parser(name, help=text, description=text)
+        p.add_argument("--data-root", default=None,
+                       help="data folder (default $VELORA_ENS_DATA or ./data)")
+        p.add_argument("--out", default=f"bench-results/{name}",
+                       help=f"output folder (default bench-results/{name})")
+        p.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+        p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model")
+        p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+        import_module(f"velora_ens.bench.{name}").add_arguments(p)
+
+
+def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from importlib import import_module
+
+    import torch
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    args.command_line = "velora-ens " + shlex.join(argv)
+    report = import_module(f"velora_ens.bench.{args.task}").run(args)
+    print(f"velora-ens bench {args.task}: wrote {args.out}/index.md and results.json "
+          f"(device {report['environment']['device']})")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -75,6 +121,7 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``velora-ens``; returns the exit code."""
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.version:
         from velora_ens import __version__
@@ -85,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "bench":
+            return _bench(args, argv)
         return _demo(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"velora-ens: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -356,12 +356,12 @@ class Trainer:
             g["lr"] = g["base_lr"] * f
         return self.opt.param_groups[0]["lr"]
 
-    def _check_finite(self, finite: torch.Tensor, step: int) -> None:
+    def _check_finite(self, finite: torch.Tensor, step: int, what: str = "loss") -> None:
         if not bool(finite):
             where = (f"step {self.last_good_checkpoint} in {self.results_folder}"
                      if self.last_good_checkpoint is not None else "none saved")
             raise TrainingDivergedError(
-                f"the training loss became NaN or infinite at or before step {step}; "
+                f"the training {what} became NaN or infinite at or before step {step}; "
                 f"last good checkpoint: {where}. Lower train_lr, enable grad_clip or "
                 f"check the data")
 
@@ -395,7 +395,11 @@ class Trainer:
                 else:
                     loss.backward()
                 if self.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    if self.scaler is None:  # the scaler skips steps with inf gradients
+                        finite = finite & torch.isfinite(norm)
+                        if self.device.type == "cpu":
+                            self._check_finite(finite, self.step + 1, "gradient")
                 if self.scaler is not None:
                     self.scaler.step(self.opt)
                     self.scaler.update()

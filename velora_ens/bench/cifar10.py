@@ -1,0 +1,185 @@
+"""CIFAR-10 benchmark: one network with each ensemble head.
+
+``velora-ens bench cifar10``: accuracy, NLL, ECE, training and evaluation images per
+second, and each head's training cost relative to the single model measured in the same
+run. On a CPU the default is a short smoke run of a small CNN on a subset; on a GPU,
+``--model resnet18`` with the full data is the real benchmark (see the docs page for the
+command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from velora_ens.bench.classifiers import CLASSIFIER_HEADS, ImageClassifier, build_network
+from velora_ens.bench.report import (
+    Timer,
+    environment,
+    markdown_table,
+    mean_std,
+    write_atomic,
+    write_json,
+)
+from velora_ens.metrics import accuracy, classification_nll, expected_calibration_error
+
+__all__ = ["add_arguments", "run"]
+
+NAMES = {"single": "single model", "deep": "Deep Ensemble", "batch": "BatchEnsemble",
+         "liquid": "Liquid Ensemble", "moe": "stochastic MoE"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heads", default=",".join(CLASSIFIER_HEADS),
+                   help=f"comma-separated heads among {', '.join(CLASSIFIER_HEADS)}")
+    p.add_argument("--model", choices=("cnn", "resnet18"), default="cnn",
+                   help="network: a small CNN (default) or a pre-activation ResNet-18")
+    p.add_argument("--width", type=int, default=None,
+                   help="channels of the first stage (default 16 for cnn, 64 for resnet18)")
+    p.add_argument("--members", type=int, default=4, help="ensemble size (default 4)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    p.add_argument("--train-size", type=int, default=10000,
+                   help="training images, a seeded subset; 0 = all 50000 (default 10000)")
+    p.add_argument("--test-size", type=int, default=2000,
+                   help="test images, the first N; 0 = all 10000 (default 2000)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                   help="adamw (default) or sgd (Nesterov momentum 0.9)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="default 0")
+    p.add_argument("--warmup-steps", type=int, default=100, help="default 100")
+    p.add_argument("--cache-dir", default=None,
+                   help="decoded-image cache (default $VELORA_ENS_CACHE or ~/.cache/velora_ens)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+              amp_dtype) -> tuple[dict[str, float], float]:
+    model.eval()
+    probs = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    with Timer() as t, torch.no_grad():
+        for start in range(0, len(x), 500):
+            xb = x[start:start + 500].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                probs.append(model.predict(xb).probs.float().cpu())
+    p = torch.cat(probs)
+    return {"accuracy": accuracy(p, y), "nll": classification_nll(p, y),
+            "ece": expected_calibration_error(p, y)}, len(x) / t.seconds
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark described by ``args`` and write its JSON and Markdown."""
+    from velora_ens.data import CropFlip, load_cifar10
+    from velora_ens.training import TensorDataset, Trainer
+
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if not heads or any(h not in CLASSIFIER_HEADS for h in heads):
+        raise ValueError(f"--heads must be a comma-separated list of "
+                         f"{', '.join(CLASSIFIER_HEADS)}, got {args.heads!r}")
+    for name in ("members", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    width = args.width or (16 if args.model == "cnn" else 64)
+    with Timer() as load_t:
+        data = load_cifar10(args.data_root, cache_dir=args.cache_dir)
+    n_train = args.train_size or len(data.x_train)
+    n_test = args.test_size or len(data.x_test)
+    if not 0 < n_train <= len(data.x_train) or not 0 < n_test <= len(data.x_test):
+        raise ValueError(f"--train-size must be in [0, {len(data.x_train)}] and --test-size "
+                         f"in [0, {len(data.x_test)}], got {args.train_size} and "
+                         f"{args.test_size}")
+    g = torch.Generator().manual_seed(args.seed)
+    sub = torch.randperm(len(data.x_train), generator=g)[:n_train]
+    train = TensorDataset(data.x_train[sub], data.y_train[sub])
+    x_test, y_test = data.x_test[:n_test], data.y_test[:n_test]
+    results: dict[str, dict[str, Any]] = {}
+    device = "cpu"
+    for head in heads:
+        torch.manual_seed(args.seed)
+        net = build_network(args.model, width)
+        model = ImageClassifier(net, head, members=args.members, num_train=n_train,
+                                label_smoothing=args.label_smoothing)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(model, train, train_batch_size=args.batch_size,
+                              train_lr=args.lr, epochs=args.epochs, ema_decay=None,
+                              optimizer=args.optimizer, weight_decay=args.weight_decay,
+                              warmup_steps=args.warmup_steps, batch_transform=CropFlip(),
+                              results_folder=tmp, save_every=0, progress_bar=False,
+                              seed=args.seed, device=args.device, amp=args.amp,
+                              compile=args.compile)
+            device = str(trainer.device)
+            with Timer() as t:
+                trainer.train()
+        scores, eval_ips = _evaluate(model, x_test, y_test, trainer.device, trainer.amp_dtype)
+        images = trainer.train_num_steps * trainer.global_batch
+        results[head] = {**scores, "train_seconds": t.seconds,
+                         "train_images_per_s": images / t.seconds,
+                         "eval_images_per_s": eval_ips,
+                         "parameters": sum(p.numel() for p in model.parameters()),
+                         "steps": trainer.train_num_steps}
+        print(f"{head:7s} acc {scores['accuracy']:.4f} nll {scores['nll']:.3f} "
+              f"train {images / t.seconds:.0f} img/s eval {eval_ips:.0f} img/s "
+              f"({t.seconds:.0f} s)", flush=True)
+        model.cpu()
+    if "single" in results:
+        ref = results["single"]["train_images_per_s"]
+        ref_eval = results["single"]["eval_images_per_s"]
+        for r in results.values():
+            r["train_cost_vs_single"] = ref / r["train_images_per_s"]
+            r["eval_cost_vs_single"] = ref_eval / r["eval_images_per_s"]
+    env = environment(device)
+    settings = {k: getattr(args, k) for k in ("model", "members", "epochs", "batch_size",
+                                               "optimizer", "lr", "weight_decay",
+                                               "label_smoothing", "seed", "amp")}
+    settings.update({"width": width, "train_size": n_train, "test_size": n_test})
+    report = {"benchmark": "cifar10", "command": args.command_line, "environment": env,
+              "settings": settings, "data_source": data.source,
+              "load_seconds": load_t.seconds, "results": results}
+    write_json(Path(args.out) / "results.json", report)
+    write_atomic(Path(args.out) / "index.md", _markdown(report))
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    env, s, res = report["environment"], report["settings"], report["results"]
+    m = s["members"]
+    lines = [
+        "# CIFAR-10", "",
+        f"Generated by `{report['command']}`.", "",
+        f"Machine: {env['machine']}; device {env['device']}"
+        + (f" ({env['gpu']})" if env["gpu"] else "")
+        + f"; torch {env['torch']}, {env['threads']} thread(s); {env['date']}.", "",
+        f"Data: `{Path(report['data_source']).name}`, {s['train_size']} training images (a "
+        f"seeded subset), the first {s['test_size']} test images. The JPEG copy's pixels "
+        "differ slightly from the canonical binary batches, so accuracies are close to, not "
+        "identical with, canonical CIFAR-10 numbers.", "",
+        f"Network: `{s['model']}` (width {s['width']}); {s['epochs']} epochs of batch "
+        f"{s['batch_size']}, random crop (padding 4) and horizontal flip, {s['optimizer']} "
+        f"(peak lr {s['lr']}, weight decay {s['weight_decay']}, cosine decay), label "
+        f"smoothing {s['label_smoothing']}, seed {s['seed']}, one `Trainer` per head. Heads "
+        f"with {m} members: Deep Ensemble = {m} independent networks; BatchEnsemble = "
+        f"`batchensemble(network, {m})` on the full batch tiled {m} times; Liquid Ensemble "
+        f"and MoE = {m} MLP experts on the network's pooled features.", "",
+        "Images per second count input images (a BatchEnsemble step processes each image "
+        f"{m} times); the cost columns are the single model's throughput over the head's, "
+        "measured in this run.", "",
+    ]
+    rows = []
+    for head, r in res.items():
+        rows.append([NAMES[head], f"{r['accuracy']:.4f}", f"{r['nll']:.3f}", f"{r['ece']:.3f}",
+                     f"{r['parameters']:,}", f"{r['train_images_per_s']:.0f}",
+                     f"{r['eval_images_per_s']:.0f}",
+                     f"{r.get('train_cost_vs_single', float('nan')):.2f}x",
+                     f"{r.get('eval_cost_vs_single', float('nan')):.2f}x",
+                     mean_std([r["train_seconds"]], 0)])
+    lines.append(markdown_table(["head", "accuracy", "NLL", "ECE", "parameters",
+                                 "train img/s", "eval img/s", "train cost", "eval cost",
+                                 "train time (s)"], rows))
+    return "\n".join(lines) + "\n"
