@@ -287,22 +287,32 @@ class NeuroFlow:
     def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False
               ) -> NeuroFlow:
         """Collect ``total_timesteps`` transitions (summed over the environment copies)
-        and train; returns ``self``."""
+        and train; returns ``self``.
+
+        ``callback`` may be a function ``callback(locals, globals) -> bool``
+        (Stable-Baselines3's functional form), called after every environment step and
+        its updates; a false return value stops training.
+        """
         if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, int) \
                 or total_timesteps < 1:
             raise ValueError(f"total_timesteps must be an integer >= 1, got {total_timesteps!r}")
-        if callback is not None or progress_bar:
-            raise NotImplementedError("callbacks and progress bars arrive with the agent tooling")
+        if progress_bar:
+            raise NotImplementedError("progress bars arrive with the agent tooling")
+        if callback is not None and (not callable(callback) or hasattr(callback, "on_step")):
+            raise NotImplementedError(
+                f"callback objects ({type(callback).__name__}) arrive with the agent tooling; "
+                "pass a function callback(locals, globals) -> bool")
         # Saturated gates and tiny Adam moments produce denormal floats, which the CPU
         # handles tens of times slower than normal ones; flush them to zero while training
         # (PyTorch's default, off, is restored on return).
         torch.set_flush_denormal(True)
         try:
-            return self._learn(total_timesteps)
+            return self._learn(total_timesteps, callback)
         finally:
             torch.set_flush_denormal(False)
 
-    def _learn(self, total_timesteps: int) -> NeuroFlow:
+    def _learn(self, total_timesteps: int,
+               callback: Callable[[dict, dict], bool] | None = None) -> NeuroFlow:
         env, n = self.env, self.n_envs
         if self._obs is None:
             self._obs, _ = env.reset(seed=self.seed)
@@ -373,6 +383,8 @@ class NeuroFlow:
                 print(f"step {self.num_timesteps:>8d}  "
                       f"ep_rew_mean {self.mean_episode_return():9.2f}"
                       f"  fps {fps:6.0f}", flush=True)
+            if callback is not None and not callback(locals(), globals()):
+                break
         return self
 
     def _record_episodes(self, info: dict, done: np.ndarray) -> None:

@@ -87,8 +87,18 @@ def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
+def schedule(value):
+    """RL Zoo's ``"lin_<x>"`` (linear decay from x to 0) as an SB3 schedule; numbers pass."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
 def run_one(args: tuple[str, str, int]) -> dict:
-    """Train one (algorithm, seed) on a task; returns its curve and timing."""
+    """Train one (algorithm, seed) on a task in one ``learn`` call (so schedules see the
+    whole budget), evaluating every ``eval_every`` steps from a callback; returns the
+    curve and the training time (evaluation time excluded)."""
     task_name, algo, seed = args
     import torch
 
@@ -97,10 +107,9 @@ def run_one(args: tuple[str, str, int]) -> dict:
     if algo == "NeuroFlow":
         from agents import NeuroFlow
 
-        model = NeuroFlow(task.env_id, seed=seed, **task.neuroflow)
-
-        def learn(n: int) -> None:
-            model.learn(n)
+        kwargs = {k: schedule(v) if k == "learning_rate" else v
+                  for k, v in task.neuroflow.items()}
+        model = NeuroFlow(task.env_id, seed=seed, **kwargs)
     else:
         import stable_baselines3 as sb3
 
@@ -109,20 +118,25 @@ def run_one(args: tuple[str, str, int]) -> dict:
         cls = getattr(sb3, algo)
         model = cls("MlpPolicy", envs.make_env(task.env_id), seed=seed, verbose=0,
                     **task.baseline_kwargs)
+    curve: list[tuple[int, float]] = []
+    eval_seconds = 0.0
+    started = time.perf_counter()
 
-        def learn(n: int) -> None:
-            model.learn(n, reset_num_timesteps=False)
-    curve, train_seconds, done = [], 0.0, 0
-    while done < task.steps:
-        chunk = min(task.eval_every, task.steps - done)
-        start = time.perf_counter()
-        learn(chunk)
-        train_seconds += time.perf_counter() - start
-        done += chunk
-        episodes = 20 if done >= task.steps else 10
-        curve.append((done, evaluate(model, task.env_id, episodes, seed)))
-        print(f"  {algo:9s} seed {seed}  {done:>6d} steps  eval {curve[-1][1]:8.1f}  "
-              f"{done / train_seconds:6.1f} steps/s", file=sys.stderr, flush=True)
+    def on_step(_locals: dict, _globals: dict) -> bool:
+        nonlocal eval_seconds
+        done = model.num_timesteps
+        if done >= (len(curve) + 1) * task.eval_every:
+            t0 = time.perf_counter()
+            episodes = 20 if done >= task.steps else 10
+            curve.append((done, evaluate(model, task.env_id, episodes, seed)))
+            eval_seconds += time.perf_counter() - t0
+            rate = done / (time.perf_counter() - started - eval_seconds)
+            print(f"  {algo:9s} seed {seed}  {done:>6d} steps  eval {curve[-1][1]:8.1f}  "
+                  f"{rate:6.1f} steps/s", file=sys.stderr, flush=True)
+        return True
+
+    model.learn(task.steps, callback=on_step)
+    train_seconds = time.perf_counter() - started - eval_seconds
     return {"algo": algo, "seed": seed, "curve": curve, "train_seconds": train_seconds,
             "steps_per_second": task.steps / train_seconds}
 

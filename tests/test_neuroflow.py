@@ -301,3 +301,24 @@ def test_learning_rate_schedule_follows_the_remaining_progress():
         small("Pendulum-v1", learning_rate=-1.0)
     with pytest.raises(ValueError, match=r"schedule returned nan"):
         small("Pendulum-v1", learning_rate=lambda p: float("nan"))
+
+
+def test_function_callback_sees_every_step_and_can_stop_training():
+    seen = []
+
+    def callback(locals_, globals_):
+        seen.append(locals_["self"].num_timesteps)
+        return locals_["self"].num_timesteps < 40
+
+    agent = small("CartPole-v1")
+    agent.learn(100, callback=callback)
+    # Called after every env step (a NEXT_STEP autoreset step adds no transition, so a
+    # count can repeat); training stops at the first false return.
+    assert sorted(set(seen)) == list(range(1, 41)) and seen[-1] == agent.num_timesteps == 40
+
+    class CallbackObject:
+        def on_step(self):
+            return True
+
+    with pytest.raises(NotImplementedError, match="CallbackObject"):
+        agent.learn(10, callback=CallbackObject())
