@@ -41,11 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None,
                    help="channels of the first stage (default 16 for cnn, 64 for resnet18)")
     p.add_argument("--members", type=int, default=4, help="ensemble size (default 4)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
     p.add_argument("--train-size", type=int, default=10000,
                    help="training images, a seeded subset; 0 = all 50000 (default 10000)")
     p.add_argument("--test-size", type=int, default=2000,
-                   help="test images, the first N; 0 = all 10000 (default 2000)")
+                   help="test images, a seeded subset; 0 = all 10000 (default 2000)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
                    help="adamw (default) or sgd (Nesterov momentum 0.9)")
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(args.seed)
     sub = torch.randperm(len(data.x_train), generator=g)[:n_train]
     train = TensorDataset(data.x_train[sub], data.y_train[sub])
-    x_test, y_test = data.x_test[:n_test], data.y_test[:n_test]
+    pick = torch.randperm(len(data.x_test), generator=g)[:n_test]
+    x_test, y_test = data.x_test[pick], data.y_test[pick]
     results: dict[str, dict[str, Any]] = {}
     device = "cpu"
     for head in heads:
@@ -157,9 +158,9 @@ def _markdown(report: dict[str, Any]) -> str:
         + (f" ({env['gpu']})" if env["gpu"] else "")
         + f"; torch {env['torch']}, {env['threads']} thread(s); {env['date']}.", "",
         f"Data: `{Path(report['data_source']).name}`, {s['train_size']} training images (a "
-        f"seeded subset), the first {s['test_size']} test images. The JPEG copy's pixels "
-        "differ slightly from the canonical binary batches, so accuracies are close to, not "
-        "identical with, canonical CIFAR-10 numbers.", "",
+        f"seeded subset) and {s['test_size']} test images (another seeded subset). The JPEG "
+        "copy's pixels differ slightly from the canonical binary batches, so accuracies are "
+        "close to, not identical with, canonical CIFAR-10 numbers.", "",
         f"Network: `{s['model']}` (width {s['width']}); {s['epochs']} epochs of batch "
         f"{s['batch_size']}, random crop (padding 4) and horizontal flip, {s['optimizer']} "
         f"(peak lr {s['lr']}, weight decay {s['weight_decay']}, cosine decay), label "

@@ -91,8 +91,9 @@ class LiquidRegressor(nn.Module):
 
     def __init__(self, dim_in: int, hidden: int = 100, depth: int = 2, num_experts: int = 6,
                  solver: str = "sink_many", load_lambda: float = 0.2,
-                 spec_lambda: float = 0.1) -> None:
+                 spec_lambda: float = 0.1, expert_loss: float = 0.0) -> None:
         super().__init__()
+        self.expert_loss = float(expert_loss)
         experts = DelegatingMLPExperts(dim_in, 2, num_experts, hidden=hidden, depth=depth,
                                        delegation_hidden=max(hidden // 2, 8),
                                        activation=nn.SiLU)
@@ -111,7 +112,10 @@ class LiquidRegressor(nn.Module):
             return self.predict(x)
         _, _, power, mean, var = self._parts(x)
         w = power / self.layer.num_experts
-        return gaussian_nll_mixture(mean, var, y, w) + self.layer.auxiliary_loss(power)
+        loss = gaussian_nll_mixture(mean, var, y, w) + self.layer.auxiliary_loss(power)
+        if self.expert_loss > 0:  # every expert also fits the data on its own
+            loss = loss + self.expert_loss * 0.5 * (var.log() + (y - mean).pow(2) / var).mean()
+        return loss
 
     def predict(self, x: torch.Tensor) -> Prediction:
         ys, D, power, mean, var = self._parts(x)
