@@ -323,3 +323,28 @@ def test_cuda_amp_channels_last_training_matches_shapes(tmp_path):
     assert t.dataset.tensors[0].is_cuda  # small data lives on the GPU
     t.train()
     assert math.isfinite(t.history[-1]["train/loss"])
+
+
+def test_a_non_finite_gradient_stops_training(tmp_path):
+    X, y = linear_data(32)
+
+    class SqrtLoss(Regressor):
+        def forward(self, x, t):  # sqrt(0): a finite loss with an infinite gradient
+            return (self.net(x) - t).pow(2).mean() + (self.net.bias - self.net.bias).sum().sqrt()
+
+    t = Trainer(SqrtLoss(), TensorDataset(X, y), train_batch_size=8, train_num_steps=5,
+                results_folder=tmp_path, progress_bar=False)
+    with pytest.raises(TrainingDivergedError, match="gradient became NaN or infinite"):
+        t.train()
+
+
+def test_importing_training_and_data_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, velora_ens.training, velora_ens.data, velora_ens.bench.heads; "
+            "print(sorted(m for m in ('tensorboard', 'matplotlib', 'PIL', 'tqdm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr

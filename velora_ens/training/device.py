@@ -42,10 +42,9 @@ def select_device(device: str | torch.device | None = None, local_rank: int = 0)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype for ``device``: bfloat16 on GPUs that support it, else
-    float16 (with a gradient scaler); ``None`` on the CPU (no mixed precision there)."""
+    """The mixed-precision dtype for ``device``: bfloat16 on CUDA GPUs that support it,
+    else float16 (with a gradient scaler); ``None`` (full precision) on the CPU and on
+    Apple MPS."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
     return None
