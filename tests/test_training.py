@@ -343,7 +343,7 @@ def test_importing_training_and_data_stays_light():
     import sys
 
     code = ("import sys, velora_ens.training, velora_ens.data, velora_ens.bench.heads; "
-            "print(sorted(m for m in ('tensorboard', 'matplotlib', 'PIL', 'tqdm') "
+            "print(sorted(m for m in ('tensorboard', 'matplotlib', 'PIL') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)

@@ -105,7 +105,8 @@ class Trainer:
             ``f(param_groups) -> torch.optim.Optimizer``.
         param_groups: ``f(model, lr) -> list of groups`` (e.g.
             :func:`velora_ens.ensembles.fast_weight_param_groups`); default one group.
-        weight_decay, adam_betas: optimizer settings.
+        weight_decay: the optimizer's weight decay.
+        adam_betas: Adam's betas.
         grad_clip: clip the gradient norm to this (``None``: no clipping).
         schedule: ``"cosine"`` (decay to ``min_lr_ratio * lr``) or ``"constant"``, after
             ``warmup_steps`` of linear warm-up.
@@ -117,8 +118,9 @@ class Trainer:
             ``True`` or ``False``.
         seed: seeds the data order and, when given, torch's global generator (plus the
             rank) so that a run repeats exactly on the same machine.
-        progress_bar, tensorboard, log_every: a tqdm bar; TensorBoard scalars under
-            ``results_folder/tensorboard``; loss logging interval (steps).
+        progress_bar: show a tqdm progress bar (main process only).
+        tensorboard: write TensorBoard scalars under ``results_folder/tensorboard``.
+        log_every: steps between logged (averaged) losses.
         distributed: ``"auto"`` (torchrun / an initialised group), ``True`` or ``False``.
         resume: continue from the checkpoint in ``results_folder`` when there is one.
         keep_checkpoints: tensor files kept.

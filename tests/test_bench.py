@@ -1,0 +1,235 @@
+"""velora_ens.bench: the heads as regression / image models, predictive quantiles, and
+the three benchmarks end to end on tiny data (through the command line)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from velora_ens.bench.classifiers import ImageClassifier, SmallCNN
+from velora_ens.bench.heads import (
+    HEADS,
+    BatchEnsembleRegressor,
+    build_regressor,
+    gaussian_nll_mixture,
+)
+from velora_ens.bench.scoring import confidence_taus, mixture_quantiles
+from velora_ens.cli import main
+from velora_ens.ensembles import Prediction
+from velora_ens.metrics import kendall_tau
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_regression_head_follows_the_trainer_contract(head):
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    model = build_regressor(head, 3, 16, hidden=8, depth=1)
+    loss = model(x, y)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        pred = model.predict(x)
+    assert isinstance(pred, Prediction) and pred.mean.shape == (16, 1)
+    assert bool((pred.total > 0).all())
+    if head == "liquid":
+        assert set(pred.confidences) == {"power_entropy", "delegation_entropy",
+                                         "self_delegation", "disagreement"}
+
+
+def test_mixture_nll_of_one_member_is_the_gaussian_nll():
+    mean, var, y = torch.randn(1, 5, 1), torch.rand(1, 5, 1) + 0.1, torch.randn(5, 1)
+    expected = 0.5 * (var[0].log() + (y - mean[0]).pow(2) / var[0]).mean()
+    torch.testing.assert_close(gaussian_nll_mixture(mean, var, y), expected)
+    # two members with weights (1, 0): only the first counts
+    two_m = torch.cat([mean, mean + 3]), torch.cat([var, var * 2])
+    w = torch.tensor([[1.0, 0.0]]).expand(5, 2)
+    torch.testing.assert_close(gaussian_nll_mixture(*two_m, y, w), expected)
+
+
+def test_batchensemble_regressor_loss_is_the_mean_member_nll():
+    torch.manual_seed(0)
+    model = BatchEnsembleRegressor(2, hidden=6, depth=1, num_members=3)
+    x, y = torch.randn(7, 2), torch.randn(7, 1)
+    mean, var = model.member_outputs(x)
+    assert mean.shape == (3, 7, 1)
+    per_member = [0.5 * (var[k].log() + (y - mean[k]).pow(2) / var[k]).mean() for k in range(3)]
+    torch.testing.assert_close(model(x, y), torch.stack(per_member).mean())
+
+
+def test_mixture_quantiles_worked_examples():
+    g = torch.Generator().manual_seed(0)
+    # one standard normal member: the 10% / 90% quantiles are -+1.2816
+    pred = Prediction.from_gaussians(torch.zeros(1, 3, 1), torch.ones(1, 3, 1))
+    q = mixture_quantiles(pred, (0.1, 0.9), num_samples=40000, generator=g)
+    torch.testing.assert_close(q[:, :, 0], torch.tensor([[-1.2816] * 3, [1.2816] * 3]),
+                               atol=0.04, rtol=0)
+    # two point masses at -1 and +1, equal weight: the quantiles are the points
+    means = torch.tensor([-1.0, 1.0]).view(2, 1, 1)
+    pred = Prediction.from_gaussians(means, torch.zeros_like(means))
+    q = mixture_quantiles(pred, (0.1, 0.9), num_samples=2000, generator=g)
+    assert q.flatten().tolist() == [-1.0, 1.0]
+    # weights 0.9 / 0.1 on 0 and 10: the median is 0, the 95% quantile 10
+    means = torch.tensor([0.0, 10.0]).view(2, 1, 1)
+    pred = Prediction.from_gaussians(means, torch.zeros_like(means),
+                                     weights=torch.tensor([[0.9, 0.1]]))
+    q = mixture_quantiles(pred, (0.5, 0.95), num_samples=4000, generator=g)
+    assert q.flatten().tolist() == [0.0, 10.0]
+
+
+def test_confidence_taus_use_minus_the_confidence():
+    err = torch.tensor([0.1, 0.5, 0.2, 0.9])
+    conf = {"c": torch.tensor([4.0, 1.0, 3.0, 0.5])}  # perfectly inverse to the error
+    assert confidence_taus(err, conf) == {"c": pytest.approx(1.0)}
+    assert confidence_taus(err, conf)["c"] == pytest.approx(kendall_tau(err, -conf["c"]))
+
+
+@pytest.mark.parametrize("head", ["single", "deep", "batch", "liquid", "moe"])
+def test_image_classifier_heads(head):
+    torch.manual_seed(0)
+    model = ImageClassifier(SmallCNN(4), head, members=3, num_train=8)
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (5,))
+    loss = model(x, y)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    with torch.no_grad():
+        pred = model.predict(x)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(5))
+    expected_members = {"single": 1, "deep": 3, "batch": 3, "liquid": 3, "moe": 16}[head]
+    assert pred.members.shape == (expected_members, 5, 10)
+
+
+# --- the benchmarks end to end ------------------------------------------------------------
+def test_bench_synthetic_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "syn"
+    args = ["bench", "synthetic", "--seeds", "2", "--steps", "20", "--n-train", "24",
+            "--n-test", "40", "--no-plots", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["command"] == "velora-ens " + " ".join(args)
+    assert set(report["results"]) == set(HEADS)
+    for runs in report["results"].values():
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert 0.0 <= r["coverage80"] <= 1.0 and r["mse"] > 0
+    page = (out / "index.md").read_text()
+    moe = report["results"]["moe"]
+    cov = sum(r["coverage80"] for r in moe) / 2
+    # the page's target row shows the JSON's mean
+    assert f"| MoE 80% band covers 75-85% of held-out points | {cov:.3f} |" in page
+    assert "velora-ens bench synthetic" in page
+
+
+def test_bench_synthetic_is_repeatable(tmp_path):
+    res = []
+    for k in range(2):
+        main(["bench", "synthetic", "--heads", "deep,moe", "--seeds", "1", "--steps", "15",
+              "--n-train", "16", "--n-test", "30", "--no-plots", "--out", str(tmp_path / str(k))])
+        r = json.loads((tmp_path / str(k) / "results.json").read_text())["results"]
+        res.append({h: (v[0]["coverage80"], v[0]["mse"]) for h, v in r.items()})
+    assert res[0] == res[1]
+
+
+def write_csv(folder, n=120):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 9))
+    y = 5 + 2 * X[:, 0] + np.abs(X[:, 1]) * rng.normal(size=n)
+    (folder / "protein").mkdir(parents=True)
+    lines = ["RMSD,F1,F2,F3,F4,F5,F6,F7,F8,F9"] + [
+        ",".join(f"{v:.5f}" for v in [y[i], *X[i]]) for i in range(n)]
+    (folder / "protein" / "CASP.csv").write_text("\r\n".join(lines) + "\r\n")
+
+
+def test_bench_protein_end_to_end(tmp_path):
+    write_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["bench", "protein", "--data-root", str(tmp_path / "data"), "--splits", "2",
+                 "--epochs", "2", "--batch-size", "32", "--hidden", "8", "--depth", "1",
+                 "--heads", "single,deep,liquid", "--out", str(out), "--no-plots"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    deep = report["results"]["deep"]
+    assert [r["split"] for r in deep] == [0, 1]
+    assert all(r["rmse"] > 0 and math.isfinite(r["nll"]) for r in deep)
+    # 108 training rows, batch 32: 3 steps per epoch
+    assert deep[0]["steps"] == 6
+    liquid_taus = report["results"]["liquid"][0]["kendall_tau"]
+    assert set(liquid_taus) == {"predictive_std", "power_entropy", "delegation_entropy",
+                                "self_delegation", "disagreement"}
+    page = (out / "index.md").read_text()
+    mean_rmse = sum(r["rmse"] for r in deep) / 2
+    assert f"| Deep Ensemble RMSE < 4.36 | {mean_rmse:.3f} |" in page
+
+
+def test_bench_cifar10_on_tiny_images(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for c in range(10):
+            folder = tmp_path / "data" / "cifar10" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for k in range(n):
+                arr = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(folder / f"{k}.png")
+    out = tmp_path / "out"
+    assert main(["bench", "cifar10", "--data-root", str(tmp_path / "data"), "--cache-dir",
+                 str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "8", "--width", "4",
+                 "--train-size", "0", "--test-size", "0", "--members", "2", "--out",
+                 str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    res = report["results"]
+    assert report["settings"]["train_size"] == 40 and report["settings"]["test_size"] == 20
+    assert res["single"]["train_cost_vs_single"] == 1.0
+    assert res["deep"]["parameters"] == 2 * res["single"]["parameters"]
+    assert res["single"]["parameters"] < res["batch"]["parameters"] < res["deep"]["parameters"]
+    for r in res.values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] == 40 // 8
+    assert "| BatchEnsemble |" in (out / "index.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bench", "protein", "--data-root", "/nonexistent/x"],
+         "protein data not found; looked for /nonexistent/x/protein/CASP.csv"),
+        (["bench", "synthetic", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["bench", "synthetic", "--heads", "deep,forest"], "--heads must be a comma-separated"),
+        (["bench", "cifar10", "--data-root", "/nonexistent/x"], "CIFAR-10 not found"),
+        (["bench", "mnist"], "invalid choice: 'mnist'"),
+    ],
+)
+def test_cli_bench_mistakes_exit_2_with_one_line(argv, fragment, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, err
+
+
+def test_cli_bench_error_from_a_fresh_process():
+    proc = subprocess.run([sys.executable, "-m", "velora_ens", "bench", "synthetic",
+                           "--steps", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "velora-ens: error: --steps must be >= 1, got 0"
+
+
+def test_liquid_expert_loss_adds_each_experts_own_nll():
+    from velora_ens.bench.heads import LiquidRegressor
+
+    torch.manual_seed(0)
+    plain = LiquidRegressor(2, hidden=8, depth=1, num_experts=3)
+    extra = LiquidRegressor(2, hidden=8, depth=1, num_experts=3, expert_loss=0.5)
+    extra.load_state_dict(plain.state_dict())
+    x, y = torch.randn(6, 2), torch.randn(6, 1)
+    _, _, _, mean, var = plain._parts(x)  # (N, B, 1) each
+    own = torch.stack([0.5 * (var[k].log() + (y - mean[k]).pow(2) / var[k]).mean()
+                       for k in range(3)]).mean()
+    torch.testing.assert_close(extra(x, y), plain(x, y) + 0.5 * own)
