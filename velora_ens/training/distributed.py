@@ -3,13 +3,16 @@ average metrics. On CPU the process group uses the gloo backend; on CUDA, NCCL."
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_mean", "init_distributed", "shard_indices"]
+__all__ = ["DistInfo", "all_gather_tensor", "all_reduce_mean", "all_reduce_sum",
+           "broadcast_from_main", "close_distributed", "init_distributed", "shard_indices",
+           "shard_range"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,23 @@ def init_distributed(mode: str | bool, device_type: str) -> DistInfo:
         raise RuntimeError("this torch build has no torch.distributed support")
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
+    # torch warns when a process exits with its group alive; a script that never calls
+    # Trainer.close() still ends cleanly.
+    atexit.register(_destroy_if_initialized)
     return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0),
                     started_here=True)
+
+
+def _destroy_if_initialized() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def close_distributed(info: DistInfo) -> None:
+    """Tear the process group down if ``info`` says this process created it (a group the
+    caller set up is left for the caller to close)."""
+    if info.started_here:
+        _destroy_if_initialized()
 
 
 def shard_indices(global_batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -73,6 +91,53 @@ def shard_indices(global_batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
         return global_batch
     per = global_batch.shape[0] // info.world_size
     return global_batch[info.rank * per: (info.rank + 1) * per]
+
+
+def shard_range(n: int, info: DistInfo) -> range:
+    """This rank's contiguous share of ``range(n)`` (shares differ by at most one row, and
+    together cover every row once: for evaluation, where nothing may be dropped)."""
+    if not info.enabled:
+        return range(n)
+    per, extra = divmod(n, info.world_size)
+    start = info.rank * per + min(info.rank, extra)
+    return range(start, start + per + (info.rank < extra))
+
+
+def _comm_device(value: torch.Tensor) -> torch.device:
+    # NCCL moves CUDA tensors only; gloo moves CPU tensors.
+    return torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_gather_tensor(value: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's ``value`` (same shape and dtype on all ranks), in rank order, on the
+    CPU. A collective: every rank must call it."""
+    if not info.enabled:
+        return [value.detach().cpu().clone()]
+    dev = _comm_device(value)
+    mine = value.detach().to(dev)
+    out = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(out, mine)
+    return [t.cpu() for t in out]
+
+
+def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum of ``value`` over the ranks (identity without a process group)."""
+    if not info.enabled:
+        return value
+    out = value.detach().to(_comm_device(value)).clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(value.device)
+
+
+def broadcast_from_main(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank (through torch.distributed's object broadcast; the
+    bytes come from our own processes, never from a file)."""
+    if not info.enabled:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -28,9 +28,14 @@ from velora_ens.training.dataset import TensorDataset
 from velora_ens.training.device import autocast_dtype, select_device
 from velora_ens.training.distributed import (
     DistInfo,
+    all_gather_tensor,
     all_reduce_mean,
+    all_reduce_sum,
+    broadcast_from_main,
+    close_distributed,
     init_distributed,
     shard_indices,
+    shard_range,
 )
 from velora_ens.training.ema import EMA
 
@@ -468,7 +473,12 @@ class Trainer:
 
     def evaluate(self, dataset: TensorDataset | None = None) -> dict[str, float]:
         """``metrics(eval_model, dataset)`` (default: mean loss) on ``dataset`` or the
-        validation data, in evaluation mode."""
+        validation data, in evaluation mode.
+
+        Under torch.distributed every process must call it (``train`` does): the default
+        mean loss is computed on each rank's share of the rows and summed across ranks;
+        a ``metrics`` function (which may not split over rows, e.g. a rank correlation) runs
+        on rank 0 only and its result is sent to the others."""
         data = self.val_dataset if dataset is None else dataset
         if data is None:
             raise ValueError("no dataset to evaluate: pass one or give val_dataset")
@@ -477,22 +487,38 @@ class Trainer:
         model.eval()
         try:
             if self.metrics is not None:
-                with torch.no_grad(), self._autocast():
-                    out = self.metrics(model, data)
-                return {k: float(v) for k, v in out.items()}
-            total, count = 0.0, 0
-            n = len(data)
-            for start in range(0, n, self.train_batch_size):
-                idx = torch.arange(start, min(start + self.train_batch_size, n))
+                out = None
+                if self.dist.is_main:
+                    with torch.no_grad(), self._autocast():
+                        out = self.metrics(model, data)
+                    out = {k: float(v) for k, v in out.items()}
+                return broadcast_from_main(out, self.dist)
+            rows = shard_range(len(data), self.dist)
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for start in range(rows.start, rows.stop, self.train_batch_size):
+                idx = torch.arange(start, min(start + self.train_batch_size, rows.stop))
                 batch = self._to_device(data.batch(idx.to(data.tensors[0].device)))
                 # gradients on: a loss may need them (e.g. FGSM's input gradient)
                 with torch.enable_grad(), self._autocast():
                     loss = self.loss_fn(model, batch)
-                total += float(loss.detach()) * idx.numel()
-                count += idx.numel()
-            return {"loss": total / count}
+                total += loss.detach().double() * idx.numel()
+            return {"loss": float(all_reduce_sum(total, self.dist)) / len(data)}
         finally:
             model.train(was_training)
+
+    def close(self) -> None:
+        """Flush TensorBoard and tear down the process group if this trainer started it
+        (also done at interpreter exit). ``with Trainer(...) as t:`` calls it."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        close_distributed(self.dist)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- checkpoints ----------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -503,7 +529,14 @@ class Trainer:
                 "model": type(self.model).__name__}
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (main process only; returns the JSON's path)."""
+        """Checkpoint the current step; returns the JSON's path on rank 0, ``None`` on the
+        others. Under torch.distributed every process must call it (``train`` does): each
+        rank's random state is gathered so that a resumed run continues exactly."""
+        rng = {f"rng.torch.rank{r}": s for r, s in
+               enumerate(all_gather_tensor(torch.get_rng_state(), self.dist))}
+        if self.device.type == "cuda":
+            rng.update({f"rng.cuda.rank{r}": s for r, s in enumerate(
+                all_gather_tensor(torch.cuda.get_rng_state(self.device), self.dist))})
         if not self.dist.is_main:
             return None
         tensors: dict[str, torch.Tensor] = {
@@ -512,10 +545,7 @@ class Trainer:
             tensors.update({f"ema.{k}": v for k, v in self.ema.model.state_dict().items()})
         opt_tensors, opt_meta = flatten_optimizer_state(self.opt.state_dict())
         tensors.update(opt_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
+        tensors.update(rng)
         state = {"config": self._config(), "optimizer": opt_meta,
                  "ema_num_updates": self.ema.num_updates if self.ema is not None else None,
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -551,11 +581,10 @@ class Trainer:
         self.opt.load_state_dict(opt_sd)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if self.device.type == "cuda":
-            cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-            if cuda_states:
-                torch.cuda.set_rng_state_all(cuda_states)
+        rank = self.dist.rank
+        torch.set_rng_state(tensors[f"rng.torch.rank{rank}"])
+        if self.device.type == "cuda" and f"rng.cuda.rank{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{rank}"], self.device)
         self.history = list(state.get("history", []))
         self.step = step
         self.last_good_checkpoint = step
