@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from velora_ens.bench.heads import HEADS, build_regressor
+from velora_ens.bench.heads import HEADS, LiquidRegressor, build_regressor
 from velora_ens.bench.report import (
     Timer,
     environment,
@@ -31,9 +31,22 @@ __all__ = ["PUBLISHED", "add_arguments", "run"]
 
 # Deep Ensembles paper (NeurIPS 2017), Table 1, protein: (RMSE, NLL)
 PUBLISHED = {"PBP": (4.73, 2.97), "MC-dropout": (4.36, 2.89), "Deep Ensembles": (4.71, 2.83)}
+# The Liquid Ensemble study's configuration tuned for confidence on protein
+# (liquid/protein_best_conf.json, see ensembles.md section 1.6): 20 experts with a
+# 4 x 50 body, load-distribution weight 0.5 and specialisation weight 0.2.
+LIQUID_CONFIDENCE = {"num_experts": 20, "hidden": 50, "depth": 4, "load_lambda": 0.5,
+                     "spec_lambda": 0.2}
 HEAD_NAMES = {"single": "single model", "deep": "Deep Ensemble (5)",
-              "batch": "BatchEnsemble (4)", "liquid": "Liquid Ensemble (6)",
+              "batch": "BatchEnsemble (4)",
+              "liquid": f"Liquid Ensemble ({LIQUID_CONFIDENCE['num_experts']})",
               "moe": "stochastic MoE (4)"}
+
+
+def _build(head: str, dim_in: int, num_train: int, args: argparse.Namespace
+           ) -> torch.nn.Module:
+    if head == "liquid":
+        return LiquidRegressor(dim_in, **LIQUID_CONFIDENCE)
+    return build_regressor(head, dim_in, num_train, hidden=args.hidden, depth=args.depth)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,8 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=20, help="epochs per model (default 20)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    p.add_argument("--hidden", type=int, default=128, help="hidden width (default 128)")
-    p.add_argument("--depth", type=int, default=3, help="hidden blocks (default 3)")
+    p.add_argument("--hidden", type=int, default=128,
+                   help="hidden width of the single, deep and batch heads (default 128)")
+    p.add_argument("--depth", type=int, default=3,
+                   help="hidden blocks of the single, deep and batch heads (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and models")
 
 
@@ -80,8 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for split in protein_splits(X, y, n_splits=args.splits, seed=args.seed):
         for head in heads:
             torch.manual_seed(args.seed * 1000 + split.index)
-            model = build_regressor(head, X.shape[1], len(split.x_train), hidden=args.hidden,
-                                    depth=args.depth)
+            model = _build(head, X.shape[1], len(split.x_train), args)
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = Trainer(model, TensorDataset(split.x_train, split.y_train),
                                   train_batch_size=args.batch_size, train_lr=args.lr,
@@ -142,9 +156,16 @@ def _markdown(report: dict[str, Any], pngs: Sequence[str]) -> str:
         + f"; torch {env['torch']}, {env['threads']} thread(s); {env['date']}.", "",
         f"Protocol: {s['splits']} random 90/10 splits (seed {s['seed']} + split), inputs and "
         "target standardised on the training part, metrics in RMSD units on the test part, "
-        f"mean ± std over splits. Every head: hidden width {s['hidden']}, "
-        f"{s['depth']} blocks `Linear -> RMSNorm -> SiLU` per member / expert (the MoE: "
-        "functional 1x64 SiLU experts with Gaussian weights), Gaussian NLL, "
+        f"mean ± std over splits. Single model, Deep Ensemble and BatchEnsemble: hidden "
+        f"width {s['hidden']}, {s['depth']} blocks `Linear -> RMSNorm -> SiLU` per member. "
+        "Liquid Ensemble: the Liquid Ensemble study's configuration tuned for confidence on "
+        "protein (`protein_best_conf.json`): "
+        f"{LIQUID_CONFIDENCE['num_experts']} experts, each a "
+        f"{LIQUID_CONFIDENCE['depth']} x {LIQUID_CONFIDENCE['hidden']} SiLU MLP with a "
+        "Gaussian head and a delegation head, many-sinks solver, load-distribution weight "
+        f"{LIQUID_CONFIDENCE['load_lambda']}, specialisation weight "
+        f"{LIQUID_CONFIDENCE['spec_lambda']}. MoE: functional 1x64 SiLU experts with "
+        "Gaussian weights. All: Gaussian NLL, "
         f"{s['epochs']} epochs of batch {s['batch_size']}, AdamW (weight decay 1e-4), peak "
         f"lr {s['lr']} with 100 warm-up steps and cosine decay, no EMA, one "
         "`velora_ens.training.Trainer`. NLL includes the `0.5 log 2 pi` constant; coverage "
