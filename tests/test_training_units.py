@@ -16,9 +16,14 @@ from velora_ens.data._paths import data_root, default_cache_dir
 from velora_ens.training.device import autocast_dtype, select_device
 from velora_ens.training.distributed import (
     DistInfo,
+    all_gather_tensor,
     all_reduce_mean,
+    all_reduce_sum,
+    broadcast_from_main,
+    close_distributed,
     init_distributed,
     shard_indices,
+    shard_range,
 )
 
 
@@ -40,6 +45,26 @@ def test_shard_indices_gives_each_rank_its_contiguous_share():
     assert [s.tolist() for s in shares] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     value = torch.tensor([1.0, 2.0])
     assert torch.equal(all_reduce_mean(value, DistInfo()), value)
+
+
+def test_shard_range_covers_every_row_once_in_near_equal_shares():
+    assert shard_range(7, DistInfo()) == range(7)
+    for n, world in [(7, 3), (2, 4), (12, 4), (0, 2)]:
+        shares = [shard_range(n, DistInfo(rank=r, world_size=world)) for r in range(world)]
+        assert [i for s in shares for i in s] == list(range(n))  # in order, no gaps
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert [list(shard_range(7, DistInfo(r, 3))) for r in range(3)] == [[0, 1, 2], [3, 4],
+                                                                       [5, 6]]
+
+
+def test_collectives_are_identities_in_a_single_process():
+    value = torch.tensor([1.0, 2.0])
+    gathered = all_gather_tensor(value, DistInfo())
+    assert len(gathered) == 1 and torch.equal(gathered[0], value)
+    assert torch.equal(all_reduce_sum(value, DistInfo()), value)
+    obj = {"a": 1.0}
+    assert broadcast_from_main(obj, DistInfo()) is obj
+    close_distributed(DistInfo())  # nothing started here: nothing to close
 
 
 def test_init_distributed_modes(monkeypatch):
