@@ -220,7 +220,7 @@ def _targets(res: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
                 for k in res["liquid"][0]["kendall_tau"]}
         four = {k: v for k, v in taus.items() if k != "predictive_std"}
         best = max(four, key=four.get)
-        rows.append(["Liquid Ensemble: best tau of the four delegation measures >= 0.25",
+        rows.append(["Liquid Ensemble: best tau of its four confidence measures >= 0.25",
                      f"{four[best]:.3f} ({best})", "yes" if four[best] >= 0.25 else "no"])
         rows.append(["Liquid Ensemble: tau of its predictive std (mixture of the experts' "
                      "Gaussians) >= 0.25", f"{taus['predictive_std']:.3f}",
