@@ -18,6 +18,7 @@ terminal state).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from collections.abc import Callable
@@ -84,7 +85,11 @@ class NeuroFlow:
             al. (2022) recommend for partially observed tasks (a shared encoder lets the
             critic loss disturb the policy); it costs one more recurrent pass per update.
         critic_trains_state: with ``critic_encoder="actor"``, let the critic loss also
-            train the actor's liquid network (a shared history encoder, as in SAC-AE).
+            train the actor's liquid network (a shared history encoder, as in SAC-AE). The
+            TD targets then read the history through a slowly updated copy of that
+            network (soft-updated with ``tau`` like the target critics, as SAC-AE and DrQ
+            do with their encoder), so the critic does not chase a target its own
+            updates keep moving.
         target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``.
         n_envs: environment copies when ``env`` is an id.
         vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
@@ -206,6 +211,10 @@ class NeuroFlow:
         self.tau, self.gamma, self.utd_ratio = tau, gamma, float(utd_ratio)
         self.max_grad_norm, self.verbose = max_grad_norm, verbose
         self.critic_trains_state = bool(critic_trains_state)
+        # the target encoder of a shared (critic-trained) actor network
+        self.actor_target: LiquidActor | None = None
+        if self.critic_trains_state:
+            self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         if target_q not in ("min", "mean"):
             raise ValueError(f"target_q must be 'min' or 'mean', got {target_q!r}")
         self.target_q = target_q
@@ -417,11 +426,18 @@ class NeuroFlow:
         alpha = self.log_alpha.exp().detach()
         if self.critic_encoder is None:
             hist = states.detach()
-            target = self.td_target(rewards, terminated, next_obs, hist, alpha)
             if self.critic_trains_state:
                 # The critic loss also shapes the liquid state it reads (a shared encoder, as
                 # in SAC-AE/DrQ); the actor loss still sees the critics as fixed functions.
+                # Targets read the history through the target copy of the network.
+                with torch.no_grad():
+                    _, target_states = self._unroll(self.actor_target, b.obs, b.episode_start,
+                                                    b.start_state[:, :h])
+                target = self.td_target(rewards, terminated, next_obs, hist, alpha,
+                                        critic_state=target_states.reshape(n, -1))
                 hist = states
+            else:
+                target = self.td_target(rewards, terminated, next_obs, hist, alpha)
         else:
             _, hist = self._unroll(self.critic_encoder, b.obs, b.episode_start,
                                    b.start_state[:, h:])
@@ -465,6 +481,9 @@ class NeuroFlow:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_targets.parameters()),
                                  list(self.critics.parameters()), self.tau)
+            if self.actor_target is not None:
+                torch._foreach_lerp_(list(self.actor_target.parameters()),
+                                     list(self.actor.parameters()), self.tau)
         self.n_updates += 1
         self.last_losses = losses
         return losses
@@ -496,11 +515,14 @@ class NeuroFlow:
         real next observation gives the policy at the successor (also after the last
         step of an episode, whose successor is not the next stored step). Only
         ``terminated`` stops bootstrapping: a truncated step still bootstraps.
-        ``critic_state`` is the critic encoder's state after each step (own encoder only).
+        ``critic_state`` is the state the critics read after each step: the critic
+        encoder's (own encoder) or the target actor network's (``critic_trains_state``).
         """
         next_out, next_states = self.actor(next_obs, state)
         if self.critic_encoder is not None:
             _, next_states = self.critic_encoder(next_obs, critic_state)
+        elif critic_state is not None:
+            _, next_states = self.actor_target(next_obs, critic_state)
         next_in = torch.cat([next_obs, next_states], 1)
         reduce = self._reduce_target
         if self.discrete:

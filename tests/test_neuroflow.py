@@ -215,6 +215,36 @@ def test_critic_trains_state_controls_whether_critic_loss_reaches_the_actor(trai
     assert agent.actor.net.motor.weight.grad is None or not agent.actor.net.motor.weight.grad.any()
 
 
+def test_shared_encoder_targets_read_a_soft_updated_copy_of_the_actor_network():
+    agent = small("CartPole-v1", critic_trains_state=True, learning_starts=10_000, tau=0.25)
+    plain = small("CartPole-v1", learning_starts=10_000)
+    assert plain.actor_target is None
+    target = agent.actor_target
+    assert all(not p.requires_grad for p in target.parameters())
+    agent.learn(100)
+    before = [p.detach().clone() for p in target.parameters()]
+    agent.train_step()
+    # one soft update: target <- target + tau (online - target), after the online step
+    for b, t, o in zip(before, target.parameters(), agent.actor.parameters(), strict=True):
+        torch.testing.assert_close(t, b + 0.25 * (o - b))
+    # the TD target's critic input comes from the target network, the policy from the
+    # online one: changing the target network changes the target, nothing else does
+    n = 4
+    obs, state = torch.randn(n, agent.obs_dim), torch.randn(n, agent.actor.state_dim)
+    crit = torch.randn(n, agent.actor.state_dim)
+    args = (torch.ones(n), torch.zeros(n), obs, state, torch.tensor(0.1))
+    t0 = agent.td_target(*args, critic_state=crit)
+    _, next_crit = target(obs, crit)
+    probs, log_probs = agent.actor.categorical(agent.actor(obs, state)[0])
+    q = agent.critic_targets(torch.cat([obs, next_crit], 1)).min(0).values
+    expected = 1.0 + agent.gamma * (probs * (q - 0.1 * log_probs)).sum(-1)
+    torch.testing.assert_close(t0, expected)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.5)
+    assert not torch.allclose(agent.td_target(*args, critic_state=crit), t0)
+
+
 def test_target_q_reduction():
     agent = small("CartPole-v1", target_q="mean")
     q = torch.tensor([[[1.0, 4.0]], [[3.0, 0.0]]])
