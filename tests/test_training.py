@@ -17,6 +17,7 @@ from velora_ens.training import (
     TrainingDivergedError,
     load_checkpoint,
     lr_factor,
+    save_checkpoint,
 )
 
 
@@ -140,6 +141,17 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_checkpoint_without_this_ranks_random_state_is_refused(tmp_path):
+    _, t = _resume_setup(tmp_path / "run", steps=10)
+    t.train()
+    tensors, state, step = load_checkpoint(tmp_path / "run")
+    del tensors["rng.torch.rank0"]  # what a checkpoint of an older version lacks
+    save_checkpoint(tmp_path / "old", step, tensors, state)
+    _, fresh = _resume_setup(tmp_path / "new", steps=10)
+    with pytest.raises(ValueError, match="no random state for rank 0"):
+        fresh.load(tmp_path / "old")
 
 
 def test_resume_refuses_a_different_run(tmp_path):

@@ -144,6 +144,4 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of ``value`` over the ranks (identity without a process group)."""
     if not info.enabled:
         return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / info.world_size
+    return all_reduce_sum(value, info) / info.world_size

@@ -582,6 +582,11 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rank = self.dist.rank
+        if f"rng.torch.rank{rank}" not in tensors:
+            raise ValueError(f"the checkpoint in {folder or self.results_folder} has no random "
+                             f"state for rank {rank} (key 'rng.torch.rank{rank}'); it was made "
+                             f"by an older version, and resuming from it would not continue "
+                             f"the same run")
         torch.set_rng_state(tensors[f"rng.torch.rank{rank}"])
         if self.device.type == "cuda" and f"rng.cuda.rank{rank}" in tensors:
             torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{rank}"], self.device)
