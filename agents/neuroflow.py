@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
+from agents.normalization import ObservationNormalizer
 from agents.policies import LiquidActor, check_spaces
 from envs import make_vec_env
 from velora_ens.models import LiquidNCPNetwork
@@ -91,6 +92,9 @@ class NeuroFlow:
             do with their encoder), so the critic does not chase a target its own
             updates keep moving.
         target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``.
+        normalize_observations: feed actor and critics observations normalised by a
+            running mean and variance (Stable-Baselines3's ``VecNormalize``, clipped at
+            10), updated from every observation collected; replay keeps raw ones.
         n_envs: environment copies when ``env`` is an id.
         vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
         seed: seeds torch, the replay sampling, the environments and their action spaces.
@@ -121,6 +125,7 @@ class NeuroFlow:
         critic_encoder: str = "actor",
         critic_trains_state: bool = False,
         target_q: str = "min",
+        normalize_observations: bool = False,
         n_envs: int = 1,
         vectorization: str = "sync",
         seed: int | None = None,
@@ -153,6 +158,8 @@ class NeuroFlow:
             self.env.action_space.seed(seed)
 
         self.obs_dim = int(self.observation_space.shape[0])
+        self.obs_normalizer = (ObservationNormalizer(self.obs_dim) if normalize_observations
+                               else None)
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed)
         self.discrete = self.actor.discrete
@@ -286,6 +293,9 @@ class NeuroFlow:
         low, high = self.action_space.low, self.action_space.high
         return 2.0 * (action - low) / (high - low) - 1.0
 
+    def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
+
     def _check_finite(self, name: str, value: np.ndarray) -> None:
         if not np.all(np.isfinite(value)):
             bad = np.argwhere(~np.isfinite(np.asarray(value, dtype=np.float64)))[0].tolist()
@@ -326,6 +336,8 @@ class NeuroFlow:
         if self._obs is None:
             self._obs, _ = env.reset(seed=self.seed)
             self._check_finite("observation", self._obs)
+            if self.obs_normalizer is not None:
+                self.obs_normalizer.update(self._obs)
             self._state = torch.zeros(n, self._stored_state_dim)
             self._episode_start = np.ones(n, dtype=bool)
             self._pending_reset = np.zeros(n, dtype=bool)
@@ -336,7 +348,7 @@ class NeuroFlow:
         while self.num_timesteps < end:
             obs = self._obs
             with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32)
+                obs_t = self._normalized(torch.as_tensor(obs, dtype=torch.float32))
                 state_before = self._state
                 if self._episode_start.any():
                     keep = torch.as_tensor(~self._episode_start, dtype=torch.float32)
@@ -356,6 +368,8 @@ class NeuroFlow:
             next_obs, reward, terminated, truncated, info = env.step(self._to_env_action(action))
             self._check_finite("observation", next_obs)
             self._check_finite("reward", reward)
+            if self.obs_normalizer is not None:
+                self.obs_normalizer.update(next_obs)
 
             # Gymnasium NEXT_STEP autoreset: the step after an episode ended only resets that
             # copy (its action is ignored, reward 0); it is not a transition.
@@ -416,6 +430,8 @@ class NeuroFlow:
         b = self.buffer.sample(n_seq, self.burn_in + self.seq_len, self.rng)
         burn = self.burn_in
         h = self.actor.state_dim
+        if self.obs_normalizer is not None:
+            b.obs, b.next_obs = self._normalized(b.obs), self._normalized(b.next_obs)
         obs = b.obs[:, burn:]
         out, states = self._unroll(self.actor, b.obs, b.episode_start, b.start_state[:, :h])
         n = out.shape[0] * out.shape[1]
@@ -578,6 +594,6 @@ class NeuroFlow:
             if h is not None and episode_start is not None:
                 keep = 1.0 - torch.as_tensor(np.asarray(episode_start), dtype=torch.float32)
                 h = h * keep.reshape(-1, 1)
-            out, h = self.actor(torch.as_tensor(obs), h)
+            out, h = self.actor(self._normalized(torch.as_tensor(obs)), h)
             action = self._to_env_action(self.actor.act(out, deterministic).numpy())
         return (action[0] if single else action), h.numpy()

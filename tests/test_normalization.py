@@ -1,0 +1,60 @@
+"""Running observation normalisation (SB3 VecNormalize's statistics) and its use in NeuroFlow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents import NeuroFlow
+from agents.normalization import ObservationNormalizer
+
+
+def test_batched_updates_equal_the_statistics_of_all_rows():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=(n, 3)) * [1, 10, 0.01] for n in (1, 7, 50, 4)]
+    norm = ObservationNormalizer(3)
+    for batch in batches:
+        norm.update(batch)
+    rows = np.concatenate(batches)
+    # the prior (mean 0, var 1) is a pseudo-sample of weight 1e-4: weighted statistics
+    n, w = len(rows), 1e-4
+    mean = rows.sum(0) / (n + w)
+    var = (((rows - mean) ** 2).sum(0) + w * (1.0 + mean**2)) / (n + w)
+    np.testing.assert_allclose(norm.mean.numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(norm.var.numpy(), var, rtol=1e-10)
+    assert float(norm.count) == pytest.approx(len(rows) + 1e-4)
+    x = torch.as_tensor(rows[:5], dtype=torch.float32)
+    expected = (rows[:5] - mean) / np.sqrt(var + 1e-8)
+    np.testing.assert_allclose(norm(x).numpy(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_outputs_are_clipped_and_bad_clip_is_refused():
+    norm = ObservationNormalizer(2, clip=3.0)
+    norm.update(np.array([[0.0, 0.0], [2.0, 2.0]]))  # mean 1, var 1 (nearly)
+    out = norm(torch.tensor([[100.0, -100.0]]))
+    torch.testing.assert_close(out, torch.tensor([[3.0, -3.0]]))
+    with pytest.raises(ValueError, match="clip"):
+        ObservationNormalizer(2, clip=0.0)
+
+
+def test_neuroflow_acts_and_trains_on_normalised_observations():
+    agent = NeuroFlow("Pendulum-v1", seed=0, normalize_observations=True, learning_starts=32,
+                      batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
+                      critic_hidden=(32, 32))
+    agent.learn(64)
+    norm = agent.obs_normalizer
+    # every collected observation (the reset one and 64 steps) went into the statistics
+    assert float(norm.count) == pytest.approx(65 + 1e-4)
+    stored = agent.buffer.obs[0, :64]
+    np.testing.assert_allclose(norm.mean.numpy(), np.concatenate(
+        [stored, agent.buffer.next_obs[0, 63:64]]).mean(0), rtol=1e-5, atol=1e-6)
+    # predict feeds the actor the normalised observation
+    obs = np.array([0.5, -0.5, 4.0], dtype=np.float32)
+    action, _ = agent.predict(obs, deterministic=True)
+    with torch.no_grad():
+        out, _ = agent.actor(norm(torch.as_tensor(obs[None])), None)
+        raw_out, _ = agent.actor(torch.as_tensor(obs[None]), None)
+    expected = agent._to_env_action(agent.actor.act(out, True).numpy())[0]
+    np.testing.assert_allclose(action, expected, rtol=1e-6)
+    assert not np.allclose(action, agent._to_env_action(agent.actor.act(raw_out, True).numpy())[0])
