@@ -92,6 +92,10 @@ class NeuroFlow:
             do with their encoder), so the critic does not chase a target its own
             updates keep moving.
         target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``.
+        n_step: bootstrap after ``n_step`` rewards (R2D2's multi-step targets, without
+            off-policy correction; the entropy bonus enters through the bootstrapped soft
+            value only). A target never reaches past the end of its episode: a terminal
+            step stops it, a truncated one bootstraps there. 1 is one-step SAC.
         normalize_observations: feed actor and critics observations normalised by a
             running mean and variance (Stable-Baselines3's ``VecNormalize``, clipped at
             10), updated from every observation collected; replay keeps raw ones.
@@ -125,6 +129,7 @@ class NeuroFlow:
         critic_encoder: str = "actor",
         critic_trains_state: bool = False,
         target_q: str = "min",
+        n_step: int = 1,
         normalize_observations: bool = False,
         n_envs: int = 1,
         vectorization: str = "sync",
@@ -133,7 +138,8 @@ class NeuroFlow:
     ) -> None:
         for name, value, low in (("seq_len", seq_len, 1), ("burn_in", burn_in, 0),
                                  ("batch_size", batch_size, 1), ("n_envs", n_envs, 1),
-                                 ("n_critics", n_critics, 1), ("actor_neurons", actor_neurons, 2)):
+                                 ("n_critics", n_critics, 1), ("actor_neurons", actor_neurons, 2),
+                                 ("n_step", n_step, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if batch_size < seq_len:
@@ -213,7 +219,7 @@ class NeuroFlow:
         self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], **adam)
                                 if self.learn_alpha else None)
 
-        self.seq_len, self.burn_in = seq_len, burn_in
+        self.seq_len, self.burn_in, self.n_step = seq_len, burn_in, n_step
         self.batch_size, self.learning_starts = batch_size, learning_starts
         self.tau, self.gamma, self.utd_ratio = tau, gamma, float(utd_ratio)
         self.max_grad_norm, self.verbose = max_grad_norm, verbose
@@ -225,7 +231,8 @@ class NeuroFlow:
         if target_q not in ("min", "mean"):
             raise ValueError(f"target_q must be 'min' or 'mean', got {target_q!r}")
         self.target_q = target_q
-        self.buffer = SequenceReplayBuffer(max(buffer_size // self.n_envs, seq_len + burn_in),
+        self.buffer = SequenceReplayBuffer(max(buffer_size // self.n_envs,
+                                               seq_len + burn_in + n_step - 1),
                                            self.n_envs, self.obs_dim,
                                            1 if self.discrete else self.actor.action_dim,
                                            self._stored_state_dim)
@@ -344,7 +351,7 @@ class NeuroFlow:
         first_step = self.num_timesteps
         end = first_step + total_timesteps
         start_time = time.perf_counter()
-        min_stored = self.seq_len + self.burn_in
+        min_stored = self.seq_len + self.burn_in + self.n_step - 1
         while self.num_timesteps < end:
             obs = self._obs
             with torch.no_grad():
@@ -427,21 +434,25 @@ class NeuroFlow:
     def train_step(self) -> dict[str, float]:
         """One gradient update of critics, actor and temperature on sampled sequences."""
         n_seq = max(self.batch_size // self.seq_len, 1)
-        b = self.buffer.sample(n_seq, self.burn_in + self.seq_len, self.rng)
+        extra = self.n_step - 1  # steps after the trained ones that only feed targets
+        b = self.buffer.sample(n_seq, self.burn_in + self.seq_len + extra, self.rng)
         burn = self.burn_in
         h = self.actor.state_dim
         if self.obs_normalizer is not None:
             b.obs, b.next_obs = self._normalized(b.obs), self._normalized(b.next_obs)
-        obs = b.obs[:, burn:]
         out, states = self._unroll(self.actor, b.obs, b.episode_start, b.start_state[:, :h])
-        n = out.shape[0] * out.shape[1]
-        out, states = out.reshape(n, -1), states.reshape(n, -1)
-        obs, next_obs = obs.reshape(n, -1), b.next_obs[:, burn:].reshape(n, -1)
-        actions, rewards = b.actions[:, burn:].reshape(n, -1), b.rewards[:, burn:].reshape(n)
-        terminated = b.terminated[:, burn:].reshape(n)
+        B, T = out.shape[0], out.shape[1]  # T = seq_len + n_step - 1
+        S = self.seq_len
+
+        def flat(x: torch.Tensor, steps: int = T) -> torch.Tensor:
+            """``(B, T, ...)`` -> ``(B * steps, ...)`` over the first ``steps`` steps."""
+            x = x[:, :steps] if steps < x.shape[1] else x
+            return x.reshape(B * steps, *x.shape[2:])
+
+        rewards, terminated = flat(b.rewards[:, burn:]), flat(b.terminated[:, burn:])
+        next_obs = flat(b.next_obs[:, burn:])
         alpha = self.log_alpha.exp().detach()
         if self.critic_encoder is None:
-            hist = states.detach()
             if self.critic_trains_state:
                 # The critic loss also shapes the liquid state it reads (a shared encoder, as
                 # in SAC-AE/DrQ); the actor loss still sees the critics as fixed functions.
@@ -449,17 +460,25 @@ class NeuroFlow:
                 with torch.no_grad():
                     _, target_states = self._unroll(self.actor_target, b.obs, b.episode_start,
                                                     b.start_state[:, :h])
-                target = self.td_target(rewards, terminated, next_obs, hist, alpha,
-                                        critic_state=target_states.reshape(n, -1))
-                hist = states
+                target = self.td_target(rewards, terminated, next_obs, flat(states).detach(),
+                                        alpha, critic_state=flat(target_states))
+                hist = flat(states, S)
             else:
-                target = self.td_target(rewards, terminated, next_obs, hist, alpha)
+                target = self.td_target(rewards, terminated, next_obs, flat(states).detach(),
+                                        alpha)
+                hist = flat(states, S).detach()
         else:
-            _, hist = self._unroll(self.critic_encoder, b.obs, b.episode_start,
-                                   b.start_state[:, h:])
-            hist = hist.reshape(n, -1)
-            target = self.td_target(rewards, terminated, next_obs, states.detach(), alpha,
-                                    critic_state=hist.detach())
+            _, enc = self._unroll(self.critic_encoder, b.obs, b.episode_start,
+                                  b.start_state[:, h:])
+            target = self.td_target(rewards, terminated, next_obs, flat(states).detach(), alpha,
+                                    critic_state=flat(enc).detach())
+            hist = flat(enc, S)
+        if extra:
+            target = self.n_step_target(target.reshape(B, T), b.rewards[:, burn:],
+                                        b.terminated[:, burn:], b.episode_start[:, burn:]
+                                        ).reshape(B * S)
+        obs, out = flat(b.obs[:, burn:], S), flat(out, S)
+        actions = flat(b.actions[:, burn:], S)
 
         critic_in = torch.cat([obs, hist], 1)
         if self.discrete:
@@ -503,6 +522,34 @@ class NeuroFlow:
         self.n_updates += 1
         self.last_losses = losses
         return losses
+
+    def n_step_target(self, one_step: torch.Tensor, rewards: torch.Tensor,
+                      terminated: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+        """Multi-step targets ``(B, T - n + 1)`` from one-step ones ``(B, T)``.
+
+        ``one_step[:, j] = r_j + gamma (1 - terminated_j) V_j`` for each step ``j`` of the
+        sequences. The target of step ``t`` sums ``gamma^k r_{t+k}`` up to ``n`` rewards,
+        stopping early where the episode ends, and bootstraps with the one-step target of
+        its last step: ``G_t = sum_{k<m-1} gamma^k r_{t+k} + gamma^(m-1) one_step_{t+m-1}``,
+        with ``m`` the number of steps up to ``n`` before the episode ends (a terminal
+        step ends it and so does the step before a new episode starts: a truncation, which
+        still bootstraps inside ``one_step``).
+        """
+        n, steps = self.n_step, one_step.shape[1] - self.n_step + 1
+        target = torch.zeros_like(one_step[:, :steps])
+        alive = torch.ones_like(target)
+        discount = 1.0
+        for k in range(n):
+            j = slice(k, k + steps)
+            if k == n - 1:
+                stop = torch.ones_like(target)
+            else:  # the episode ends at this step: terminated, or a new one starts next
+                stop = torch.maximum(terminated[:, j], episode_start[:, k + 1:k + 1 + steps])
+            target = target + alive * discount * torch.where(
+                stop.bool(), one_step[:, j], rewards[:, j])
+            alive = alive * (1.0 - stop)
+            discount *= self.gamma
+        return target
 
     def _unroll(self, net: torch.nn.Module, obs: torch.Tensor, episode_start: torch.Tensor,
                 state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -170,6 +170,8 @@ def test_non_finite_observation_names_the_step():
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="seq_len"):
         NeuroFlow("CartPole-v1", seq_len=0)
+    with pytest.raises(ValueError, match="n_step must be an integer >= 1, got 0"):
+        NeuroFlow("CartPole-v1", n_step=0)
     with pytest.raises(ValueError, match="ent_coef"):
         NeuroFlow("CartPole-v1", ent_coef="sometimes")
     with pytest.raises(ValueError, match="NoSuchEnv"):
@@ -352,3 +354,68 @@ def test_function_callback_sees_every_step_and_can_stop_training():
 
     with pytest.raises(NotImplementedError, match="CallbackObject"):
         agent.learn(10, callback=CallbackObject())
+
+
+def _n_step_reference(one_step, rewards, terminated, episode_start, n, gamma):
+    """G_t by walking each step forward, one Python float at a time."""
+    B, T = one_step.shape
+    out = torch.zeros(B, T - n + 1, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T - n + 1):
+            total, disc = 0.0, 1.0
+            for k in range(n):
+                j = t + k
+                ends = bool(terminated[b, j]) or (k < n - 1 and bool(episode_start[b, j + 1]))
+                if ends or k == n - 1:
+                    total += disc * float(one_step[b, j])
+                    break
+                total += disc * float(rewards[b, j])
+                disc *= gamma
+            out[b, t] = total
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_n_step_targets_stop_at_episode_ends(n):
+    agent = small("CartPole-v1", n_step=n, gamma=0.9)
+    # Worked example, n = 3, gamma = 0.5 would give for t = 0 with r = 1, 2, 3 and no end:
+    # 1 + 0.5 * 2 + 0.25 * one_step_2. Here random values with a terminal step (j = 2),
+    # a truncation (a new episode starts at j = 5) and an episode start at j = 0.
+    T = 8 + n - 1
+    g = torch.Generator().manual_seed(n)
+    one_step = torch.randn(2, T, generator=g)
+    rewards = torch.randn(2, T, generator=g)
+    terminated = torch.zeros(2, T)
+    terminated[0, 2] = 1.0
+    start = torch.zeros(2, T)
+    start[0, 0] = start[0, 3] = start[1, 5] = 1.0
+    got = agent.n_step_target(one_step, rewards, terminated, start)
+    ref = _n_step_reference(one_step, rewards, terminated, start, n, 0.9)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
+    if n == 1:
+        torch.testing.assert_close(got, one_step)
+
+
+def test_n_step_worked_example():
+    agent = small("CartPole-v1", n_step=3, gamma=0.5)
+    one_step = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    zeros = torch.zeros(1, 4)
+    got = agent.n_step_target(one_step, rewards, zeros, zeros)
+    torch.testing.assert_close(got, torch.tensor([[1 + 0.5 * 2 + 0.25 * 30.0,
+                                                   2 + 0.5 * 3 + 0.25 * 40.0]]))
+    # a terminal second step: G_0 = r_0 + gamma * one_step_1 (which holds no bootstrap)
+    term = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    got = agent.n_step_target(one_step, rewards, term, zeros)
+    assert got[0, 0].item() == pytest.approx(1 + 0.5 * 20.0)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPoleNoVel-v1"])
+def test_short_learning_run_with_n_step_targets(env_id):
+    agent = small(env_id, n_step=3, critic_trains_state=True)
+    before = [p.detach().clone() for p in agent.critics.parameters()]
+    agent.learn(120)
+    assert agent.n_updates > 0
+    assert all(not torch.equal(b, p) for b, p in zip(before, agent.critics.parameters(),
+                                                     strict=True))
+    assert all(np.isfinite(v) for v in agent.last_losses.values())
