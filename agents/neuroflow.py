@@ -19,9 +19,11 @@ terminal state).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -33,11 +35,27 @@ from torch.nn import functional as F
 from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
 from agents.normalization import ObservationNormalizer
+from agents.persistence import ActionLog, load_agent, save_agent
 from agents.policies import LiquidActor, check_spaces
 from envs import make_vec_env
 from velora_ens.models import LiquidNCPNetwork
 
 __all__ = ["NeuroFlow"]
+
+
+def linear_schedule(spec: str) -> Callable[[float], float]:
+    """RL Zoo's ``"lin_<x>"``: ``x`` times the progress remaining (1 at the start of a
+    ``learn`` call, 0 at its end)."""
+    try:
+        if not spec.startswith("lin_"):
+            raise ValueError
+        start = float(spec[4:])
+    except ValueError:
+        raise ValueError(f"learning_rate {spec!r} is not a schedule; expected 'lin_<number>', "
+                         f"e.g. 'lin_1e-3', a number or a callable") from None
+    if not start > 0:
+        raise ValueError(f"learning_rate {spec!r}: the initial rate must be > 0")
+    return lambda progress_remaining: progress_remaining * start
 
 
 def _as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
@@ -65,7 +83,8 @@ class NeuroFlow:
         critic_hidden: hidden widths of each MLP critic.
         critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
         n_critics: critics in the ensemble head (targets use their minimum).
-        learning_rate: Adam step size for actor, critics and temperature: a number, or
+        learning_rate: Adam step size for actor, critics and temperature: a number,
+            ``"lin_<x>"`` (RL Zoo's linear decay from ``x`` to 0 over each ``learn`` call), or
             (as in Stable-Baselines3) a schedule called with the progress remaining in
             the current ``learn`` call (1 at its start, 0 at its end).
         buffer_size: transitions kept in replay (split over the environment streams).
@@ -113,7 +132,7 @@ class NeuroFlow:
         critic_hidden: tuple[int, ...] = (128, 128),
         critic_ncp_neurons: int | None = None,
         n_critics: int = 2,
-        learning_rate: float | Callable[[float], float] = 3e-4,
+        learning_rate: float | str | Callable[[float], float] = 3e-4,
         buffer_size: int = 1_000_000,
         learning_starts: int = 100,
         batch_size: int = 256,
@@ -136,6 +155,11 @@ class NeuroFlow:
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
+        # the constructor's arguments (JSON-able ones) are what ``save`` records
+        arguments = dict(locals())
+        self.config: dict[str, Any] = {k: v for k, v in arguments.items()
+                                       if k not in ("self", "env", "__class__")}
+        self.env_id: str | None = env if isinstance(env, str) else None
         for name, value, low in (("seq_len", seq_len, 1), ("burn_in", burn_in, 0),
                                  ("batch_size", batch_size, 1), ("n_envs", n_envs, 1),
                                  ("n_critics", n_critics, 1), ("actor_neurons", actor_neurons, 2),
@@ -204,6 +228,8 @@ class NeuroFlow:
 
         # Fused Adam: one kernel for all tensors; the per-tensor loop costs more than the
         # arithmetic for networks this small.
+        if isinstance(learning_rate, str):
+            learning_rate = linear_schedule(learning_rate)
         if callable(learning_rate):
             self.lr_schedule: Callable[[float], float] | None = learning_rate
             learning_rate = self._scheduled_lr(1.0)
@@ -241,6 +267,9 @@ class NeuroFlow:
         self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
         self.last_losses: dict[str, float] = {}
         self._obs: np.ndarray | None = None
+        # every action batch sent to the vector env since its seeded reset: replaying it
+        # rebuilds the environments' state when an agent saved with its buffer is loaded
+        self._action_log = ActionLog()
         self._update_budget = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -372,7 +401,9 @@ class NeuroFlow:
                                        for _ in range(n)])
                 else:
                     action = self.actor.act(out, deterministic=False).numpy()
-            next_obs, reward, terminated, truncated, info = env.step(self._to_env_action(action))
+            env_action = self._to_env_action(action)
+            self._action_log.append(env_action)
+            next_obs, reward, terminated, truncated, info = env.step(env_action)
             self._check_finite("observation", next_obs)
             self._check_finite("reward", reward)
             if self.obs_normalizer is not None:
@@ -617,6 +648,25 @@ class NeuroFlow:
         q_pi = self.critics(torch.cat([critic_in, action], 1), detach_params=True
                             ).min(0).values.squeeze(-1)
         return (alpha * log_prob - q_pi).mean(), -log_prob.detach()
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike, include_buffer: bool = False) -> Path:
+        """Write the agent to one safetensors file (``.safetensors`` is appended when
+        ``path`` has no suffix) atomically; returns the path.
+
+        ``include_buffer=True`` also stores the replay buffer, the rollout state, the
+        random generators and the action log that rebuilds the environments, so that
+        ``NeuroFlow.load(path).learn(n)`` continues exactly as the uninterrupted run would.
+        """
+        return save_agent(self, path, include_buffer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, env: Any = None, **kwargs: Any) -> NeuroFlow:
+        """An agent saved with :meth:`save`. ``env`` defaults to a new vector env of the
+        saved id; ``kwargs`` replace constructor arguments. Never unpickles anything: a
+        file that is not a saved agent, or one that was truncated or modified, raises
+        ``ValueError``."""
+        return load_agent(cls, path, env, **kwargs)
 
     # ------------------------------------------------------------------ acting
     def predict(self, observation: np.ndarray, state: np.ndarray | None = None,
