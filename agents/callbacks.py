@@ -124,8 +124,10 @@ def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix
     Gymnasium's ``RecordVideo``; returns the files written."""
     folder = Path(folder)
     env = gym.make(env_id, render_mode="rgb_array")
-    env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
-                                   name_prefix=name_prefix, disable_logger=True)
+    with warnings.catch_warnings():  # one folder holds the videos of many recordings
+        warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
+        env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
+                                       name_prefix=name_prefix, disable_logger=True)
     try:
         for episode in range(n_episodes):
             obs, _ = env.reset(seed=seed + episode)
