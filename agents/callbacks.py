@@ -123,6 +123,9 @@ def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix
     """Play ``n_episodes`` episodes of ``model`` on ``env_id`` rendered to mp4 through
     Gymnasium's ``RecordVideo``; returns the files written."""
     folder = Path(folder)
+    # off-screen rendering: SDL (pygame, used by Gymnasium's classic-control renderers)
+    # needs no display with the dummy video driver
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env = gym.make(env_id, render_mode="rgb_array")
     with warnings.catch_warnings():  # one folder holds the videos of many recordings
         warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
@@ -154,7 +157,7 @@ class ProgressBarCallback(BaseCallback):
         from tqdm.auto import tqdm
 
         total = self.locals["total_timesteps"]
-        self.pbar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        self.pbar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5)
         self._start = self.model.num_timesteps
 
     def _on_step(self) -> bool:
