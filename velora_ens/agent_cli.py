@@ -12,18 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_HYPERPARAMS", "add_agent_commands", "run_agent_command"]
-
-# Settings that differ from NeuroFlow's defaults, per environment id (the benchmarks'
-# settings, benchmarks/bench_rl.py); other ids use NeuroFlow's defaults.
-DEFAULT_HYPERPARAMS: dict[str, dict[str, Any]] = {
-    "Pendulum-v1": {"learning_rate": 1e-3},
-    "PendulumNoVel-v1": {"learning_rate": 1e-3, "critic_encoder": "own"},
-    "CartPoleNoVel-v1": {"target_entropy_scale": 0.3, "learning_rate": "lin_1e-3",
-                         "critic_trains_state": True, "utd_ratio": 2.0, "gamma": 0.98,
-                         "n_step": 3},
-}
-
+__all__ = ["add_agent_commands", "run_agent_command"]
 
 def _positive(name: str):
     def parse(text: str) -> int:
@@ -84,7 +73,9 @@ def add_agent_commands(sub: Any) -> None:
 
 def _hyperparams(args: argparse.Namespace) -> dict[str, Any]:
     if args.config is None:
-        return dict(DEFAULT_HYPERPARAMS.get(args.env, {}))
+        from agents.hyperparams import TUNED_HYPERPARAMS
+
+        return dict(TUNED_HYPERPARAMS.get(args.env, {}))
     path = Path(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
