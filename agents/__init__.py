@@ -2,7 +2,8 @@
 
 from agents.buffers import SequenceBatch, SequenceReplayBuffer
 from agents.critics import CriticEnsemble
-from agents.neuroflow import NeuroFlow
+from agents.neuroflow import NeuroFlow, NonFiniteTrainingError
 from agents.policies import LiquidActor
 
-__all__ = ["CriticEnsemble", "LiquidActor", "NeuroFlow", "SequenceBatch", "SequenceReplayBuffer"]
+__all__ = ["CriticEnsemble", "LiquidActor", "NeuroFlow", "NonFiniteTrainingError", "SequenceBatch",
+           "SequenceReplayBuffer"]

@@ -19,9 +19,11 @@ terminal state).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -32,12 +34,33 @@ from torch.nn import functional as F
 
 from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
+from agents.env_checks import CheckedEnv
 from agents.normalization import ObservationNormalizer
+from agents.persistence import ActionLog, load_agent, save_agent
 from agents.policies import LiquidActor, check_spaces
 from envs import make_vec_env
 from velora_ens.models import LiquidNCPNetwork
 
-__all__ = ["NeuroFlow"]
+__all__ = ["NeuroFlow", "NonFiniteTrainingError"]
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; the update was not applied."""
+
+
+def linear_schedule(spec: str) -> Callable[[float], float]:
+    """RL Zoo's ``"lin_<x>"``: ``x`` times the progress remaining (1 at the start of a
+    ``learn`` call, 0 at its end)."""
+    try:
+        if not spec.startswith("lin_"):
+            raise ValueError
+        start = float(spec[4:])
+    except ValueError:
+        raise ValueError(f"learning_rate {spec!r} is not a schedule; expected 'lin_<number>', "
+                         f"e.g. 'lin_1e-3', a number or a callable") from None
+    if not start > 0:
+        raise ValueError(f"learning_rate {spec!r}: the initial rate must be > 0")
+    return lambda progress_remaining: progress_remaining * start
 
 
 def _as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
@@ -50,7 +73,8 @@ def _as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
         if n_envs != 1:
             raise ValueError(f"a single gymnasium.Env instance gives one stream; got n_envs="
                              f"{n_envs} (pass an environment id or a vector env instead)")
-        return gym.vector.SyncVectorEnv([lambda: gym.wrappers.RecordEpisodeStatistics(env)])
+        return gym.vector.SyncVectorEnv(
+            [lambda: gym.wrappers.RecordEpisodeStatistics(CheckedEnv(env))])
     raise ValueError(f"env must be an environment id, a gymnasium.Env or a gymnasium vector "
                      f"env, got {type(env).__name__}")
 
@@ -65,7 +89,8 @@ class NeuroFlow:
         critic_hidden: hidden widths of each MLP critic.
         critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
         n_critics: critics in the ensemble head (targets use their minimum).
-        learning_rate: Adam step size for actor, critics and temperature: a number, or
+        learning_rate: Adam step size for actor, critics and temperature: a number,
+            ``"lin_<x>"`` (RL Zoo's linear decay from ``x`` to 0 over each ``learn`` call), or
             (as in Stable-Baselines3) a schedule called with the progress remaining in
             the current ``learn`` call (1 at its start, 0 at its end).
         buffer_size: transitions kept in replay (split over the environment streams).
@@ -102,6 +127,10 @@ class NeuroFlow:
         n_envs: environment copies when ``env`` is an id.
         vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
         seed: seeds torch, the replay sampling, the environments and their action spaces.
+        tensorboard_log: folder for TensorBoard runs (one subfolder per run), with SB3's
+            keys (``rollout/ep_rew_mean``, ``train/critic_loss``, ``time/fps``, ...) plus
+            ``train/critic_spread``, the critics' disagreement.
+        verbose: 1 prints SB3's log table every ``log_interval`` episodes.
     """
 
     def __init__(
@@ -113,7 +142,7 @@ class NeuroFlow:
         critic_hidden: tuple[int, ...] = (128, 128),
         critic_ncp_neurons: int | None = None,
         n_critics: int = 2,
-        learning_rate: float | Callable[[float], float] = 3e-4,
+        learning_rate: float | str | Callable[[float], float] = 3e-4,
         buffer_size: int = 1_000_000,
         learning_starts: int = 100,
         batch_size: int = 256,
@@ -134,8 +163,14 @@ class NeuroFlow:
         n_envs: int = 1,
         vectorization: str = "sync",
         seed: int | None = None,
+        tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
+        # the constructor's arguments (JSON-able ones) are what ``save`` records
+        arguments = dict(locals())
+        self.config: dict[str, Any] = {k: v for k, v in arguments.items()
+                                       if k not in ("self", "env", "__class__")}
+        self.env_id: str | None = env if isinstance(env, str) else None
         for name, value, low in (("seq_len", seq_len, 1), ("burn_in", burn_in, 0),
                                  ("batch_size", batch_size, 1), ("n_envs", n_envs, 1),
                                  ("n_critics", n_critics, 1), ("actor_neurons", actor_neurons, 2),
@@ -204,6 +239,8 @@ class NeuroFlow:
 
         # Fused Adam: one kernel for all tensors; the per-tensor loop costs more than the
         # arithmetic for networks this small.
+        if isinstance(learning_rate, str):
+            learning_rate = linear_schedule(learning_rate)
         if callable(learning_rate):
             self.lr_schedule: Callable[[float], float] | None = learning_rate
             learning_rate = self._scheduled_lr(1.0)
@@ -240,7 +277,15 @@ class NeuroFlow:
         self.n_updates = 0
         self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
         self.last_losses: dict[str, float] = {}
+        self.tensorboard_log = tensorboard_log
+        self.logger: Any = None  # an SB3 Logger, made by the first ``learn`` call
+        self._episode_num = 0
+        self._train_sums: dict[str, float] = {}
+        self._train_count = 0
         self._obs: np.ndarray | None = None
+        # every action batch sent to the vector env since its seeded reset: replaying it
+        # rebuilds the environments' state when an agent saved with its buffer is loaded
+        self._action_log = ActionLog()
         self._update_budget = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -303,6 +348,27 @@ class NeuroFlow:
     def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
         return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
 
+    def _check_observation(self, obs: Any) -> None:
+        """A batch of observations must be finite numbers of the space's shape."""
+        expected = (self.n_envs, self.obs_dim)
+        if not isinstance(obs, np.ndarray) or obs.shape != expected \
+                or not np.issubdtype(obs.dtype, np.number):
+            got = (f"{type(obs).__name__} of shape {np.shape(obs)} and dtype "
+                   f"{getattr(obs, 'dtype', None)}")
+            raise ValueError(f"the environment returned a malformed observation at step "
+                             f"{self.num_timesteps}: expected a numeric array of shape "
+                             f"{expected} (the observation space {self.observation_space} for "
+                             f"{self.n_envs} copies), got a {got}")
+        self._check_finite("observation", obs)
+
+    def _check_reward(self, reward: Any) -> None:
+        if not isinstance(reward, np.ndarray) or reward.shape != (self.n_envs,) \
+                or not np.issubdtype(reward.dtype, np.number):
+            raise ValueError(f"the environment returned a malformed reward at step "
+                             f"{self.num_timesteps}: expected {self.n_envs} numbers, got "
+                             f"{reward!r}")
+        self._check_finite("reward", reward)
+
     def _check_finite(self, name: str, value: np.ndarray) -> None:
         if not np.all(np.isfinite(value)):
             bad = np.argwhere(~np.isfinite(np.asarray(value, dtype=np.float64)))[0].tolist()
@@ -310,39 +376,63 @@ class NeuroFlow:
                              f"{self.num_timesteps} (entry {bad}): {value!r}")
 
     # ------------------------------------------------------------------ learning
-    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False
-              ) -> NeuroFlow:
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 4,
+              tb_log_name: str = "NeuroFlow", reset_num_timesteps: bool = False,
+              progress_bar: bool = False) -> NeuroFlow:
         """Collect ``total_timesteps`` transitions (summed over the environment copies)
         and train; returns ``self``.
 
-        ``callback`` may be a function ``callback(locals, globals) -> bool``
-        (Stable-Baselines3's functional form), called after every environment step and
-        its updates; a false return value stops training.
+        ``callback``: a Stable-Baselines3 callback (any ``BaseCallback``, see
+        :mod:`agents.callbacks`), a list of them, or a function
+        ``callback(locals, globals) -> bool``; called after every environment step and
+        that step's updates, and a false return value stops training.
+        ``log_interval``: write the logs (TensorBoard with SB3's keys when the agent has a
+        ``tensorboard_log`` folder, and a table on stdout with ``verbose=1``) every this
+        many finished episodes. ``tb_log_name``: the run folder's prefix; each agent's
+        first ``learn`` call (and each one with ``reset_num_timesteps=True``) starts a new
+        run folder. ``reset_num_timesteps``: start counting from 0 on new episodes, as
+        SB3 does by default; NeuroFlow's default continues the previous call.
+        ``progress_bar``: show a tqdm bar.
         """
         if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, int) \
                 or total_timesteps < 1:
             raise ValueError(f"total_timesteps must be an integer >= 1, got {total_timesteps!r}")
-        if progress_bar:
-            raise NotImplementedError("progress bars arrive with the agent tooling")
-        if callback is not None and (not callable(callback) or hasattr(callback, "on_step")):
-            raise NotImplementedError(
-                f"callback objects ({type(callback).__name__}) arrive with the agent tooling; "
-                "pass a function callback(locals, globals) -> bool")
+        if isinstance(log_interval, bool) or not isinstance(log_interval, int) \
+                or log_interval < 1:
+            raise ValueError(f"log_interval must be an integer >= 1, got {log_interval!r}")
+        from agents.callbacks import make_callback
+
+        callback = make_callback(callback, progress_bar)
+        if reset_num_timesteps:
+            self.num_timesteps, self._episode_num, self._obs = 0, 0, None
+            self.ep_info_buffer.clear()
+        if self.logger is None or reset_num_timesteps:
+            from stable_baselines3.common.utils import configure_logger
+
+            self.logger = configure_logger(self.verbose, self.tensorboard_log, tb_log_name, True)
+        callback.init_callback(self)
         # Saturated gates and tiny Adam moments produce denormal floats, which the CPU
         # handles tens of times slower than normal ones; flush them to zero while training
         # (PyTorch's default, off, is restored on return).
         torch.set_flush_denormal(True)
         try:
-            return self._learn(total_timesteps, callback)
+            return self._learn(total_timesteps, callback, log_interval)
         finally:
             torch.set_flush_denormal(False)
 
-    def _learn(self, total_timesteps: int,
-               callback: Callable[[dict, dict], bool] | None = None) -> NeuroFlow:
+    def get_env(self) -> gym.vector.VectorEnv:
+        """The training environments (SB3's accessor, used by callbacks)."""
+        return self.env
+
+    def get_vec_normalize_env(self) -> None:
+        """SB3's accessor; NeuroFlow normalises inside the agent, never with a VecNormalize."""
+        return None
+
+    def _learn(self, total_timesteps: int, callback: Any, log_interval: int) -> NeuroFlow:
         env, n = self.env, self.n_envs
         if self._obs is None:
             self._obs, _ = env.reset(seed=self.seed)
-            self._check_finite("observation", self._obs)
+            self._check_observation(self._obs)
             if self.obs_normalizer is not None:
                 self.obs_normalizer.update(self._obs)
             self._state = torch.zeros(n, self._stored_state_dim)
@@ -350,9 +440,12 @@ class NeuroFlow:
             self._pending_reset = np.zeros(n, dtype=bool)
         first_step = self.num_timesteps
         end = first_step + total_timesteps
-        start_time = time.perf_counter()
+        self._start_time = time.perf_counter()
+        self._first_step = first_step
         min_stored = self.seq_len + self.burn_in + self.n_step - 1
+        callback.on_training_start(locals(), globals())
         while self.num_timesteps < end:
+            callback.on_rollout_start()
             obs = self._obs
             with torch.no_grad():
                 obs_t = self._normalized(torch.as_tensor(obs, dtype=torch.float32))
@@ -372,9 +465,11 @@ class NeuroFlow:
                                        for _ in range(n)])
                 else:
                     action = self.actor.act(out, deterministic=False).numpy()
-            next_obs, reward, terminated, truncated, info = env.step(self._to_env_action(action))
-            self._check_finite("observation", next_obs)
-            self._check_finite("reward", reward)
+            env_action = self._to_env_action(action)
+            self._action_log.append(env_action)
+            next_obs, reward, terminated, truncated, info = env.step(env_action)
+            self._check_observation(next_obs)
+            self._check_reward(reward)
             if self.obs_normalizer is not None:
                 self.obs_normalizer.update(next_obs)
 
@@ -408,14 +503,37 @@ class NeuroFlow:
                 while self._update_budget >= 1.0:
                     self.train_step()
                     self._update_budget -= 1.0
-            if self.verbose and self.num_timesteps % (1000 * n) < n and self.ep_info_buffer:
-                fps = (self.num_timesteps - first_step) / (time.perf_counter() - start_time)
-                print(f"step {self.num_timesteps:>8d}  "
-                      f"ep_rew_mean {self.mean_episode_return():9.2f}"
-                      f"  fps {fps:6.0f}", flush=True)
-            if callback is not None and not callback(locals(), globals()):
+            finished = int(done[valid].sum())
+            if finished:
+                before, self._episode_num = self._episode_num, self._episode_num + finished
+                if self._episode_num // log_interval > before // log_interval:
+                    self._dump_logs()
+            callback.update_locals(locals())
+            if not callback.on_step():
                 break
+            callback.on_rollout_end()
+        callback.on_training_end()
         return self
+
+    def _dump_logs(self) -> None:
+        """Record SB3's keys and write them (TensorBoard, stdout with verbose=1)."""
+        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
+        log = self.logger
+        log.record("time/episodes", self._episode_num, exclude="tensorboard")
+        log.record("time/fps", int((self.num_timesteps - self._first_step) / elapsed))
+        log.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
+        log.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        if self.ep_info_buffer:
+            log.record("rollout/ep_rew_mean", self.mean_episode_return())
+            log.record("rollout/ep_len_mean",
+                       float(np.mean([e["l"] for e in self.ep_info_buffer])))
+        if self._train_count:
+            for key, total in self._train_sums.items():
+                log.record(f"train/{key}", total / self._train_count)
+            log.record("train/learning_rate", self.actor_optimizer.param_groups[0]["lr"])
+            log.record("train/n_updates", self.n_updates, exclude="tensorboard")
+        self._train_sums, self._train_count = {}, 0
+        log.dump(step=self.num_timesteps)
 
     def _record_episodes(self, info: dict, done: np.ndarray) -> None:
         episode = info.get("episode")
@@ -498,13 +616,27 @@ class NeuroFlow:
         self.critic_optimizer.zero_grad(set_to_none=True)
         self.actor_optimizer.zero_grad(set_to_none=True)
         (critic_loss + actor_loss).backward()
-        torch.nn.utils.clip_grad_norm_(self._critic_parameters(), self.max_grad_norm,
-                                       foreach=True)
-        torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm, foreach=True)
+        critic_norm = torch.nn.utils.clip_grad_norm_(self._critic_parameters(),
+                                                     self.max_grad_norm, foreach=True)
+        actor_norm = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm,
+                                                    foreach=True)
+        checked = torch.stack([critic_loss.detach(), actor_loss.detach(), critic_norm,
+                               actor_norm])
+        if not bool(torch.isfinite(checked).all()):
+            names = ("critic_loss", "actor_loss", "critic gradient norm", "actor gradient norm")
+            bad = ", ".join(f"{name}={value:g}" for name, value in zip(names, checked.tolist(),
+                                                                        strict=True)
+                            if not np.isfinite(value))
+            raise NonFiniteTrainingError(
+                f"training produced a non-finite {bad} at step {self.num_timesteps} (update "
+                f"{self.n_updates + 1}); stopped before applying it, so the parameters and any "
+                "saved checkpoint are from the last good update")
         self.critic_optimizer.step()
         self.actor_optimizer.step()
 
         losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
+        if self.critics.n_critics > 1:
+            losses["critic_spread"] = float(q.detach().std(0).mean())
         if self.alpha_optimizer is not None:
             # loss = log_alpha * mean(entropy - target): its gradient is that mean, so no
             # autograd pass is needed. alpha grows while the policy is below its target.
@@ -521,6 +653,9 @@ class NeuroFlow:
                                      list(self.actor.parameters()), self.tau)
         self.n_updates += 1
         self.last_losses = losses
+        for key, value in losses.items():
+            self._train_sums[key] = self._train_sums.get(key, 0.0) + value
+        self._train_count += 1
         return losses
 
     def n_step_target(self, one_step: torch.Tensor, rewards: torch.Tensor,
@@ -617,6 +752,25 @@ class NeuroFlow:
         q_pi = self.critics(torch.cat([critic_in, action], 1), detach_params=True
                             ).min(0).values.squeeze(-1)
         return (alpha * log_prob - q_pi).mean(), -log_prob.detach()
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike, include_buffer: bool = False) -> Path:
+        """Write the agent to one safetensors file (``.safetensors`` is appended when
+        ``path`` has no suffix) atomically; returns the path.
+
+        ``include_buffer=True`` also stores the replay buffer, the rollout state, the
+        random generators and the action log that rebuilds the environments, so that
+        ``NeuroFlow.load(path).learn(n)`` continues exactly as the uninterrupted run would.
+        """
+        return save_agent(self, path, include_buffer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, env: Any = None, **kwargs: Any) -> NeuroFlow:
+        """An agent saved with :meth:`save`. ``env`` defaults to a new vector env of the
+        saved id; ``kwargs`` replace constructor arguments. Never unpickles anything: a
+        file that is not a saved agent, or one that was truncated or modified, raises
+        ``ValueError``."""
+        return load_agent(cls, path, env, **kwargs)
 
     # ------------------------------------------------------------------ acting
     def predict(self, observation: np.ndarray, state: np.ndarray | None = None,

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from report import machine, write_atomic
 
+from agents.hyperparams import TUNED_HYPERPARAMS
+
 OUT = Path("docs/benchmarks/rl")
 
 
@@ -45,13 +47,11 @@ class Task:
 
 TASKS = {
     "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, "RL Zoo SAC: -157 at 20k",
-                     neuroflow={"learning_rate": 1e-3},
+                     neuroflow=TUNED_HYPERPARAMS["Pendulum-v1"],
                      baseline_kwargs={"learning_rate": 1e-3}),
     "cartpole-novel": Task("CartPoleNoVel-v1", 50_000, 5_000, 475.0,
                            "RL Zoo RecurrentPPO: 500 at 100k",
-                           neuroflow={"target_entropy_scale": 0.3, "learning_rate": "lin_1e-3",
-                                      "critic_trains_state": True, "n_step": 3,
-                                      "gamma": 0.98},
+                           neuroflow=TUNED_HYPERPARAMS["CartPoleNoVel-v1"],
                            baseline="DQN",
                            baseline_kwargs=dict(learning_rate=2.3e-3, batch_size=64,
                                                 buffer_size=100_000, learning_starts=1000,
@@ -62,7 +62,7 @@ TASKS = {
                                                 policy_kwargs={"net_arch": [256, 256]})),
     "pendulum-novel": Task("PendulumNoVel-v1", 50_000, 5_000, -250.0,
                            "RL Zoo RecurrentPPO: -218 at 100k",
-                           neuroflow={"learning_rate": 1e-3, "critic_encoder": "own"},
+                           neuroflow=TUNED_HYPERPARAMS["PendulumNoVel-v1"],
                            baseline_kwargs={"learning_rate": 1e-3}),
 }
 
@@ -88,14 +88,6 @@ def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def schedule(value):
-    """RL Zoo's ``"lin_<x>"`` (linear decay from x to 0) as an SB3 schedule; numbers pass."""
-    if isinstance(value, str) and value.startswith("lin_"):
-        start = float(value[4:])
-        return lambda progress_remaining: progress_remaining * start
-    return value
-
-
 def run_one(args: tuple[str, str, int]) -> dict:
     """Train one (algorithm, seed) on a task in one ``learn`` call (so schedules see the
     whole budget), evaluating every ``eval_every`` steps from a callback; returns the
@@ -108,9 +100,7 @@ def run_one(args: tuple[str, str, int]) -> dict:
     if algo == "NeuroFlow":
         from agents import NeuroFlow
 
-        kwargs = {k: schedule(v) if k == "learning_rate" else v
-                  for k, v in task.neuroflow.items()}
-        model = NeuroFlow(task.env_id, seed=seed, **kwargs)
+        model = NeuroFlow(task.env_id, seed=seed, **task.neuroflow)
     else:
         import stable_baselines3 as sb3
 

@@ -89,3 +89,33 @@ class BadEnv(gym.Env):
         if self.t == self.bad_step:
             obs[1] = np.nan
         return obs, 0.0, False, False, {}
+
+
+class MalformedEnv(gym.Env):
+    """Breaks the Gymnasium contract on its third step: ``mode`` ``"shape"`` returns a
+    3-vector for a 2-vector space, ``"reward"`` a string reward, ``"flag"`` an int flag."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs, reward, terminated = np.zeros(2, np.float32), 0.0, False
+        if self.t == 3:
+            if self.mode == "shape":
+                obs = np.zeros(3, np.float32)
+            elif self.mode == "reward":
+                reward = "one"
+            else:
+                terminated = 1
+        return obs, reward, terminated, False, {}

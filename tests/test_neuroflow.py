@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
-from rl_envs import BadEnv, CounterEnv, CueEnv
+from rl_envs import BadEnv, CounterEnv, CueEnv, MalformedEnv
 
 from agents import NeuroFlow
 from envs import make_vec_env
@@ -163,8 +163,23 @@ def test_unsupported_spaces_are_refused_by_name(obs_space, act_space, fragment):
 
 def test_non_finite_observation_names_the_step():
     agent = small(BadEnv(bad_step=7))
-    with pytest.raises(ValueError, match=r"non-finite observation at step 6"):
+    with pytest.raises(ValueError, match=r"on step 7 of its episode, returned a non-finite "
+                                         r"observation"):
         agent.learn(50)
+    # a vector env is not wrapped: the agent's own check names its step count
+    venv = gym.vector.SyncVectorEnv([lambda: BadEnv(bad_step=7)])
+    with pytest.raises(ValueError, match=r"non-finite observation at step 6"):
+        small(venv).learn(50)
+
+
+@pytest.mark.parametrize("mode,fragment", [
+    ("shape", r"malformed observation: expected a numeric array of shape \(2,\)"),
+    ("reward", r"malformed reward: expected one finite number, got 'one'"),
+    ("flag", r"returned terminated=1; expected a bool"),
+])
+def test_malformed_environment_output_is_named(mode, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        small(MalformedEnv(mode)).learn(20)
 
 
 def test_bad_arguments_are_clear_errors():
@@ -348,12 +363,11 @@ def test_function_callback_sees_every_step_and_can_stop_training():
     # count can repeat); training stops at the first false return.
     assert sorted(set(seen)) == list(range(1, 41)) and seen[-1] == agent.num_timesteps == 40
 
-    class CallbackObject:
-        def on_step(self):
-            return True
+    class NotACallback:
+        pass
 
-    with pytest.raises(NotImplementedError, match="CallbackObject"):
-        agent.learn(10, callback=CallbackObject())
+    with pytest.raises(ValueError, match="NotACallback"):
+        agent.learn(10, callback=NotACallback())
 
 
 def _n_step_reference(one_step, rewards, terminated, episode_start, n, gamma):

@@ -2,8 +2,11 @@
 
 Subcommands:
 
+* ``train``: train a NeuroFlow agent (default Pendulum-v1, a few minutes on a CPU), with
+  periodic evaluation, the best model kept, TensorBoard logs and a video: the README's
+  main job. ``evaluate`` and ``record`` take a saved agent.
 * ``demo``: train a liquid network on an irregularly sampled sequence task and print
-  its metrics (the README's main job until agent training lands).
+  its metrics.
 * ``bench protein|cifar10|synthetic``: the supervised benchmarks of the ensemble heads
   (:mod:`velora_ens.bench`); each writes ``results.json``, ``index.md`` and PNG plots.
 
@@ -43,6 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     demo.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_bench(sub)
+    from velora_ens.agent_cli import add_agent_commands
+
+    add_agent_commands(sub)
     return parser
 
 
@@ -134,8 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _bench(args, argv)
+        if args.command in ("train", "evaluate", "record"):
+            from velora_ens.agent_cli import run_agent_command
+
+            return run_agent_command(args)
         return _demo(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"velora-ens: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

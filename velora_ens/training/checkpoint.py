@@ -27,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "unflatten_optimizer_state",
+    "write_file_atomic",
 ]
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -41,7 +42,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_bytes_atomic(path: Path, write) -> None:
+def write_file_atomic(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk and move
+    it into place: readers see the old file or the new one, never a partial one."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     with open(tmp, "rb+") as fh:
@@ -60,11 +63,11 @@ def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tens
     name = f"checkpoint-{step:09d}.safetensors"
     # clone: safetensors refuses tensors that share storage (tied weights, views)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _write_bytes_atomic(folder / name, lambda p: save_file(flat, str(p)))
+    write_file_atomic(folder / name, lambda p: save_file(flat, str(p)))
     record = {"format": FORMAT, "step": int(step), "tensors": name,
               "sha256": _sha256(folder / name), "state": state}
     text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False)
-    _write_bytes_atomic(folder / CHECKPOINT_JSON, lambda p: p.write_text(text))
+    write_file_atomic(folder / CHECKPOINT_JSON, lambda p: p.write_text(text))
     old = sorted(folder.glob("checkpoint-*.safetensors"))
     for path in old[: max(len(old) - max(keep_last, 1), 0)]:
         if path.name != name:

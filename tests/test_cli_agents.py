@@ -1,0 +1,99 @@
+"""``velora-ens train | evaluate | record`` end to end, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents import NeuroFlow
+from velora_ens.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def velora_ens(argv, cwd):
+    """Run ``python -m velora_ens`` on this checkout from another folder."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "velora_ens", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_train_evaluate_record_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({"learning_starts": 32, "batch_size": 32, "seq_len": 4,
+                                  "burn_in": 2, "actor_neurons": 8, "critic_hidden": [32, 32]}))
+    argv = ["train", "--env", "CartPole-v1", "--timesteps", "120", "--eval-freq", "60",
+            "--eval-episodes", "2", "--config", str(config), "--save-freq", "100",
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "CartPole-v1_seed0_1"
+    for name in ("final_model.safetensors", "best_model.safetensors", "evaluations.npz",
+                 "config.json"):
+        assert (run / name).is_file(), name
+    # one checkpoint after 100 vector-env steps (autoreset steps add no transition)
+    checkpoints = list((run / "checkpoints").glob("neuroflow_*_steps.safetensors"))
+    assert len(checkpoints) == 1 and len(NeuroFlow.load(checkpoints[0]).buffer) > 90
+    assert list((run / "tensorboard").glob("NeuroFlow_1/events.out.tfevents.*"))
+    videos = list((run / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
+    # the last line is the mean evaluation return; it is reproducible from the saved model
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("mean evaluation return over 2 episodes: ")
+    agent = NeuroFlow.load(run / "final_model.safetensors")
+    assert agent.num_timesteps == 120 and agent.config["actor_neurons"] == 8
+    assert main(["train", "--env", "CartPole-v1", "--timesteps", "40", "--config", str(config),
+                 "--no-progress", "--no-video", "--eval-episodes", "1"]) == 0
+    assert (tmp_path / "runs" / "CartPole-v1_seed0_2").is_dir()  # a new folder per run
+    capsys.readouterr()
+
+    assert main(["evaluate", str(run / "final_model.safetensors"), "--episodes", "3",
+                 "--seed", "7"]) == 0
+    line = capsys.readouterr().out.strip()
+    mean = float(line.split("mean return ")[1].split(" ")[0])
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    import envs
+
+    env = Monitor(envs.make_env("CartPole-v1"))
+    env.reset(seed=7)
+    rewards, _ = evaluate_policy(agent, env, n_eval_episodes=3, return_episode_rewards=True)
+    assert mean == pytest.approx(np.mean(rewards), abs=0.051)
+
+    assert main(["record", str(run / "final_model.safetensors"), "--out",
+                 str(tmp_path / "v")]) == 0
+    written = capsys.readouterr().out.strip().splitlines()
+    assert len(written) == 1 and written[0].endswith(".mp4")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
+    (["train", "--timesteps", "0"], "--timesteps must be >= 1, got 0"),
+    (["train", "--n-envs", "two"], "--n-envs must be an integer, got 'two'"),
+    (["train", "--config", "missing.json"], "--config missing.json: no such file"),
+    (["evaluate", "missing.safetensors"], "no saved agent at missing.safetensors"),
+    (["record", "README.md"], "is not a saved velora_ens agent"),
+])
+def test_agent_command_mistakes_exit_2_with_one_line(tmp_path, argv, fragment):
+    (tmp_path / "README.md").write_text("not an agent")
+    proc = velora_ens(argv, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_config_option_is_named(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"lr": 1e-3}))
+    proc = velora_ens(["train", "--config", str(config)], tmp_path)
+    assert proc.returncode == 2 and "unknown NeuroFlow option(s) ['lr']" in proc.stderr

@@ -1,0 +1,230 @@
+"""``velora-ens train | evaluate | record``: NeuroFlow agents from the command line.
+
+The only part of ``velora_ens`` that imports the ``agents`` and ``envs`` packages (lazily,
+inside the handlers), as DESIGN.md allows for the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_agent_commands", "run_agent_command"]
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+    return parse
+
+
+def add_agent_commands(sub: Any) -> None:
+    train = sub.add_parser(
+        "train", help="train a NeuroFlow agent (default: Pendulum-v1, a few minutes)",
+        description="Train NeuroFlow on a Gymnasium task, evaluate it periodically, keep the "
+                    "best model, write TensorBoard logs and a video of the final policy.")
+    train.add_argument("--env", default="Pendulum-v1", help="Gymnasium id (default Pendulum-v1)")
+    train.add_argument("--timesteps", type=_positive("--timesteps"), default=15_000,
+                       help="environment steps (default 15000)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--n-envs", type=_positive("--n-envs"), default=1,
+                       help="environment copies (default 1)")
+    train.add_argument("--log-dir", default="runs",
+                       help="folder for the run's folder (default runs)")
+    train.add_argument("--config", default=None,
+                       help="JSON file of NeuroFlow arguments (replace the defaults for --env)")
+    train.add_argument("--eval-freq", type=_positive("--eval-freq"), default=2_500,
+                       help="evaluate every this many steps (default 2500)")
+    train.add_argument("--eval-episodes", type=_positive("--eval-episodes"), default=10,
+                       help="deterministic evaluation episodes (default 10)")
+    train.add_argument("--save-freq", type=int, default=0,
+                       help="also save a checkpoint with the replay buffer every this many "
+                            "steps (default 0: only the final and best models)")
+    train.add_argument("--no-video", action="store_true", help="skip the final video")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=_positive("--threads"), default=1,
+                       help="torch CPU threads (default 1)")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a saved agent",
+                              description="Mean return of a saved agent over some episodes.")
+    evaluate.add_argument("path", help="a saved agent (.safetensors)")
+    evaluate.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
+    evaluate.add_argument("--episodes", type=_positive("--episodes"), default=10)
+    evaluate.add_argument("--stochastic", action="store_true",
+                          help="sample actions instead of the deterministic policy")
+    evaluate.add_argument("--seed", type=int, default=0)
+
+    record = sub.add_parser("record", help="record mp4 videos of a saved agent",
+                            description="Play a saved agent deterministically and write mp4s.")
+    record.add_argument("path", help="a saved agent (.safetensors)")
+    record.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
+    record.add_argument("--episodes", type=_positive("--episodes"), default=1)
+    record.add_argument("--out", default="videos", help="output folder (default videos)")
+    record.add_argument("--seed", type=int, default=0)
+
+
+def _hyperparams(args: argparse.Namespace) -> dict[str, Any]:
+    if args.config is None:
+        from agents.hyperparams import TUNED_HYPERPARAMS
+
+        return dict(TUNED_HYPERPARAMS.get(args.env, {}))
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config {path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path} must hold a JSON object of NeuroFlow arguments")
+    return config
+
+
+def _check_options(hyper: dict[str, Any]) -> None:
+    import inspect
+
+    from agents import NeuroFlow
+
+    allowed = set(inspect.signature(NeuroFlow.__init__).parameters) - {
+        "self", "env", "seed", "n_envs", "tensorboard_log"}
+    unknown = sorted(set(hyper) - allowed)
+    if unknown:
+        raise ValueError(f"unknown NeuroFlow option(s) {unknown}; expected some of "
+                         f"{sorted(allowed)}")
+
+
+def _make_agent(env_id: str, seed: int, n_envs: int, hyper: dict[str, Any], log_dir: Path):
+    from agents import NeuroFlow
+
+    try:
+        return NeuroFlow(env_id, seed=seed, n_envs=n_envs, tensorboard_log=str(log_dir),
+                         **hyper)
+    except TypeError as exc:  # a value of the wrong type deep inside
+        raise ValueError(f"bad NeuroFlow option value ({exc})") from None
+
+
+def _run_folder(log_dir: str, env_id: str, seed: int) -> Path:
+    base = Path(log_dir)
+    n = 1
+    while (base / f"{env_id}_seed{seed}_{n}").exists():
+        n += 1
+    return base / f"{env_id}_seed{seed}_{n}"
+
+
+def _check_env_id(env_id: str) -> None:
+    import envs
+
+    envs.make_env(env_id).close()  # a clear ValueError for an unknown id, before any work
+
+
+def _train(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from stable_baselines3.common.monitor import Monitor
+
+    import envs
+    from agents.callbacks import CheckpointCallback, EvalCallback
+
+    torch.set_num_threads(args.threads)
+    _check_env_id(args.env)
+    hyper = _hyperparams(args)
+    if args.save_freq < 0:
+        raise ValueError(f"--save-freq must be >= 0, got {args.save_freq}")
+    _check_options(hyper)
+    run = _run_folder(args.log_dir, args.env, args.seed)
+    run.mkdir(parents=True)
+    agent = _make_agent(args.env, args.seed, args.n_envs, hyper, run / "tensorboard")
+    (run / "config.json").write_text(json.dumps(
+        {"env": args.env, "timesteps": args.timesteps, "seed": args.seed,
+         "n_envs": args.n_envs, "neuroflow": hyper}, indent=1))
+    print(f"velora-ens train: NeuroFlow on {args.env}, {args.timesteps} steps, seed "
+          f"{args.seed}, {args.threads} thread(s); run folder {run}", flush=True)
+    if hyper:
+        print(f"  settings: {json.dumps(hyper)}", flush=True)
+    eval_env = Monitor(envs.make_env(args.env))
+    eval_env.reset(seed=10_000 + args.seed)
+    eval_cb = EvalCallback(eval_env, eval_freq=max(args.eval_freq // args.n_envs, 1),
+                           n_eval_episodes=args.eval_episodes, best_model_save_path=str(run),
+                           log_path=str(run), verbose=0)
+    callbacks: list[Any] = [eval_cb]
+    if args.save_freq:
+        callbacks.append(CheckpointCallback(max(args.save_freq // args.n_envs, 1),
+                                            run / "checkpoints", save_replay_buffer=True))
+    started = time.perf_counter()
+    agent.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress)
+    seconds = time.perf_counter() - started
+    final = agent.save(run / "final_model.safetensors")
+
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    eval_env.reset(seed=20_000 + args.seed)
+    rewards, _ = evaluate_policy(agent, eval_env, n_eval_episodes=args.eval_episodes,
+                                 deterministic=True, return_episode_rewards=True)
+    mean, std = float(np.mean(rewards)), float(np.std(rewards))
+    print(f"  trained in {seconds:.0f} s ({agent.num_timesteps / seconds:.0f} steps/s)")
+    print(f"  final model   {final}")
+    if (run / "best_model.safetensors").exists():
+        print(f"  best model    {run / 'best_model.safetensors'} (eval return "
+              f"{eval_cb.best_mean_reward:.1f})")
+    print(f"  tensorboard   tensorboard --logdir {run / 'tensorboard'}")
+    if not args.no_video:
+        from agents.callbacks import record_video
+
+        videos = record_video(agent, args.env, run / "videos", name_prefix="final",
+                              seed=args.seed)
+        print(f"  video         {videos[0] if videos else '(none written)'}")
+    print(f"mean evaluation return over {args.eval_episodes} episodes: {mean:.1f} +/- {std:.1f}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from agents import NeuroFlow
+
+    env = None
+    if args.env is not None:
+        _check_env_id(args.env)
+        env = args.env
+    agent = NeuroFlow.load(args.path, env=env)
+    return agent, args.env or agent.env_id
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    import envs
+
+    agent, env_id = _load(args)
+    env = Monitor(envs.make_env(env_id))
+    env.reset(seed=args.seed)
+    rewards, lengths = evaluate_policy(agent, env, n_eval_episodes=args.episodes,
+                                       deterministic=not args.stochastic,
+                                       return_episode_rewards=True)
+    print(f"{args.path} on {env_id}: mean return {np.mean(rewards):.1f} +/- {np.std(rewards):.1f}"
+          f" over {args.episodes} episodes (mean length {np.mean(lengths):.0f}, "
+          f"{'stochastic' if args.stochastic else 'deterministic'})")
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from agents.callbacks import record_video
+
+    agent, env_id = _load(args)
+    videos = record_video(agent, env_id, args.out, name_prefix=Path(args.path).stem,
+                          n_episodes=args.episodes, seed=args.seed)
+    for path in videos:
+        print(path)
+    return 0
+
+
+def run_agent_command(args: argparse.Namespace) -> int:
+    return {"train": _train, "evaluate": _evaluate, "record": _record}[args.command](args)
