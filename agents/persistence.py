@@ -71,8 +71,8 @@ class ActionLog:
     @classmethod
     def from_array(cls, data: np.ndarray) -> ActionLog:
         log = cls()
-        for row in data:
-            log.append(row)
+        if len(data):
+            log._data, log._len = np.array(data), len(data)
         return log
 
 
@@ -177,8 +177,15 @@ def save_agent(agent: NeuroFlow, path: str | os.PathLike, include_buffer: bool =
     }
     if include_buffer:
         buf = agent.buffer
+        # before the rings wrap around, only their filled start is worth storing
+        wrapped = bool((buf.size == buf.capacity).any() or (buf.pos != buf.size).any())
+        stored = buf.capacity if wrapped else int(buf.size.max())
+        meta["buffer_steps_stored"] = stored
         for field in _BUFFER_FIELDS:
-            tensors[f"buffer.{field}"] = torch.from_numpy(np.ascontiguousarray(getattr(buf, field)))
+            value = getattr(buf, field)
+            if value.ndim >= 2:  # (n_envs, capacity, ...) arrays; pos and size are (n_envs,)
+                value = value[:, :stored]
+            tensors[f"buffer.{field}"] = torch.from_numpy(np.ascontiguousarray(value))
         started = agent._obs is not None
         meta["rollout_started"] = started
         if started:
@@ -292,11 +299,19 @@ def _restore_training_state(agent: NeuroFlow, meta: dict[str, Any],
     buf = agent.buffer
     for field in _BUFFER_FIELDS:
         value = tensors[f"buffer.{field}"].numpy()
-        if value.shape != getattr(buf, field).shape:
+        target = getattr(buf, field)
+        if value.ndim >= 2:
+            if value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:] \
+                    or value.shape[1] > target.shape[1]:
+                raise ValueError(f"{path}: the saved replay buffer's {field} has shape "
+                                 f"{value.shape}, which does not fit this agent's "
+                                 f"{target.shape} (buffer_size or n_envs differ)")
+            target[:, :value.shape[1]] = value
+        elif value.shape != target.shape:
             raise ValueError(f"{path}: the saved replay buffer's {field} has shape "
-                             f"{value.shape}, this agent's {getattr(buf, field).shape} "
-                             "(buffer_size or n_envs differ)")
-        setattr(buf, field, value.copy())
+                             f"{value.shape}, this agent's {target.shape} (n_envs differ)")
+        else:
+            target[...] = value
     agent.rng.bit_generator.state = meta["rng_numpy"]
     agent.action_space.np_random.bit_generator.state = meta["rng_action_space"]
     if meta["rollout_started"]:

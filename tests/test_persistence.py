@@ -63,6 +63,7 @@ def test_round_trip_gives_identical_actions_and_states(tmp_path, env_id):
     ("Pendulum-v1", {}),
     ("CartPoleNoVel-v1", {"critic_trains_state": True, "n_step": 2}),
     ("Pendulum-v1", {"critic_encoder": "own", "n_envs": 2, "normalize_observations": True}),
+    ("CartPole-v1", {"buffer_size": 45}),  # the ring wraps around before the save
 ])
 def test_resume_is_exact(tmp_path, env_id, extra):
     """Stop at step k, save with the buffer, load, continue: the same parameters, losses,
@@ -206,3 +207,15 @@ def test_lin_learning_rate_strings():
     assert agent.lr_schedule(0.5) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="'fast' is not a schedule"):
         small("CartPole-v1", learning_rate="fast")
+
+
+def test_only_the_filled_part_of_the_buffer_is_written(tmp_path):
+    agent = small("Pendulum-v1")  # buffer_size 1,000,000: about 100 MB if written whole
+    agent.learn(60)
+    path = agent.save(tmp_path / "a", include_buffer=True)
+    assert path.stat().st_size < 2_000_000
+    meta, _ = read_agent_file(path)
+    assert meta["buffer_steps_stored"] == 60
+    loaded = NeuroFlow.load(path)
+    np.testing.assert_array_equal(loaded.buffer.obs, agent.buffer.obs)
+    np.testing.assert_array_equal(loaded.buffer.states, agent.buffer.states)
