@@ -117,10 +117,7 @@ def _modules(agent: NeuroFlow) -> dict[str, torch.nn.Module]:
 
 
 def _optimizers(agent: NeuroFlow) -> dict[str, torch.optim.Optimizer]:
-    opts = {"actor": agent.actor_optimizer, "critic": agent.critic_optimizer}
-    if agent.alpha_optimizer is not None:
-        opts["alpha"] = agent.alpha_optimizer
-    return opts
+    return {"adam": agent.optimizer}
 
 
 def _json_config(agent: NeuroFlow) -> tuple[dict[str, Any], bool]:
@@ -129,7 +126,7 @@ def _json_config(agent: NeuroFlow) -> tuple[dict[str, Any], bool]:
     config = dict(agent.config)
     lost_schedule = callable(config.get("learning_rate"))
     if lost_schedule:
-        config["learning_rate"] = agent.actor_optimizer.param_groups[0]["lr"]
+        config["learning_rate"] = agent.optimizer.param_groups[0]["lr"]
     for key, value in config.items():
         if isinstance(value, tuple):
             config[key] = list(value)

@@ -342,8 +342,9 @@ def test_learning_rate_schedule_follows_the_remaining_progress():
     # applied before the updates of each step.
     expected = [1.0 - t / 100 for t in range(32, 101)]
     np.testing.assert_allclose(calls[1:], expected)
-    for opt in (agent.actor_optimizer, agent.critic_optimizer, agent.alpha_optimizer):
-        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * expected[-1])
+    assert len(agent.optimizer.param_groups) == 3  # actor, critics, temperature
+    for group in agent.optimizer.param_groups:
+        assert group["lr"] == pytest.approx(1e-3 * expected[-1])
     with pytest.raises(ValueError, match="learning_rate"):
         small("Pendulum-v1", learning_rate=-1.0)
     with pytest.raises(ValueError, match=r"schedule returned nan"):

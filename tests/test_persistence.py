@@ -197,9 +197,9 @@ def test_env_instances_spaces_and_schedules(tmp_path):
     path = scheduled.save(tmp_path / "sched")
     with pytest.warns(UserWarning, match="learning-rate callable"):
         loaded = NeuroFlow.load(path)
-    assert loaded.actor_optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert loaded.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
     loaded = NeuroFlow.load(path, learning_rate=5e-4)
-    assert loaded.actor_optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert loaded.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
 
 
 def test_lin_learning_rate_strings():
