@@ -48,6 +48,19 @@ class NonFiniteTrainingError(FloatingPointError):
     """A loss or gradient became NaN or infinite; the update was not applied."""
 
 
+@torch.no_grad()
+def _clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` for CPU/one-device
+    float parameters, the same operations in the same order without its per-call grouping
+    (a visible share of a small update); returns the total norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
 def linear_schedule(spec: str) -> Callable[[float], float]:
     """RL Zoo's ``"lin_<x>"``: ``x`` times the progress remaining (1 at the start of a
     ``learn`` call, 0 at its end)."""
@@ -268,6 +281,14 @@ class NeuroFlow:
         self.actor_target: LiquidActor | None = None
         if self.critic_trains_state:
             self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        # parameter lists the update walks every step (load_state_dict copies into these
+        # same tensors, so the lists stay valid)
+        self._param_lists = {"actor": list(self.actor.parameters()),
+                             "critic": self._critic_parameters(),
+                             "critics": list(self.critics.parameters()),
+                             "critic_targets": list(self.critic_targets.parameters())}
+        if self.actor_target is not None:
+            self._param_lists["actor_target"] = list(self.actor_target.parameters())
         if target_q not in ("min", "mean"):
             raise ValueError(f"target_q must be 'min' or 'mean', got {target_q!r}")
         self.target_q = target_q
@@ -616,10 +637,8 @@ class NeuroFlow:
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
         self.optimizer.zero_grad(set_to_none=True)
         (critic_loss + actor_loss).backward()
-        critic_norm = torch.nn.utils.clip_grad_norm_(self._critic_parameters(),
-                                                     self.max_grad_norm, foreach=True)
-        actor_norm = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.max_grad_norm,
-                                                    foreach=True)
+        critic_norm = _clip_grad_norm(self._param_lists["critic"], self.max_grad_norm)
+        actor_norm = _clip_grad_norm(self._param_lists["actor"], self.max_grad_norm)
         checked = torch.stack([critic_loss.detach(), actor_loss.detach(), critic_norm,
                                actor_norm])
         if not bool(torch.isfinite(checked).all()):
@@ -644,12 +663,11 @@ class NeuroFlow:
         if self.learn_alpha:
             losses["ent_coef_loss"] = float(self.log_alpha.detach() * gap)
         losses["ent_coef"] = self.alpha
+        lists = self._param_lists
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_targets.parameters()),
-                                 list(self.critics.parameters()), self.tau)
+            torch._foreach_lerp_(lists["critic_targets"], lists["critics"], self.tau)
             if self.actor_target is not None:
-                torch._foreach_lerp_(list(self.actor_target.parameters()),
-                                     list(self.actor.parameters()), self.tau)
+                torch._foreach_lerp_(lists["actor_target"], lists["actor"], self.tau)
         self.n_updates += 1
         self.last_losses = losses
         for key, value in losses.items():
