@@ -454,6 +454,7 @@ class NeuroFlow:
         env, n = self.env, self.n_envs
         if self._obs is None:
             self._obs, _ = env.reset(seed=self.seed)
+            self._action_log = ActionLog()  # the log replays from this seeded reset
             self._check_observation(self._obs)
             if self.obs_normalizer is not None:
                 self.obs_normalizer.update(self._obs)

@@ -219,3 +219,22 @@ def test_only_the_filled_part_of_the_buffer_is_written(tmp_path):
     loaded = NeuroFlow.load(path)
     np.testing.assert_array_equal(loaded.buffer.obs, agent.buffer.obs)
     np.testing.assert_array_equal(loaded.buffer.states, agent.buffer.states)
+
+
+def test_resume_is_exact_after_a_reset_num_timesteps_call(tmp_path):
+    """``learn(reset_num_timesteps=True)`` resets the environments with the seed again:
+    the action log must restart there, or replaying it on load rebuilds the wrong state."""
+    uninterrupted = small("CartPole-v1")
+    uninterrupted.learn(50)
+    uninterrupted.learn(40, reset_num_timesteps=True)
+    uninterrupted.learn(40)
+
+    first = small("CartPole-v1")
+    first.learn(50)
+    first.learn(40, reset_num_timesteps=True)
+    path = first.save(tmp_path / "ckpt", include_buffer=True)
+    resumed = NeuroFlow.load(path)
+    resumed.learn(40)
+    for a, b in zip(params(uninterrupted), params(resumed), strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(resumed.buffer.actions, uninterrupted.buffer.actions)
