@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 
+def _check_count(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 class EvalCallback(_SB3EvalCallback):
     """SB3's ``EvalCallback``: every ``eval_freq`` calls, ``n_eval_episodes`` episodes on
     ``eval_env``; the best model is saved to ``best_model_save_path/best_model.safetensors``
@@ -66,8 +71,7 @@ class CheckpointCallback(BaseCallback):
                  name_prefix: str = "neuroflow", save_replay_buffer: bool = False,
                  verbose: int = 0) -> None:
         super().__init__(verbose)
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ValueError(f"save_freq must be an integer >= 1, got {save_freq!r}")
+        _check_count("save_freq", save_freq, 1)
         self.save_freq, self.save_path = save_freq, Path(save_path)
         self.name_prefix, self.save_replay_buffer = name_prefix, save_replay_buffer
         self.last_path: Path | None = None
@@ -93,6 +97,8 @@ class VideoRecorderCallback(BaseCallback):
                  n_episodes: int = 1, at_end: bool = True, seed: int = 0,
                  verbose: int = 0) -> None:
         super().__init__(verbose)
+        _check_count("video_freq", video_freq, 0)
+        _check_count("n_episodes", n_episodes, 1)
         self.env_id, self.video_folder = env_id, Path(video_folder)
         self.video_freq, self.n_episodes, self.at_end, self.seed = (
             video_freq, n_episodes, at_end, seed)
@@ -122,6 +128,7 @@ def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix
                  n_episodes: int = 1, seed: int = 0, deterministic: bool = True) -> list[Path]:
     """Play ``n_episodes`` episodes of ``model`` on ``env_id`` rendered to mp4 through
     Gymnasium's ``RecordVideo``; returns the files written."""
+    _check_count("n_episodes", n_episodes, 1)
     folder = Path(folder)
     # off-screen rendering: SDL (pygame, used by Gymnasium's classic-control renderers)
     # needs no display with the dummy video driver

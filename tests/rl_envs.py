@@ -67,13 +67,12 @@ class CueEnv(gym.Env):
         return np.array([0.0, 0.0], dtype=np.float32), reward, True, False, {}
 
 
-class BadEnv(gym.Env):
-    """Returns a NaN observation on its ``bad_step``-th step."""
+class _ZerosEnv(gym.Env):
+    """Observes ``[0, 0]`` forever and counts its steps in ``t``; subclasses break it."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, bad_step: int = 3) -> None:
-        self.bad_step = bad_step
+    def __init__(self) -> None:
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = gym.spaces.Discrete(2)
         self.t = 0
@@ -82,6 +81,14 @@ class BadEnv(gym.Env):
         super().reset(seed=seed)
         self.t = 0
         return np.zeros(2, np.float32), {}
+
+
+class BadEnv(_ZerosEnv):
+    """Returns a NaN observation on its ``bad_step``-th step."""
+
+    def __init__(self, bad_step: int = 3) -> None:
+        super().__init__()
+        self.bad_step = bad_step
 
     def step(self, action):
         self.t += 1
@@ -91,22 +98,13 @@ class BadEnv(gym.Env):
         return obs, 0.0, False, False, {}
 
 
-class MalformedEnv(gym.Env):
+class MalformedEnv(_ZerosEnv):
     """Breaks the Gymnasium contract on its third step: ``mode`` ``"shape"`` returns a
     3-vector for a 2-vector space, ``"reward"`` a string reward, ``"flag"`` an int flag."""
 
-    metadata = {"render_modes": []}
-
     def __init__(self, mode: str) -> None:
+        super().__init__()
         self.mode = mode
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(2, np.float32), {}
 
     def step(self, action):
         self.t += 1

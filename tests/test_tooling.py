@@ -168,6 +168,10 @@ def test_video_callback_writes_an_mp4_with_frames(tmp_path):
         done = terminated or truncated
     assert abs(frames - (steps + 1)) <= 1
     assert first.shape == (400, 600, 3) and first.std() > 0
+    with pytest.raises(ValueError, match="n_episodes must be an integer >= 1, got 0"):
+        VideoRecorderCallback("CartPole-v1", tmp_path, n_episodes=0)
+    with pytest.raises(ValueError, match="video_freq must be an integer >= 0, got -1"):
+        VideoRecorderCallback("CartPole-v1", tmp_path, video_freq=-1)
 
 
 def test_progress_bar(capsys):
