@@ -64,11 +64,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` through a temporary file, so a crash never leaves half a file."""
+    from velora_ens.training.checkpoint import write_file_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: str | Path, data: Any) -> None:
