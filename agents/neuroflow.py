@@ -36,6 +36,7 @@ from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
 from agents.env_checks import CheckedEnv
 from agents.normalization import ObservationNormalizer
+from agents.optim import fused_adam_step, zero_grad
 from agents.persistence import ActionLog, load_agent, save_agent
 from agents.policies import LiquidActor, check_spaces
 from envs import make_vec_env
@@ -286,7 +287,9 @@ class NeuroFlow:
         self._param_lists = {"actor": list(self.actor.parameters()),
                              "critic": self._critic_parameters(),
                              "critics": list(self.critics.parameters()),
-                             "critic_targets": list(self.critic_targets.parameters())}
+                             "critic_targets": list(self.critic_targets.parameters()),
+                             "optimized": [p for g in self.optimizer.param_groups
+                                           for p in g["params"]]}
         if self.actor_target is not None:
             self._param_lists["actor_target"] = list(self.actor_target.parameters())
         if target_q not in ("min", "mean"):
@@ -636,7 +639,7 @@ class NeuroFlow:
         # through the state when critic_trains_state is on).
         actor_in = critic_in if not hist.requires_grad else torch.cat([obs, hist.detach()], 1)
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grad(self._param_lists["optimized"])
         (critic_loss + actor_loss).backward()
         critic_norm = _clip_grad_norm(self._param_lists["critic"], self.max_grad_norm)
         actor_norm = _clip_grad_norm(self._param_lists["actor"], self.max_grad_norm)
@@ -656,7 +659,7 @@ class NeuroFlow:
             # autograd pass is needed. alpha grows while the policy is below its target.
             gap = (entropy - self.target_entropy).mean()
             self.log_alpha.grad = gap.reshape(()).clone()
-        self.optimizer.step()
+        fused_adam_step(self.optimizer)
 
         losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
         if self.critics.n_critics > 1:
