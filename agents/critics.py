@@ -88,7 +88,10 @@ class CriticEnsemble(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.n_critics, -1, -1)
         last = len(self.weights) - 1
-        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        # the lists' own dicts: iterating a ParameterList costs more than a small layer
+        layers = zip(self.weights._parameters.values(), self.biases._parameters.values(),
+                     strict=True)
+        for k, (w, b) in enumerate(layers):
             if detach_params:
                 w, b = w.detach(), b.detach()
             if self._masked:

@@ -19,6 +19,7 @@ terminal state).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections import deque
@@ -643,13 +644,14 @@ class NeuroFlow:
         (critic_loss + actor_loss).backward()
         critic_norm = _clip_grad_norm(self._param_lists["critic"], self.max_grad_norm)
         actor_norm = _clip_grad_norm(self._param_lists["actor"], self.max_grad_norm)
+        # one read of the four numbers (each .item() is a separate call into torch)
         checked = torch.stack([critic_loss.detach(), actor_loss.detach(), critic_norm,
-                               actor_norm])
-        if not bool(torch.isfinite(checked).all()):
+                               actor_norm]).tolist()
+        if not all(map(math.isfinite, checked)):
             names = ("critic_loss", "actor_loss", "critic gradient norm", "actor gradient norm")
-            bad = ", ".join(f"{name}={value:g}" for name, value in zip(names, checked.tolist(),
+            bad = ", ".join(f"{name}={value:g}" for name, value in zip(names, checked,
                                                                         strict=True)
-                            if not np.isfinite(value))
+                            if not math.isfinite(value))
             raise NonFiniteTrainingError(
                 f"training produced a non-finite {bad} at step {self.num_timesteps} (update "
                 f"{self.n_updates + 1}); stopped before applying it, so the parameters and any "
@@ -661,12 +663,16 @@ class NeuroFlow:
             self.log_alpha.grad = gap.reshape(()).clone()
         fused_adam_step(self.optimizer)
 
-        losses = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
+        losses = {"critic_loss": checked[0], "actor_loss": checked[1]}
+        log_alpha = self.log_alpha.detach()
+        names, values = ["ent_coef"], [log_alpha.exp()]
         if self.critics.n_critics > 1:
-            losses["critic_spread"] = float(q.detach().std(0).mean())
+            names.append("critic_spread")
+            values.append(q.detach().std(0).mean())
         if self.learn_alpha:
-            losses["ent_coef_loss"] = float(self.log_alpha.detach() * gap)
-        losses["ent_coef"] = self.alpha
+            names.append("ent_coef_loss")
+            values.append(log_alpha * gap)
+        losses.update(zip(names, torch.stack(values).tolist(), strict=True))
         lists = self._param_lists
         with torch.no_grad():
             torch._foreach_lerp_(lists["critic_targets"], lists["critics"], self.tau)

@@ -283,6 +283,35 @@ def test_fused_equals_reference_outputs_and_gradients(mode, with_dt, with_resets
         assert (g_f["h0"][0] != 0).any()
 
 
+@pytest.mark.parametrize("starts_at", [[(0, 1), (3, 0)], []])
+def test_scan_skipping_steps_without_resets_changes_no_bit(starts_at):
+    """On a CPU the scan skips the mask at steps that reset nothing (multiplying by ones);
+    outputs and gradients equal those of the scan that applies every step's mask."""
+    from velora_ens.models.lnn.scan import CfCScan, cfc_scan
+
+    g = torch.Generator().manual_seed(4)
+    L, B, H = 6, 3, 5
+    u = torch.randn(L, B, 4 * H, generator=g)
+    w_hh = torch.randn(H, 4 * H, generator=g) * 0.5
+    h0 = torch.randn(B, H, generator=g)
+    keep = torch.ones(L, B, 1)
+    for t, b in starts_at:
+        keep[t, b] = 0.0
+
+    def run(skipping):
+        leaves = [x.clone().requires_grad_(True) for x in (u, w_hh, h0)]
+        states = (cfc_scan(*leaves, None, keep, "default") if skipping
+                  else CfCScan.apply(*leaves, None, keep, 0, None))  # every step's mask
+        weights = torch.linspace(-1, 1, states.numel()).reshape(states.shape)
+        (states * weights).sum().backward()
+        return [states.detach()] + [x.grad for x in leaves]
+
+    for ours, reference in zip(run(True), run(False), strict=True):
+        assert torch.equal(ours, reference)
+    if starts_at:  # the reset really cut the history: h0 of sample 1 gets no gradient
+        assert (run(True)[3][1] == 0).all()
+
+
 def test_fused_path_runs_custom_backward():
     """The fused path really is the hand-written scan (not the autograd loop)."""
     cell, _, _ = make_cell("default")

@@ -33,8 +33,13 @@ def _forward(
     dt: torch.Tensor | None,
     keep: torch.Tensor | None,
     mode: int,
+    resets: list[bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the loop; return states ``(L, B, H)``, tanh heads ``(L, B, 2H)``, gates."""
+    """Run the loop; return states ``(L, B, H)``, tanh heads ``(L, B, 2H)``, gates.
+
+    ``resets[t]`` says whether step ``t`` resets any sample (``None``: assume it may);
+    a step that resets none skips the multiplication by a mask of ones.
+    """
     steps, batch, four_h = u.shape
     hid = four_h // 4
     states = u.new_empty(steps, batch, hid)
@@ -48,7 +53,7 @@ def _forward(
     sizes = [2 * hid, hid, hid]
     h = h0
     for t in range(steps):
-        if keep_t is not None:
+        if keep_t is not None and (resets is None or resets[t]):
             h = h * keep_t[t]
         a_ff, a_a, a_b = torch.addmm(u_t[t], h, w_hh).split_with_sizes(sizes, dim=1)
         torch.tanh(a_ff, out=f_t[t])
@@ -62,16 +67,17 @@ def _forward(
 
 
 class CfCScan(torch.autograd.Function):
-    """``states = CfCScan.apply(u, w_hh, h0, dt, keep, mode)``; see the module docstring.
+    """``states = CfCScan.apply(u, w_hh, h0, dt, keep, mode, resets)``; see the module
+    docstring and :func:`_forward`.
 
     Gradients flow to ``u``, ``w_hh`` and ``h0``; ``dt`` and ``keep`` are treated as data.
     First-order only (no double backward).
     """
 
     @staticmethod
-    def forward(ctx, u, w_hh, h0, dt, keep, mode):  # type: ignore[override]
-        states, ffs, gates = _forward(u, w_hh, h0, dt, keep, mode)
-        ctx.mode = mode
+    def forward(ctx, u, w_hh, h0, dt, keep, mode, resets=None):  # type: ignore[override]
+        states, ffs, gates = _forward(u, w_hh, h0, dt, keep, mode, resets)
+        ctx.mode, ctx.resets = mode, resets
         ctx.save_for_backward(w_hh, h0, dt, keep, states, ffs, gates)
         return states
 
@@ -105,10 +111,11 @@ class CfCScan(torch.autograd.Function):
         coef_t, ga_t, gu_t = coef.unbind(0), grad_a.unbind(0), grad_u.unbind(0)
         gs_t = grad_states.contiguous().unbind(0)
         keep_t = None if keep is None else keep.unbind(0)
+        resets = ctx.resets
         for t in range(steps - 1, -1, -1):
             torch.mul(coef_t[t], (gs_t[t] + carry).unsqueeze(1), out=ga_t[t])
             carry = torch.mm(gu_t[t], w_hh_t)
-            if keep_t is not None:
+            if keep_t is not None and (resets is None or resets[t]):
                 carry = carry * keep_t[t]
 
         grad_w = grad_h0 = None
@@ -119,7 +126,7 @@ class CfCScan(torch.autograd.Function):
             grad_w = torch.mm(h_prev.reshape(-1, hid).t(), grad_u.reshape(-1, 4 * hid))
         if ctx.needs_input_grad[2]:
             grad_h0 = carry
-        return grad_u, grad_w, grad_h0, None, None, None
+        return grad_u, grad_w, grad_h0, None, None, None, None
 
 
 def cfc_scan(
@@ -136,6 +143,14 @@ def cfc_scan(
     (which records nothing) otherwise.
     """
     code = _MODES[mode]
+    resets = None
+    if keep is not None and keep.device.type == "cpu":
+        # Which steps reset some sample (one cheap read on a CPU; on an accelerator it
+        # would cost a synchronisation, so every step applies its mask there). Most
+        # steps of RL sequences reset nothing; multiplying by ones is then skipped.
+        resets = (keep < 1).flatten(1).any(1).tolist()
+        if not any(resets):
+            keep, resets = None, None
     if torch.is_grad_enabled() and (u.requires_grad or w_hh.requires_grad or h0.requires_grad):
-        return CfCScan.apply(u, w_hh, h0, dt, keep, code)
-    return _forward(u, w_hh, h0, dt, keep, code)[0]
+        return CfCScan.apply(u, w_hh, h0, dt, keep, code, resets)
+    return _forward(u, w_hh, h0, dt, keep, code, resets)[0]
