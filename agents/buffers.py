@@ -51,15 +51,25 @@ class SequenceReplayBuffer:
         if capacity < 1 or n_envs < 1:
             raise ValueError(f"capacity and n_envs must be >= 1, got {capacity}, {n_envs}")
         self.capacity, self.n_envs = int(capacity), int(n_envs)
-        shape = (self.n_envs, self.capacity)
-        f32 = np.float32
-        self.obs = np.zeros(shape + (obs_dim,), f32)
-        self.next_obs = np.zeros(shape + (obs_dim,), f32)
-        self.actions = np.zeros(shape + (action_dim,), f32)
-        self.rewards = np.zeros(shape, f32)
-        self.terminated = np.zeros(shape, f32)
-        self.episode_start = np.zeros(shape, f32)
-        self.states = np.zeros(shape + (state_dim,), f32)
+        # One record per step holds every field side by side, so that sampling gathers
+        # one array once instead of seven; the fields are views into it.
+        widths = {"obs": obs_dim, "next_obs": obs_dim, "actions": action_dim, "rewards": 0,
+                  "terminated": 0, "episode_start": 0, "states": state_dim}
+        self._records = np.zeros((self.n_envs, self.capacity,
+                                  sum(max(w, 1) for w in widths.values())), np.float32)
+        self._columns: dict[str, int | slice] = {}
+        start = 0
+        for name, width in widths.items():
+            column = start if width == 0 else slice(start, start + width)
+            self._columns[name] = column
+            start += max(width, 1)
+        self.obs = self._records[..., self._columns["obs"]]
+        self.next_obs = self._records[..., self._columns["next_obs"]]
+        self.actions = self._records[..., self._columns["actions"]]
+        self.rewards = self._records[..., self._columns["rewards"]]
+        self.terminated = self._records[..., self._columns["terminated"]]
+        self.episode_start = self._records[..., self._columns["episode_start"]]
+        self.states = self._records[..., self._columns["states"]]
         self.pos = np.zeros(self.n_envs, np.int64)  # next write index per stream
         self.size = np.zeros(self.n_envs, np.int64)  # steps held per stream
 
@@ -94,32 +104,45 @@ class SequenceReplayBuffer:
 
         Every window of ``length`` consecutive stored steps is equally likely.
         """
-        windows = np.clip(self.size - length + 1, 0, None)
-        total = int(windows.sum())
+        if self.n_envs == 1:  # the common case, without the per-stream bookkeeping
+            size = int(self.size[0])
+            total = max(size - length + 1, 0)
+        else:
+            windows = np.clip(self.size - length + 1, 0, None)
+            total = int(windows.sum())
         if total == 0:
             raise ValueError(f"no stream holds {length} steps yet (sizes {self.size.tolist()})")
         flat = rng.integers(0, total, size=n_sequences)
-        env = np.searchsorted(np.cumsum(windows), flat, side="right")
-        offset = flat - (np.cumsum(windows) - windows)[env]
-        oldest = (self.pos[env] - self.size[env]) % self.capacity
-        idx = (oldest + offset)[:, None] + np.arange(length)[None, :]
+        if self.n_envs == 1:
+            env = np.zeros(n_sequences, np.int64)
+            start = flat + (int(self.pos[0]) - size) % self.capacity
+        else:
+            ends = np.cumsum(windows)
+            env = np.searchsorted(ends, flat, side="right")
+            start = flat - (ends - windows)[env] + (self.pos[env] - self.size[env]) % self.capacity
+        idx = start[:, None] + np.arange(length)
         return env, idx % self.capacity
 
     def sample(self, n_sequences: int, length: int, rng: np.random.Generator,
                device: torch.device | str = "cpu") -> SequenceBatch:
         """``n_sequences`` sequences of ``length`` consecutive steps as tensors."""
         env, idx = self.sample_indices(n_sequences, length, rng)
-        rows = env[:, None]
+        # (B, L, record): one gather, from the flattened rings
+        records = np.take(self._records.reshape(-1, self._records.shape[-1]),
+                          (env[:, None] * self.capacity + idx).ravel(), axis=0
+                          ).reshape(*idx.shape, -1)
+        columns = self._columns
 
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, device=device)
+        def t(name: str, steps: slice = slice(None)) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(records[:, steps, columns[name]]),
+                                   device=device)
 
         return SequenceBatch(
-            obs=t(self.obs[rows, idx]),
-            actions=t(self.actions[rows, idx]),
-            rewards=t(self.rewards[rows, idx]),
-            next_obs=t(self.next_obs[rows, idx]),
-            terminated=t(self.terminated[rows, idx]),
-            episode_start=t(self.episode_start[rows, idx]),
-            start_state=t(self.states[env, idx[:, 0]]),
+            obs=t("obs"),
+            actions=t("actions"),
+            rewards=t("rewards"),
+            next_obs=t("next_obs"),
+            terminated=t("terminated"),
+            episode_start=t("episode_start"),
+            start_state=t("states", 0),
         )

@@ -62,3 +62,23 @@ def test_sampling_too_early_is_refused():
     assert not buf.can_sample(4)
     with pytest.raises(ValueError, match="4 steps"):
         buf.sample(2, 4, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("n_steps", [30, 75])  # before and after the ring wraps
+def test_single_stream_shortcut_equals_the_general_index_computation(n_steps):
+    """One stream skips the per-stream bookkeeping; it must draw the same windows as the
+    general computation from the same random numbers, and sample every field intact."""
+    buf = SequenceReplayBuffer(capacity=40, n_envs=1, obs_dim=2, action_dim=1, state_dim=3)
+    fill(buf, n_steps, [6])
+    env, idx = buf.sample_indices(64, 7, np.random.default_rng(5))
+    size, pos = int(buf.size[0]), int(buf.pos[0])
+    flat = np.random.default_rng(5).integers(0, size - 7 + 1, size=64)
+    oldest = (pos - size) % buf.capacity
+    np.testing.assert_array_equal(env, 0)
+    np.testing.assert_array_equal(idx, (oldest + flat[:, None] + np.arange(7)) % buf.capacity)
+    batch = buf.sample(64, 7, np.random.default_rng(5))
+    for field in ("obs", "actions", "rewards", "next_obs", "terminated", "episode_start"):
+        np.testing.assert_array_equal(getattr(batch, field).numpy(),
+                                      getattr(buf, field)[0, idx], err_msg=field)
+        assert getattr(batch, field).is_contiguous()
+    np.testing.assert_array_equal(batch.start_state.numpy(), buf.states[0, idx[:, 0]])

@@ -59,6 +59,69 @@ def test_detach_params_blocks_weight_gradients_only():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def _autograd_forward(ens: CriticEnsemble, x: torch.Tensor, detach_params: bool
+                      ) -> torch.Tensor:
+    """The ensemble's layers through ordinary autograd (what StackedMLP replaces)."""
+    h = x.unsqueeze(0).expand(ens.n_critics, -1, -1)
+    n = len(ens.weights)
+    for k in range(n):
+        w, b = ens.weights[k], ens.biases[k]
+        if detach_params:
+            w, b = w.detach(), b.detach()
+        if ens._masked:
+            w = w * getattr(ens, f"mask{k}")
+        h = torch.baddbmm(b, h, w)
+        if k < n - 1:
+            h = torch.relu(h)
+    return h
+
+
+@pytest.mark.parametrize("out", [1, 3])
+@pytest.mark.parametrize("ncp", [None, 12])
+@pytest.mark.parametrize("case", ["critic loss", "input grad too", "actor loss"])
+def test_hand_written_backward_equals_autograd_bit_for_bit(out, ncp, case):
+    torch.manual_seed(1)
+    ens = CriticEnsemble(6, out, n_critics=3, hidden=(32, 16), ncp_neurons=ncp, seed=2)
+    x0 = torch.randn(40, 6)
+    target = torch.randn(3, 40, out)
+
+    def grads(forward):
+        ens.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_(case != "critic loss")
+        q = forward(x)
+        if case == "actor loss":  # gradient through the minimum over the critics only
+            loss = -q.min(0).values.mean()
+        else:
+            loss = 0.5 * ((q - target) ** 2).mean(1).sum()
+        loss.backward()
+        params = [None if p.grad is None else p.grad.clone() for p in ens.parameters()]
+        return q.detach(), x.grad, params
+
+    detach = case == "actor loss"
+    ours = grads(lambda x: ens(x, detach_params=detach))
+    reference = grads(lambda x: _autograd_forward(ens, x, detach))
+    assert torch.equal(ours[0], reference[0])
+    if case == "critic loss":
+        assert ours[1] is None and reference[1] is None
+    else:
+        assert torch.equal(ours[1], reference[1]) and ours[1].abs().sum() > 0
+    for g, r in zip(ours[2], reference[2], strict=True):
+        assert (g is None) == (r is None) == detach
+        assert detach or torch.equal(g, r)
+
+
+def test_hand_written_backward_is_used_and_checked_by_gradcheck():
+    from agents.critics import StackedMLP
+
+    ens = CriticEnsemble(3, 1, n_critics=2, hidden=(5,)).double()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert "StackedMLP" in type(ens(x).grad_fn).__name__
+    params = [p.detach().clone().requires_grad_(True) for pair in
+              zip(ens.weights, ens.biases, strict=True) for p in pair]
+    assert torch.autograd.gradcheck(
+        lambda x, *ps: StackedMLP.apply(x.unsqueeze(0).expand(2, -1, -1), *ps), (x, *params))
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="n_critics"):
         CriticEnsemble(4, 1, n_critics=0)
