@@ -84,13 +84,11 @@ class SequenceReplayBuffer:
         if env_ids.size == 0:
             return
         pos = self.pos[env_ids]
-        self.obs[env_ids, pos] = obs
-        self.actions[env_ids, pos] = np.asarray(actions, np.float32).reshape(len(env_ids), -1)
-        self.rewards[env_ids, pos] = rewards
-        self.next_obs[env_ids, pos] = next_obs
-        self.terminated[env_ids, pos] = terminated
-        self.episode_start[env_ids, pos] = episode_start
-        self.states[env_ids, pos] = states
+        n = len(env_ids)
+        # the fields side by side, in the record's column order, written at once
+        self._records[env_ids, pos] = np.concatenate(
+            [np.reshape(np.asarray(field), (n, -1)) for field in
+             (obs, next_obs, actions, rewards, terminated, episode_start, states)], axis=1)
         self.pos[env_ids] = (pos + 1) % self.capacity
         self.size[env_ids] = np.minimum(self.size[env_ids] + 1, self.capacity)
 

@@ -719,8 +719,10 @@ class NeuroFlow:
         trained steps; returns their outputs and states ``(B, seq_len, ...)``."""
         burn = self.burn_in
         if burn:
+            core = net.net if isinstance(net, LiquidActor) else net
             with torch.no_grad():
-                _, state = net(obs[:, :burn], state, episode_start=episode_start[:, :burn])
+                state = core.final_state(obs[:, :burn], state,
+                                         episode_start=episode_start[:, :burn])
         return net(obs[:, burn:], state, episode_start=episode_start[:, burn:],
                    return_states=True)
 

@@ -395,3 +395,21 @@ def test_return_states_gives_the_state_after_every_step(cell):
     for t in range(6):
         _, h = net(x[:, t], h, episode_start=start[:, t])
         torch.testing.assert_close(states[:, t], h)
+
+
+@pytest.mark.parametrize("cell", ["cfc", "ltc"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_final_state_is_forwards_last_state_without_outputs(cell, grad):
+    net = LiquidNCPNetwork(3, 8, 2, cell=cell, seed=1)
+    x = torch.randn(4, 5, 3)
+    h0 = torch.randn(4, net.hidden_size)
+    start = torch.zeros(4, 5)
+    start[1, 2] = 1
+    with torch.set_grad_enabled(grad):
+        _, h_last = net(x, h0, episode_start=start)
+        state = net.final_state(x, h0, episode_start=start)
+    assert torch.equal(state, h_last)
+    calls = []
+    net.motor.register_forward_hook(lambda *args: calls.append(1))
+    net.final_state(x, h0)
+    assert calls == []  # the motor layer is not run

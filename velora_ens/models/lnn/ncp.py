@@ -137,6 +137,20 @@ class LiquidNCPNetwork(nn.Module):
         states, h_new = self.command(u, h, dt, episode_start)
         return self.motor(states), (states if return_states else h_new)
 
+    def final_state(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor | None = None,
+        *,
+        dt: torch.Tensor | float | None = None,
+        episode_start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The state after ``x`` (one step or a sequence), the second output of
+        ``forward``, without computing the motor outputs (refreshing a stored state over
+        a burn-in prefix needs only this)."""
+        x = as_features(x, self.in_features, self.inter.weight, type(self).__name__)
+        return self.command(self._act(self.inter(x)), h, dt, episode_start)[1]
+
     def _inference_step(
         self, x: torch.Tensor, h: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
