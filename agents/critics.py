@@ -86,7 +86,8 @@ class CriticEnsemble(nn.Module):
         seed: wiring seed for NCP critics.
 
     ``forward(x)`` takes ``(B, in)`` (the same input for every member) or ``(N, B, in)``
-    and returns ``(N, B, out)``.
+    and returns ``(N, B, out)``. Its backward pass is :class:`StackedMLP`'s hand-written
+    one, so gradients are first order only (no gradient of a gradient).
     """
 
     def __init__(
