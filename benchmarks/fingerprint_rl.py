@@ -1,0 +1,88 @@
+"""A fingerprint of NeuroFlow's numerics: short seeded runs in several configurations,
+each reduced to a SHA-256 of every parameter, target network, temperature and last loss.
+
+A change meant to be a pure speed-up must leave every line the same: run this script on
+the commit before it and on the commit after, on the same machine, and compare. Equal
+fingerprints mean the learning benchmarks measured before the change still describe the
+code after it.
+
+    python benchmarks/fingerprint_rl.py                 # this checkout
+    git worktree add /tmp/before <commit> && \\
+        python benchmarks/fingerprint_rl.py --code /tmp/before   # an older one
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+# Each configuration exercises other paths of the update: Box and Discrete actions, the
+# shared and the own encoder, n-step targets, normalisation, NCP critics, the LTC cell,
+# several environment copies, burn-in and schedules.
+CONFIGS: dict[str, dict] = {
+    "pendulum": {"env": "Pendulum-v1"},
+    "pendulum-n3-shared": {"env": "Pendulum-v1", "n_step": 3, "critic_trains_state": True},
+    "pendulum-novel-own-norm": {"env": "PendulumNoVel-v1", "critic_encoder": "own",
+                                "normalize_observations": True, "n_envs": 2},
+    "cartpole-novel-tuned": {"env": "CartPoleNoVel-v1", "n_step": 3,
+                             "critic_trains_state": True, "learning_rate": "lin_1e-3",
+                             "gamma": 0.98},
+    "cartpole-ncp-critics": {"env": "CartPole-v1", "critic_ncp_neurons": 16, "n_critics": 3,
+                             "target_q": "mean"},
+    "pendulum-ltc": {"env": "Pendulum-v1", "cell": "ltc", "burn_in": 0, "seq_len": 4,
+                     "batch_size": 64, "ent_coef": 0.1},
+    "pendulum-novel-ltc-own": {"env": "PendulumNoVel-v1", "cell": "ltc", "burn_in": 3,
+                               "seq_len": 4, "batch_size": 64, "critic_encoder": "own"},
+    "cartpole-novel-3-envs": {"env": "CartPoleNoVel-v1", "n_envs": 3, "burn_in": 5,
+                              "n_step": 2},
+}
+
+
+def fingerprint(agent) -> str:
+    """SHA-256 over the bytes of every tensor that training changes, in a fixed order."""
+    import torch
+
+    digest = hashlib.sha256()
+    modules = {"actor": agent.actor, "critics": agent.critics,
+               "critic_targets": agent.critic_targets}
+    if agent.critic_encoder is not None:
+        modules["critic_encoder"] = agent.critic_encoder
+    for prefix, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{prefix}.{name}".encode())
+            digest.update(tensor.detach().contiguous().numpy().tobytes())
+    digest.update(agent.log_alpha.detach().numpy().tobytes())
+    losses = [agent.last_losses[key] for key in sorted(agent.last_losses)]
+    digest.update(torch.tensor(losses, dtype=torch.float64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--code", type=Path, default=None,
+                        help="a checkout whose agents/velora_ens/envs to run (default: the "
+                             "installed ones)")
+    parser.add_argument("--steps", type=int, default=300, help="environment steps per run")
+    args = parser.parse_args(argv)
+    if args.code is not None:
+        sys.path.insert(0, str(args.code.resolve()))
+    import torch
+
+    import envs  # noqa: F401  (registers the NoVel ids)
+    from agents import NeuroFlow
+
+    torch.set_num_threads(1)
+    print(f"code: {Path(sys.modules['agents'].__file__).parent.parent}; torch "
+          f"{torch.__version__}, 1 thread; {args.steps} steps per run, seed 3")
+    for name, config in CONFIGS.items():
+        config = dict(config)
+        agent = NeuroFlow(config.pop("env"), seed=3, learning_starts=100, **config)
+        agent.learn(args.steps)
+        print(f"{name:26s} {fingerprint(agent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
