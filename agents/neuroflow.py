@@ -37,7 +37,7 @@ from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
 from agents.env_checks import CheckedEnv
 from agents.normalization import ObservationNormalizer
-from agents.optim import fused_adam_step, zero_grad
+from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
 from agents.persistence import ActionLog, load_agent, save_agent
 from agents.policies import LiquidActor, check_spaces
 from envs import make_vec_env
@@ -48,19 +48,6 @@ __all__ = ["NeuroFlow", "NonFiniteTrainingError"]
 
 class NonFiniteTrainingError(FloatingPointError):
     """A loss or gradient became NaN or infinite; the update was not applied."""
-
-
-@torch.no_grad()
-def _clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` for CPU/one-device
-    float parameters, the same operations in the same order without its per-call grouping
-    (a visible share of a small update); returns the total norm before clipping."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
-    return total
 
 
 def linear_schedule(spec: str) -> Callable[[float], float]:
@@ -642,8 +629,8 @@ class NeuroFlow:
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
         zero_grad(self._param_lists["optimized"])
         (critic_loss + actor_loss).backward()
-        critic_norm = _clip_grad_norm(self._param_lists["critic"], self.max_grad_norm)
-        actor_norm = _clip_grad_norm(self._param_lists["actor"], self.max_grad_norm)
+        critic_norm = clip_grad_norm(self._param_lists["critic"], self.max_grad_norm)
+        actor_norm = clip_grad_norm(self._param_lists["actor"], self.max_grad_norm)
         # one read of the four numbers (each .item() is a separate call into torch)
         checked = torch.stack([critic_loss.detach(), actor_loss.detach(), critic_norm,
                                actor_norm]).tolist()
@@ -719,10 +706,9 @@ class NeuroFlow:
         trained steps; returns their outputs and states ``(B, seq_len, ...)``."""
         burn = self.burn_in
         if burn:
-            core = net.net if isinstance(net, LiquidActor) else net
             with torch.no_grad():
-                state = core.final_state(obs[:, :burn], state,
-                                         episode_start=episode_start[:, :burn])
+                state = net.final_state(obs[:, :burn], state,
+                                        episode_start=episode_start[:, :burn])
         return net(obs[:, burn:], state, episode_start=episode_start[:, burn:],
                    return_states=True)
 

@@ -41,14 +41,19 @@ CONFIGS: dict[str, dict] = {
 
 
 def fingerprint(agent) -> str:
-    """SHA-256 over the bytes of every tensor that training changes, in a fixed order."""
+    """SHA-256 over the bytes of every tensor that training changes, in a fixed order.
+
+    Written against NeuroFlow's attributes only (not ``agents.persistence``), so that it
+    runs unchanged on older checkouts.
+    """
     import torch
 
     digest = hashlib.sha256()
     modules = {"actor": agent.actor, "critics": agent.critics,
                "critic_targets": agent.critic_targets}
-    if agent.critic_encoder is not None:
-        modules["critic_encoder"] = agent.critic_encoder
+    for name in ("actor_target", "critic_encoder", "obs_normalizer"):
+        if getattr(agent, name, None) is not None:
+            modules[name] = getattr(agent, name)
     for prefix, module in modules.items():
         for name, tensor in module.state_dict().items():
             digest.update(f"{prefix}.{name}".encode())

@@ -413,3 +413,15 @@ def test_final_state_is_forwards_last_state_without_outputs(cell, grad):
     net.motor.register_forward_hook(lambda *args: calls.append(1))
     net.final_state(x, h0)
     assert calls == []  # the motor layer is not run
+
+
+def test_liquid_actor_final_state_is_its_networks():
+    import gymnasium as gym
+
+    from agents import LiquidActor
+
+    actor = LiquidActor(3, gym.spaces.Box(-1, 1, (2,)), 8, seed=0)
+    x, start = torch.randn(2, 4, 3), torch.zeros(2, 4)
+    start[0, 1] = 1
+    _, h_last = actor(x, episode_start=start)
+    assert torch.equal(actor.final_state(x, episode_start=start), h_last)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.optim import fused_adam_step, zero_grad
+from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
 
 
 def _problem(seed: int) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
@@ -92,3 +92,25 @@ def test_zero_grad_clears_every_gradient():
     assert all(p.grad is not None for p in params)
     zero_grad(params)
     assert all(p.grad is None for p in params)
+
+
+def test_fused_adam_step_refuses_what_is_not_an_optimiser():
+    with pytest.raises(ValueError, match="expects a torch.optim.Adam, got list"):
+        fused_adam_step([torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_gradient_clipping_matches_torch_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.01, 100.0):  # below and above max_norm
+        ours = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in ((3, 4), (5,), (2, 2, 2))]
+        ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+        for a, b in zip(ours, ref, strict=True):
+            a.grad = torch.randn(a.shape, generator=g) * scale
+            b.grad = a.grad.clone()
+        total = clip_grad_norm(ours, 10.0)
+        expected = torch.nn.utils.clip_grad_norm_(ref, 10.0, foreach=True)
+        assert torch.equal(total, expected)
+        for a, b in zip(ours, ref, strict=True):
+            assert torch.equal(a.grad, b.grad)
+    nograd = [torch.nn.Parameter(torch.zeros(2))]
+    assert clip_grad_norm(nograd, 1.0).item() == 0.0
