@@ -1,9 +1,15 @@
-"""Reinforcement-learning agents built on velora_ens' liquid networks."""
+"""Reinforcement-learning agents built on velora_ens' liquid networks.
 
+``agents.load_agent(path)`` loads a saved agent of whatever class the file names.
+"""
+
+from agents.base import BaseAgent, NonFiniteTrainingError
 from agents.buffers import SequenceBatch, SequenceReplayBuffer
 from agents.critics import CriticEnsemble
-from agents.neuroflow import NeuroFlow, NonFiniteTrainingError
+from agents.neuroflow import NeuroFlow
 from agents.policies import LiquidActor
 
-__all__ = ["CriticEnsemble", "LiquidActor", "NeuroFlow", "NonFiniteTrainingError", "SequenceBatch",
-           "SequenceReplayBuffer"]
+load_agent = BaseAgent.load
+
+__all__ = ["BaseAgent", "CriticEnsemble", "LiquidActor", "NeuroFlow", "NonFiniteTrainingError",
+           "SequenceBatch", "SequenceReplayBuffer", "load_agent"]

@@ -14,11 +14,15 @@ another episode. A sequence never spans the ring's write position (old and new d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["SequenceBatch", "SequenceReplayBuffer"]
+
+_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_start", "states",
+           "pos", "size")
 
 
 @dataclass
@@ -144,3 +148,36 @@ class SequenceReplayBuffer:
             episode_start=t("episode_start"),
             start_state=t("states", 0),
         )
+
+    # ------------------------------------------------------------------ saving
+    def state_tensors(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The contents as named tensors (``buffer.<field>``) and a JSON note; before the
+        rings wrap around, only their filled start is stored."""
+        wrapped = bool((self.size == self.capacity).any() or (self.pos != self.size).any())
+        stored = self.capacity if wrapped else int(self.size.max())
+        tensors = {}
+        for field in _FIELDS:
+            value = getattr(self, field)
+            if value.ndim >= 2:  # (n_envs, capacity, ...) arrays; pos and size are (n_envs,)
+                value = value[:, :stored]
+            tensors[f"buffer.{field}"] = torch.from_numpy(np.ascontiguousarray(value))
+        return {"buffer_steps_stored": stored}, tensors
+
+    def load_state_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                           source: Any) -> None:
+        """Restore what :meth:`state_tensors` gave; ``source`` names the file in errors."""
+        for field in _FIELDS:
+            value = tensors[f"buffer.{field}"].numpy()
+            target = getattr(self, field)
+            if value.ndim >= 2:
+                if value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:] \
+                        or value.shape[1] > target.shape[1]:
+                    raise ValueError(f"{source}: the saved replay buffer's {field} has shape "
+                                     f"{value.shape}, which does not fit this agent's "
+                                     f"{target.shape} (buffer_size or n_envs differ)")
+                target[:, :value.shape[1]] = value
+            elif value.shape != target.shape:
+                raise ValueError(f"{source}: the saved replay buffer's {field} has shape "
+                                 f"{value.shape}, this agent's {target.shape} (n_envs differ)")
+            else:
+                target[...] = value

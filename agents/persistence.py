@@ -1,26 +1,34 @@
 """Saving and loading agents: one safetensors file, nothing pickled.
 
+Written against :class:`~agents.base.BaseAgent`'s hooks only: it imports no algorithm,
+and loading builds the class recorded in the file (every agent class registers itself
+here when it is defined).
+
 The file holds every tensor (networks, target networks, optimiser moments, the
-temperature, observation statistics, and optionally the replay buffer and the rollout
-state) and, in the safetensors header's metadata, one JSON document: the format tag, the
-constructor's arguments, the spaces, counters, random-generator states and a SHA-256 of
-the tensors. It is written to a temporary file and moved into place (``os.replace``), so
-a crash mid-write leaves the previous file intact. Loading parses JSON and raw tensor
+algorithm's own tensors such as the temperature, observation statistics, and optionally
+the replay buffer and the rollout state) and, in the safetensors header's metadata, one
+JSON document: the format tag, the class, the constructor's arguments, the spaces,
+counters, random-generator states, the system it was saved on and a SHA-256 of the
+tensors. It is written to a temporary file and moved into place (``os.replace``), so a
+crash mid-write leaves the previous file intact. Loading parses JSON and raw tensor
 bytes only: a pickle, a truncated file or edited tensors are refused with a clear error
 and nothing in them is executed.
 
-Exact resume (``include_buffer=True``) also needs the environments' state, which
-Gymnasium cannot serialise in general. The agent keeps a log of every action batch it
-sent to its vector env since the seeded reset; loading rebuilds the environments from
-their id (or takes ``env=``), resets them with the same seed and replays the log, then
-checks that the observation it ends on is the saved one.
+Exact resume (``include_buffer=True``, or the separate training-state file of
+``save_replay_buffer``) also needs the environments' state, which Gymnasium cannot
+serialise in general. The driver keeps a log of every action batch sent to the vector
+env since the seeded reset; loading rebuilds the environments, resets them with the
+same seed and replays the log, then checks that the observation it ends on is the
+saved one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import platform
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,44 +44,121 @@ from velora_ens.training.checkpoint import (
 )
 
 if TYPE_CHECKING:
-    from agents.neuroflow import NeuroFlow
+    from agents.base import BaseAgent
 
-__all__ = ["FORMAT", "ActionLog", "load_agent", "read_agent_file", "save_agent"]
+__all__ = ["FORMAT", "TRAINING_STATE_FORMAT", "agent_class", "load_agent", "load_training_state",
+           "read_agent_file", "register_agent_class", "resolve_load_path", "save_agent",
+           "save_training_state", "space_from_json", "space_to_json"]
 
-FORMAT = "velora_ens.neuroflow/1"
+FORMAT = "velora_ens.agent/1"
+# the same layout, written before agents had a common base (NeuroFlow only)
+_READABLE = (FORMAT, "velora_ens.neuroflow/1")
+TRAINING_STATE_FORMAT = "velora_ens.training_state/1"
+SUFFIX = ".safetensors"
 _META_KEY = "velora_ens"
-_BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_start",
-                  "states", "pos", "size")
+_AGENT_CLASSES: dict[str, type] = {}
 
 
-class ActionLog:
-    """A growable array of the action batches sent to a vector env, one row per step."""
+# ------------------------------------------------------------------------------ classes
+def register_agent_class(cls: type) -> None:
+    """Record ``cls`` under its name, so files naming it can be loaded."""
+    _AGENT_CLASSES[cls.__name__] = cls
 
-    def __init__(self) -> None:
-        self._data: np.ndarray | None = None
-        self._len = 0
 
-    def __len__(self) -> int:
-        return self._len
+def agent_class(name: str) -> type:
+    """The agent class a file names."""
+    if name not in _AGENT_CLASSES:
+        raise ValueError(f"the file holds a {name!r} agent, an unknown class (known: "
+                         f"{sorted(_AGENT_CLASSES)}); import the module that defines it")
+    return _AGENT_CLASSES[name]
 
-    def append(self, batch: np.ndarray) -> None:
-        batch = np.asarray(batch)
-        if self._data is None:
-            self._data = np.empty((1024, *batch.shape), batch.dtype)
-        elif self._len == len(self._data):
-            self._data = np.concatenate([self._data, np.empty_like(self._data)])
-        self._data[self._len] = batch
-        self._len += 1
 
-    def array(self) -> np.ndarray:
-        return np.zeros(0) if self._data is None else self._data[: self._len]
+# ------------------------------------------------------------------------------ paths
+def _as_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
 
-    @classmethod
-    def from_array(cls, data: np.ndarray) -> ActionLog:
-        log = cls()
-        if len(data):
-            log._data, log._len = np.array(data), len(data)
-        return log
+
+def resolve_save_path(path: Any) -> Path:
+    """SB3's rule: the suffix is appended when ``path`` has none."""
+    path = _as_path(path)
+    if path.is_dir() and path.suffix:
+        raise ValueError(f"cannot save to {path}: it is a directory")
+    return path.with_suffix(SUFFIX) if not path.suffix else path
+
+
+def resolve_load_path(path: Any) -> Path:
+    """The file ``save(path)`` wrote: ``path`` itself, else ``path`` with the suffix
+    (SB3's ``load`` finds what ``save`` wrote); a clear error otherwise."""
+    path = _as_path(path)
+    if path.is_file():
+        return path
+    with_suffix = Path(f"{path}{SUFFIX}")
+    if with_suffix.is_file():
+        return with_suffix
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a saved agent: pass the .safetensors "
+                         "file inside it")
+    sibling = path.with_suffix(SUFFIX)
+    if path.suffix and path.suffix != SUFFIX and sibling.is_file():
+        raise FileNotFoundError(f"no saved agent at {path}; velora_ens saves agents as "
+                                f"safetensors files: did you mean {sibling}?")
+    raise FileNotFoundError(f"no saved agent at {path} (nor {with_suffix})")
+
+
+# ------------------------------------------------------------------------------ spaces
+def _bounds(values: np.ndarray) -> list:  # JSON has no infinities: write them as text
+    return [v if np.isfinite(v) else str(v) for v in values.astype(np.float64).ravel()]
+
+
+def space_to_json(space: gym.Space) -> dict[str, Any]:
+    """A JSON description of the spaces the agents accept."""
+    if isinstance(space, gym.spaces.Discrete):
+        out: dict[str, Any] = {"type": "Discrete", "n": int(space.n)}
+        if int(space.start):
+            out["start"] = int(space.start)
+        return out
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "shape": list(space.shape), "low": _bounds(space.low),
+                "high": _bounds(space.high)}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(),
+                "start": np.broadcast_to(space.start, space.nvec.shape).tolist()}
+    if isinstance(space, gym.spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": list(space.shape)}
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict", "spaces": {k: space_to_json(s) for k, s in space.spaces.items()}}
+    if isinstance(space, gym.spaces.Tuple):
+        return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
+    raise ValueError(f"cannot describe the space {space}")
+
+
+def space_from_json(data: dict[str, Any]) -> gym.Space:
+    """The space :func:`space_to_json` described (``float32`` for a ``Box``)."""
+    kind = data["type"]
+    if kind == "Discrete":
+        return gym.spaces.Discrete(data["n"], start=data.get("start", 0))
+    if kind == "Box":
+        shape = tuple(data["shape"])
+        low = np.array([float(v) for v in data["low"]], np.float32).reshape(shape)
+        high = np.array([float(v) for v in data["high"]], np.float32).reshape(shape)
+        return gym.spaces.Box(low, high, shape, np.float32)
+    if kind == "MultiDiscrete":
+        return gym.spaces.MultiDiscrete(data["nvec"], start=data.get("start"))
+    if kind == "MultiBinary":
+        return gym.spaces.MultiBinary(data["n"])
+    if kind == "Dict":
+        return gym.spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
+    if kind == "Tuple":
+        return gym.spaces.Tuple([space_from_json(v) for v in data["spaces"]])
+    raise ValueError(f"unknown space type {kind!r}")
+
+
+def _check_space(path: Path, name: str, saved: dict[str, Any], space: gym.Space) -> None:
+    if space_to_json(space) != saved:
+        raise ValueError(f"{path}: the environment's {name} {space} does not match the saved "
+                         f"agent's {space_from_json(saved)}")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -88,16 +173,6 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _space_to_json(space: gym.Space) -> dict[str, Any]:
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n)}
-    def bounds(values: np.ndarray) -> list:  # JSON has no infinities: write them as text
-        return [v if np.isfinite(v) else str(v) for v in values.astype(np.float64).ravel()]
-
-    return {"type": "Box", "shape": list(space.shape), "low": bounds(space.low),
-            "high": bounds(space.high)}
-
-
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in state.items()}
 
@@ -107,29 +182,31 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def _modules(agent: NeuroFlow) -> dict[str, torch.nn.Module]:
-    mods = {"actor": agent.actor, "critics": agent.critics,
-            "critic_targets": agent.critic_targets}
-    for name in ("actor_target", "critic_encoder", "obs_normalizer"):
-        if getattr(agent, name) is not None:
-            mods[name] = getattr(agent, name)
-    return mods
+def _system_info() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("velora-ens", "torch", "numpy", "gymnasium", "stable-baselines3"):
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            info[package] = "not installed"
+    return info
 
 
-def _optimizers(agent: NeuroFlow) -> dict[str, torch.optim.Optimizer]:
-    return {"adam": agent.optimizer}
-
-
-def _json_config(agent: NeuroFlow) -> tuple[dict[str, Any], bool]:
+def _json_config(agent: BaseAgent) -> tuple[dict[str, Any], bool]:
     """The constructor's arguments as JSON; a callable learning rate cannot be stored, so
     the rate in use is stored instead (``True`` is returned to say so)."""
     config = dict(agent.config)
     lost_schedule = callable(config.get("learning_rate"))
     if lost_schedule:
-        config["learning_rate"] = agent.optimizer.param_groups[0]["lr"]
+        optimizer = next(iter(agent._persistent_optimizers().values()))
+        config["learning_rate"] = optimizer.param_groups[0]["lr"]
     for key, value in config.items():
         if isinstance(value, tuple):
             config[key] = list(value)
+        elif isinstance(value, torch.device):
+            config[key] = str(value)
     try:
         json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -138,21 +215,25 @@ def _json_config(agent: NeuroFlow) -> tuple[dict[str, Any], bool]:
     return config, lost_schedule
 
 
-# ------------------------------------------------------------------------------ save
-def save_agent(agent: NeuroFlow, path: str | os.PathLike, include_buffer: bool = False) -> Path:
-    """Write ``agent`` to ``path`` (``.safetensors`` is appended when there is no
-    suffix); returns the path written."""
+def _write(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     from safetensors.torch import save
 
-    path = Path(path)
-    if not path.suffix:
-        path = path.with_suffix(".safetensors")
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta["sha256"] = _digest(flat)
+    blob = save(flat, metadata={_META_KEY: json.dumps(meta, sort_keys=True, allow_nan=False)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(path, lambda p: p.write_bytes(blob))
+    return path
+
+
+# ------------------------------------------------------------------------------ save
+def _model_part(agent: BaseAgent) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     config, lost_schedule = _json_config(agent)
-    tensors: dict[str, torch.Tensor] = {"log_alpha": agent.log_alpha.detach().reshape(1)}
-    for name, module in _modules(agent).items():
+    tensors = dict(agent._persistent_tensors())
+    for name, module in agent._persistent_modules().items():
         tensors.update(_prefixed(name, module.state_dict()))
     optim_meta = {}
-    for name, opt in _optimizers(agent).items():
+    for name, opt in agent._persistent_optimizers().items():
         flat, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"optim.{name}")
         tensors.update(flat)
         optim_meta[name] = meta
@@ -162,56 +243,68 @@ def save_agent(agent: NeuroFlow, path: str | os.PathLike, include_buffer: bool =
         "env_id": agent.env_id,
         "config": config,
         "learning_rate_schedule_not_saved": lost_schedule,
-        "observation_space": _space_to_json(agent.observation_space),
-        "action_space": _space_to_json(agent.action_space),
+        "observation_space": space_to_json(agent.observation_space),
+        "action_space": space_to_json(agent.action_space),
         "num_timesteps": agent.num_timesteps,
         "n_updates": agent.n_updates,
-        "update_budget": agent._update_budget,
         "ep_info_buffer": list(agent.ep_info_buffer),
         "last_losses": agent.last_losses,
         "optimizers": optim_meta,
-        "include_buffer": bool(include_buffer),
+        "system_info": _system_info(),
+        **agent._persistent_counters(),
     }
+    return meta, tensors
+
+
+def _training_part(agent: BaseAgent) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    meta, tensors = agent._training_tensors()
+    meta = dict(meta)
+    driver = agent.driver
+    started = driver.obs is not None
+    meta["rollout_started"] = started
+    if started:
+        tensors["rollout.obs"] = torch.from_numpy(np.asarray(driver.obs))
+        tensors["rollout.episode_start"] = torch.from_numpy(driver.episode_start)
+        tensors["rollout.pending_reset"] = torch.from_numpy(driver.pending_reset)
+        tensors["env.actions"] = torch.from_numpy(np.ascontiguousarray(
+            driver.action_log.array()))
+        tensors.update(agent._rollout_tensors())
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta["rng_numpy"] = agent.rng.bit_generator.state
+    meta["rng_action_space"] = agent.action_space.np_random.bit_generator.state
+    meta["num_timesteps"] = agent.num_timesteps
+    return meta, tensors
+
+
+def save_agent(agent: BaseAgent, path: str | os.PathLike, include_buffer: bool = False
+               ) -> Path:
+    """Write ``agent`` to ``path`` (see :func:`resolve_save_path`); returns the path."""
+    path = resolve_save_path(path)
+    meta, tensors = _model_part(agent)
+    meta["include_buffer"] = bool(include_buffer)
     if include_buffer:
-        buf = agent.buffer
-        # before the rings wrap around, only their filled start is worth storing
-        wrapped = bool((buf.size == buf.capacity).any() or (buf.pos != buf.size).any())
-        stored = buf.capacity if wrapped else int(buf.size.max())
-        meta["buffer_steps_stored"] = stored
-        for field in _BUFFER_FIELDS:
-            value = getattr(buf, field)
-            if value.ndim >= 2:  # (n_envs, capacity, ...) arrays; pos and size are (n_envs,)
-                value = value[:, :stored]
-            tensors[f"buffer.{field}"] = torch.from_numpy(np.ascontiguousarray(value))
-        started = agent._obs is not None
-        meta["rollout_started"] = started
-        if started:
-            tensors["rollout.obs"] = torch.from_numpy(np.asarray(agent._obs))
-            tensors["rollout.state"] = agent._state
-            tensors["rollout.episode_start"] = torch.from_numpy(agent._episode_start)
-            tensors["rollout.pending_reset"] = torch.from_numpy(agent._pending_reset)
-            tensors["env.actions"] = torch.from_numpy(np.ascontiguousarray(
-                agent._action_log.array()))
-        tensors["rng.torch"] = torch.get_rng_state()
-        meta["rng_numpy"] = agent.rng.bit_generator.state
-        meta["rng_action_space"] = agent.action_space.np_random.bit_generator.state
-    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta["sha256"] = _digest(flat)
-    text = json.dumps(meta, sort_keys=True, allow_nan=False)
-    blob = save(flat, metadata={_META_KEY: text})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(path, lambda p: p.write_bytes(blob))
-    return path
+        train_meta, train_tensors = _training_part(agent)
+        meta.update(train_meta)
+        tensors.update(train_tensors)
+    return _write(path, meta, tensors)
+
+
+def save_training_state(agent: BaseAgent, path: str | os.PathLike) -> Path:
+    """Write only what an exact resume needs besides the model (SB3's
+    ``save_replay_buffer``) to ``path`` (suffix added when it has none)."""
+    path = resolve_save_path(path)
+    meta, tensors = _training_part(agent)
+    meta.update({"format": TRAINING_STATE_FORMAT, "class": type(agent).__name__})
+    return _write(path, meta, tensors)
 
 
 # ------------------------------------------------------------------------------ load
-def read_agent_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON document and the tensors of a saved agent, validated; never unpickles."""
+def read_agent_file(path: str | os.PathLike, formats: tuple[str, ...] = _READABLE
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON document and the tensors of a saved file, validated; never unpickles."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved agent at {path}")
+    path = resolve_load_path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
@@ -226,56 +319,96 @@ def read_agent_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         meta = json.loads(header[_META_KEY])
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: the agent description is not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") not in formats:
+        raise ValueError(f"{path} has format {meta.get('format')!r}, expected "
+                         f"{' or '.join(map(repr, formats))}")
     digest = _digest(tensors)
     if digest != meta.get("sha256"):
         raise ValueError(f"{path}: the tensors do not match the checksum written with them "
                          f"(sha256 {digest[:12]}..., expected {str(meta.get('sha256'))[:12]}...);"
                          " the file was modified or damaged")
+    meta["path"] = str(path)
     return meta, tensors
 
 
-def _check_space(name: str, saved: dict[str, Any], space: gym.Space) -> None:
-    if _space_to_json(space) != saved:
-        raise ValueError(f"the environment's {name} {space} does not match the saved agent's "
-                         f"({saved})")
+def _constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items() if k not in ("self", "policy", "env")
+            and p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
-def load_agent(cls: type[NeuroFlow], path: str | os.PathLike, env: Any = None,
-               **overrides: Any) -> NeuroFlow:
+def _load_module(path: Any, name: str, module: torch.nn.Module,
+                 state: dict[str, torch.Tensor], overrides: dict[str, Any]) -> None:
+    """``module.load_state_dict(state)`` with one clear line when the shapes differ."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        if wrong:
+            k = wrong[0]
+            what = (f"{name}.{k} has shape {tuple(state[k].shape)} in the file but "
+                    f"{tuple(own[k].shape)} here")
+        else:
+            what = (f"{name} has {'no ' + missing[0] if missing else 'an extra ' + unexpected[0]}"
+                    " in the file")
+        hint = (f" (built with {overrides}: arguments that change the networks' shapes "
+                "cannot be overridden when loading)" if overrides else "")
+        raise ValueError(f"{path}: the saved networks do not fit this agent: {what}{hint}")
+    module.load_state_dict(state)
+
+
+def load_agent(cls: type[BaseAgent], path: str | os.PathLike, env: Any = None, *,
+               device: Any = "auto", print_system_info: bool = False,
+               **overrides: Any) -> BaseAgent:
     """Rebuild an agent saved by :func:`save_agent`; ``overrides`` replace constructor
     arguments (for example a learning-rate callable, which cannot be saved)."""
+    from agents.base import BaseAgent
+
     meta, tensors = read_agent_file(path)
-    if meta["class"] != cls.__name__:
-        raise ValueError(f"{path} holds a {meta['class']}, not a {cls.__name__}")
+    path = Path(meta["path"])
+    saved_cls = agent_class(meta["class"])
+    if cls is BaseAgent:
+        cls = saved_cls
+    elif not issubclass(saved_cls, cls):
+        raise ValueError(f"{path} holds a {meta['class']}, not a {cls.__name__}; load it with "
+                         f"{meta['class']}.load or agents.load_agent")
+    else:
+        cls = saved_cls
+    if print_system_info:
+        saved = meta.get("system_info", {})
+        print("== saved on ==\n" + "\n".join(f"{k}: {v}" for k, v in saved.items()))
+        print("== this system ==\n" + "\n".join(f"{k}: {v}" for k, v in _system_info().items()))
     if env is None:
         env = meta["env_id"]
         if env is None:
             raise ValueError(f"{path} was trained on an environment instance, not an id; "
                              "pass env= to load it")
-    config = dict(meta["config"])
-    if isinstance(config.get("critic_hidden"), list):
-        config["critic_hidden"] = tuple(config["critic_hidden"])
-    unknown = set(overrides) - set(config)
+    arguments = _constructor_arguments(cls)
+    unknown = sorted(set(overrides) - set(arguments))
     if unknown:
-        raise ValueError(f"unknown constructor arguments {sorted(unknown)}; expected some of "
-                         f"{sorted(config)}")
+        raise ValueError(f"unknown {cls.__name__} arguments {unknown}; expected some of "
+                         f"{sorted(arguments)}")
+    config = {k: v for k, v in meta["config"].items() if k in arguments}
+    for key, value in config.items():  # JSON has lists where the constructor had tuples
+        if isinstance(value, list) and isinstance(arguments[key].default, tuple):
+            config[key] = tuple(value)
     if meta.get("learning_rate_schedule_not_saved") and "learning_rate" not in overrides:
         warnings.warn(f"{path} was trained with a learning-rate callable, which cannot be "
                       f"saved; it continues with the constant rate "
                       f"{config['learning_rate']:g} (pass learning_rate= to load to set one)",
                       stacklevel=3)
     config.update(overrides)
+    if "device" in arguments:
+        config["device"] = device
     agent = cls(env, **config)
-    _check_space("observation space", meta["observation_space"], agent.observation_space)
-    _check_space("action space", meta["action_space"], agent.action_space)
+    _check_space(path, "observation space", meta["observation_space"], agent.observation_space)
+    _check_space(path, "action space", meta["action_space"], agent.action_space)
 
-    with torch.no_grad():
-        agent.log_alpha.copy_(tensors["log_alpha"].reshape(()))
-    for name, module in _modules(agent).items():
-        module.load_state_dict(_unprefixed(name, tensors))
-    for name, opt in _optimizers(agent).items():
+    agent._load_persistent_tensors(tensors)
+    for name, module in agent._persistent_modules().items():
+        _load_module(path, name, module, _unprefixed(name, tensors), overrides)
+    for name, opt in agent._persistent_optimizers().items():
         lr = opt.param_groups[0]["lr"]  # the constructor's (possibly overridden) rate
         opt.load_state_dict(unflatten_optimizer_state(tensors, meta["optimizers"][name]))
         if "learning_rate" in overrides:
@@ -283,7 +416,7 @@ def load_agent(cls: type[NeuroFlow], path: str | os.PathLike, env: Any = None,
                 group["lr"] = lr
     agent.num_timesteps = int(meta["num_timesteps"])
     agent.n_updates = int(meta["n_updates"])
-    agent._update_budget = float(meta["update_budget"])
+    agent._load_persistent_counters(meta)
     agent.ep_info_buffer.extend(meta["ep_info_buffer"])
     agent.last_losses = dict(meta["last_losses"])
     if meta["include_buffer"]:
@@ -291,26 +424,32 @@ def load_agent(cls: type[NeuroFlow], path: str | os.PathLike, env: Any = None,
     return agent
 
 
-def _restore_training_state(agent: NeuroFlow, meta: dict[str, Any],
-                            tensors: dict[str, torch.Tensor], path: Any) -> None:
-    buf = agent.buffer
-    for field in _BUFFER_FIELDS:
-        value = tensors[f"buffer.{field}"].numpy()
-        target = getattr(buf, field)
-        if value.ndim >= 2:
-            if value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:] \
-                    or value.shape[1] > target.shape[1]:
-                raise ValueError(f"{path}: the saved replay buffer's {field} has shape "
-                                 f"{value.shape}, which does not fit this agent's "
-                                 f"{target.shape} (buffer_size or n_envs differ)")
-            target[:, :value.shape[1]] = value
-        elif value.shape != target.shape:
-            raise ValueError(f"{path}: the saved replay buffer's {field} has shape "
-                             f"{value.shape}, this agent's {target.shape} (n_envs differ)")
-        else:
-            target[...] = value
+def load_training_state(agent: BaseAgent, path: str | os.PathLike) -> None:
+    """Restore what :func:`save_training_state` wrote (SB3's ``load_replay_buffer``). If
+    the agent's step count differs from the file's, only the algorithm's stored data
+    (the replay buffer) is restored and training continues with new episodes."""
+    meta, tensors = read_agent_file(path, formats=(TRAINING_STATE_FORMAT,))
+    path = Path(meta["path"])
+    if meta["class"] != type(agent).__name__:
+        raise ValueError(f"{path} holds the training state of a {meta['class']}, not of a "
+                         f"{type(agent).__name__}")
+    if int(meta["num_timesteps"]) != agent.num_timesteps:
+        warnings.warn(f"{path} was saved at step {meta['num_timesteps']}, the agent is at step "
+                      f"{agent.num_timesteps}: only the replay data is restored and training "
+                      "continues with new episodes", stacklevel=3)
+        agent._restore_training_tensors(meta, tensors, path)
+        agent.driver.end_rollout()
+        return
+    _restore_training_state(agent, meta, tensors, path)
+
+
+def _restore_training_state(agent: BaseAgent, meta: dict[str, Any],
+                            tensors: dict[str, torch.Tensor], path: Path) -> None:
+    agent._restore_training_tensors(meta, tensors, path)
     agent.rng.bit_generator.state = meta["rng_numpy"]
     agent.action_space.np_random.bit_generator.state = meta["rng_action_space"]
+    driver = agent.driver
+    driver.end_rollout()
     if meta["rollout_started"]:
         actions = tensors["env.actions"].numpy()
         saved_obs = tensors["rollout.obs"].numpy()
@@ -319,17 +458,48 @@ def _restore_training_state(agent: NeuroFlow, meta: dict[str, Any],
                           "environments cannot be rebuilt; training resumes with new "
                           "episodes", stacklevel=4)
         else:
-            obs, _ = agent.env.reset(seed=agent.seed)
-            for batch in actions:
-                obs = agent.env.step(batch)[0]
+            obs = driver.replay(actions, agent.seed)
             if not np.array_equal(obs, saved_obs):
                 raise ValueError(
                     f"{path}: replaying the saved actions did not bring the environment back "
                     "to the saved observation (is it deterministic for a seed?); load it "
                     "with a deterministic environment or save without include_buffer")
-            agent._obs = obs
-            agent._state = tensors["rollout.state"].clone()
-            agent._episode_start = tensors["rollout.episode_start"].numpy().copy()
-            agent._pending_reset = tensors["rollout.pending_reset"].numpy().copy()
-            agent._action_log = ActionLog.from_array(actions)
+            driver.obs = obs
+            driver.episode_start = tensors["rollout.episode_start"].numpy().copy()
+            driver.pending_reset = tensors["rollout.pending_reset"].numpy().copy()
+            agent._restore_rollout_tensors(tensors)
     torch.set_rng_state(tensors["rng.torch"])
+
+
+# ------------------------------------------------------------------------------ parameters
+def read_parameters(path: str | os.PathLike, agent: BaseAgent) -> dict[str, dict[str, Any]]:
+    """The parameters of a saved agent file, in :meth:`BaseAgent.get_parameters`' form."""
+    meta, tensors = read_agent_file(path)
+    params: dict[str, dict[str, Any]] = {
+        name: _unprefixed(name, tensors) for name in agent._persistent_modules()}
+    for name in agent._persistent_optimizers():
+        if name in meta["optimizers"]:
+            params[f"optimizer.{name}"] = unflatten_optimizer_state(tensors,
+                                                                   meta["optimizers"][name])
+    return params
+
+
+def load_parameters(agent: BaseAgent, params: dict[str, dict[str, Any]],
+                    exact_match: bool) -> None:
+    """Load :meth:`BaseAgent.get_parameters`' form into ``agent``."""
+    modules = agent._persistent_modules()
+    optimizers = {f"optimizer.{k}": v for k, v in agent._persistent_optimizers().items()}
+    unknown = sorted(set(params) - set(modules) - set(optimizers))
+    if unknown:
+        raise ValueError(f"set_parameters: unknown names {unknown}; expected some of "
+                         f"{sorted([*modules, *optimizers])}")
+    if exact_match:
+        missing = [k for k in [*modules, *optimizers] if k not in params]
+        if missing:
+            raise ValueError(f"set_parameters: {missing} missing (pass exact_match=False to "
+                             "load only some)")
+    for name, state in params.items():
+        if name in modules:
+            _load_module("set_parameters", name, modules[name], dict(state), {})
+        else:
+            optimizers[name].load_state_dict(state)

@@ -5,42 +5,15 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from velora_ens.models import LiquidNCPNetwork
 
-__all__ = ["LiquidActor", "check_spaces"]
+__all__ = ["LiquidActor"]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
-    """Refuse what NeuroFlow cannot handle, naming the space."""
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise ValueError(
-            f"NeuroFlow needs a Box observation space (a flat vector), got {observation_space}; "
-            "flatten Dict/Tuple observations first (gymnasium.wrappers.FlattenObservation)")
-    if len(observation_space.shape) != 1:
-        kind = "image" if len(observation_space.shape) == 3 else "multi-dimensional"
-        raise ValueError(
-            f"NeuroFlow needs 1-D vector observations, got {kind} observations of shape "
-            f"{observation_space.shape}; add a feature extractor or flatten them first")
-    if isinstance(action_space, gym.spaces.Discrete):
-        if action_space.n < 2:
-            raise ValueError(f"Discrete action space needs at least 2 actions, got {action_space}")
-        return
-    if isinstance(action_space, gym.spaces.Box):
-        if len(action_space.shape) != 1:
-            raise ValueError(f"Box action space must be 1-D, got shape {action_space.shape}")
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise ValueError(f"Box action space must have finite bounds, got {action_space}")
-        return
-    raise ValueError(
-        f"NeuroFlow supports Box and Discrete action spaces, got {type(action_space).__name__} "
-        f"({action_space})")
 
 
 class LiquidActor(nn.Module):

@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode
 from rl_envs import BadEnv, CounterEnv, CueEnv, MalformedEnv
 
 from agents import NeuroFlow
+from agents.targets import n_step_targets
 from envs import make_vec_env
 
 
@@ -37,7 +38,7 @@ def test_short_learning_run_updates_everything(env_id):
                            (target_before, agent.critic_targets)):
         assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters(), strict=True))
     assert agent.alpha != alpha_before
-    action, state = agent.predict(agent.env.observation_space.sample()[0], deterministic=True)
+    action, state = agent.predict(agent.observation_space.sample(), deterministic=True)
     assert agent.action_space.contains(np.asarray(action, dtype=agent.action_space.dtype))
     assert state.shape == (1, agent.actor.state_dim)
 
@@ -141,7 +142,9 @@ def test_same_seed_same_run():
 @pytest.mark.parametrize(
     "obs_space, act_space, fragment",
     [
-        (gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,))}), gym.spaces.Discrete(2), "Dict"),
+        (gym.spaces.Dict({"a": gym.spaces.Box(0, 1, (2, 4, 4))}), gym.spaces.Discrete(2),
+         "image"),
+        (gym.spaces.Text(5), gym.spaces.Discrete(2), "Text"),
         (gym.spaces.Box(0, 255, (3, 8, 8), np.uint8), gym.spaces.Discrete(2), "image"),
         (gym.spaces.Box(-1, 1, (2,)), gym.spaces.MultiDiscrete([2, 3]), "MultiDiscrete"),
         (gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-np.inf, np.inf, (1,)), "finite bounds"),
@@ -392,7 +395,6 @@ def _n_step_reference(one_step, rewards, terminated, episode_start, n, gamma):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_n_step_targets_stop_at_episode_ends(n):
-    agent = small("CartPole-v1", n_step=n, gamma=0.9)
     # Worked example, n = 3, gamma = 0.5 would give for t = 0 with r = 1, 2, 3 and no end:
     # 1 + 0.5 * 2 + 0.25 * one_step_2. Here random values with a terminal step (j = 2),
     # a truncation (a new episode starts at j = 5) and an episode start at j = 0.
@@ -404,7 +406,7 @@ def test_n_step_targets_stop_at_episode_ends(n):
     terminated[0, 2] = 1.0
     start = torch.zeros(2, T)
     start[0, 0] = start[0, 3] = start[1, 5] = 1.0
-    got = agent.n_step_target(one_step, rewards, terminated, start)
+    got = n_step_targets(one_step, rewards, terminated, start, n, 0.9)
     ref = _n_step_reference(one_step, rewards, terminated, start, n, 0.9)
     torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
     if n == 1:
@@ -412,16 +414,15 @@ def test_n_step_targets_stop_at_episode_ends(n):
 
 
 def test_n_step_worked_example():
-    agent = small("CartPole-v1", n_step=3, gamma=0.5)
     one_step = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
     rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     zeros = torch.zeros(1, 4)
-    got = agent.n_step_target(one_step, rewards, zeros, zeros)
+    got = n_step_targets(one_step, rewards, zeros, zeros, 3, 0.5)
     torch.testing.assert_close(got, torch.tensor([[1 + 0.5 * 2 + 0.25 * 30.0,
                                                    2 + 0.5 * 3 + 0.25 * 40.0]]))
     # a terminal second step: G_0 = r_0 + gamma * one_step_1 (which holds no bootstrap)
     term = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
-    got = agent.n_step_target(one_step, rewards, term, zeros)
+    got = n_step_targets(one_step, rewards, term, zeros, 3, 0.5)
     assert got[0, 0].item() == pytest.approx(1 + 0.5 * 20.0)
 
 

@@ -55,6 +55,7 @@ def test_neuroflow_acts_and_trains_on_normalised_observations():
     with torch.no_grad():
         out, _ = agent.actor(norm(torch.as_tensor(obs[None])), None)
         raw_out, _ = agent.actor(torch.as_tensor(obs[None]), None)
-    expected = agent._to_env_action(agent.actor.act(out, True).numpy())[0]
+    expected = agent.driver.actions.to_env(agent.actor.act(out, True).numpy())[0]
     np.testing.assert_allclose(action, expected, rtol=1e-6)
-    assert not np.allclose(action, agent._to_env_action(agent.actor.act(raw_out, True).numpy())[0])
+    raw_action = agent.driver.actions.to_env(agent.actor.act(raw_out, True).numpy())[0]
+    assert not np.allclose(action, raw_action)

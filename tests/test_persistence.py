@@ -89,15 +89,15 @@ def test_resume_is_exact(tmp_path, env_id, extra):
     assert resumed.n_updates == uninterrupted.n_updates
     np.testing.assert_array_equal(resumed.buffer.actions, uninterrupted.buffer.actions)
     np.testing.assert_array_equal(resumed.buffer.obs, uninterrupted.buffer.obs)
-    np.testing.assert_array_equal(resumed._action_log.array(),
-                                  uninterrupted._action_log.array())
+    np.testing.assert_array_equal(resumed.driver.action_log.array(),
+                                  uninterrupted.driver.action_log.array())
 
 
 def test_without_the_buffer_the_loaded_agent_starts_new_episodes(tmp_path):
     agent = small("CartPole-v1")
     agent.learn(50)
     loaded = NeuroFlow.load(agent.save(tmp_path / "a"))
-    assert len(loaded.buffer) == 0 and loaded._obs is None
+    assert len(loaded.buffer) == 0 and loaded.driver.obs is None
     loaded.learn(40)
     assert loaded.num_timesteps == 90
 
@@ -175,7 +175,7 @@ def test_truncated_tampered_and_foreign_files_are_refused(tmp_path):
 def test_the_json_description_is_readable_and_names_the_format(tmp_path):
     agent = small("CartPole-v1", learning_rate="lin_1e-3")
     meta, tensors = read_agent_file(agent.save(tmp_path / "a"))
-    assert meta["format"] == "velora_ens.neuroflow/1"
+    assert meta["format"] == "velora_ens.agent/1"
     assert meta["env_id"] == "CartPole-v1"
     assert meta["config"]["learning_rate"] == "lin_1e-3"
     assert json.loads(json.dumps(meta)) == meta
@@ -190,7 +190,7 @@ def test_env_instances_spaces_and_schedules(tmp_path):
     assert NeuroFlow.load(path, env=gym.make("CartPole-v1")).env_id is None
     with pytest.raises(ValueError, match="observation space"):
         NeuroFlow.load(path, env=gym.make("Acrobot-v1"))
-    with pytest.raises(ValueError, match="unknown constructor arguments"):
+    with pytest.raises(ValueError, match="unknown NeuroFlow arguments"):
         NeuroFlow.load(path, env=gym.make("CartPole-v1"), no_such_option=1)
 
     scheduled = small("CartPole-v1", learning_rate=lambda progress: 1e-3 * progress)

@@ -110,7 +110,7 @@ def test_user_callbacks_get_sb3_hooks_in_order():
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert kinds.count("step") == 5 and rec.events[-1] == ("end", 5)
     assert kinds[1:4] == ["rollout_start", "step", "rollout_end"]
-    assert "self" in rec.locals and "action" in rec.locals  # SB3 callbacks read locals
+    assert "self" in rec.locals and "actions" in rec.locals  # SB3 callbacks read locals
 
 
 def _scalars(folder):

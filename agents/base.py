@@ -1,0 +1,505 @@
+"""The base every agent shares: Stable-Baselines3's user API over an :class:`EnvDriver`.
+
+The base owns the plumbing: the constructor's preamble (policy name and environment,
+seed, spaces, observation normalisation, learning-rate schedule, device, logger),
+``learn`` (argument checks, callbacks, logger, the loop), ``predict`` (observation checks,
+episode-start resets), ``save``/``load``, ``get_env``/``set_env``, parameters and seeds.
+An algorithm declares what it has by filling in a few hooks:
+
+* :meth:`_learn_iteration`: one iteration of collection and updates (step the driver
+  with :meth:`_env_step`, train, then :meth:`_callback_step`); returns whether to go on;
+* :meth:`_policy_step`: actions and next recurrent state for encoded observations;
+* :meth:`_start_rollout`: what a fresh rollout needs (called after the seeded reset);
+* what it saves: :meth:`_persistent_modules`, :meth:`_persistent_optimizers`,
+  :meth:`_persistent_tensors` and :meth:`_persistent_counters` (and their ``_load_``
+  counterparts), plus :meth:`_training_tensors` and :meth:`_restore_training_tensors`
+  for an exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents import persistence
+from agents.normalization import ObservationNormalizer
+from agents.schedules import as_schedule, progress_remaining
+from agents.vec_env import EnvDriver, EnvStep
+
+__all__ = ["POLICY_ALIASES", "BaseAgent", "NonFiniteTrainingError", "check_count"]
+
+# Stable-Baselines3's names of its default policies, accepted as the first argument (an
+# agent's policy is its liquid actor; these names only say "the default one").
+POLICY_ALIASES = ("MlpPolicy", "MultiInputPolicy")
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; the update was not applied."""
+
+
+def check_count(name: str, value: Any, low: int) -> int:
+    """``value`` as an ``int`` if it is an integer >= ``low`` (an integral float too, as
+    SB3 allows ``learn(1e4)``); else a ``ValueError`` naming ``name``."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _resolve_env(agent: str, policy: Any, env: Any) -> Any:
+    """SB3's ``Algo("MlpPolicy", env)`` or ours, ``Algo(env)``: the environment."""
+    if env is None:
+        if policy is None:
+            raise ValueError(f"{agent} needs an environment: {agent}(env) or SB3's "
+                             f"{agent}('MlpPolicy', env)")
+        if isinstance(policy, str) and policy in POLICY_ALIASES:
+            raise ValueError(f"{agent}({policy!r}) needs an environment as well: "
+                             f"{agent}({policy!r}, env)")
+        return policy
+    if policy is None or (isinstance(policy, str) and policy in POLICY_ALIASES):
+        return env
+    raise ValueError(f"policy {policy!r} is not available: {agent}'s policy is its liquid "
+                     f"network; pass one of {list(POLICY_ALIASES)} (Stable-Baselines3's names, "
+                     f"accepted for compatibility) or only the environment")
+
+
+def get_device(device: torch.device | str) -> torch.device:
+    """``"auto"`` is CUDA where available, else the CPU; a CUDA device that is not there
+    is a clear error."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, "
+                         f"got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available "
+                         "here; use device='auto' or 'cpu'")
+    return device
+
+
+class BaseAgent:
+    """Plumbing shared by every agent (see the module docstring).
+
+    Subclasses call :meth:`_setup` first in their constructor, with ``locals()`` of
+    their ``__init__`` as ``config`` (the JSON-able arguments ``save`` records).
+    """
+
+    env_id: str | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        persistence.register_agent_class(cls)
+
+    # ------------------------------------------------------------------ construction
+    def _setup(self, config: dict[str, Any], *, policy: Any, env: Any, seed: int | None,
+               n_envs: int, vectorization: str, learning_rate: Any,
+               normalize_observations: bool, device: torch.device | str,
+               tensorboard_log: str | None, verbose: int) -> None:
+        name = type(self).__name__
+        self.config: dict[str, Any] = {k: v for k, v in config.items()
+                                       if k not in ("self", "env", "policy", "__class__")}
+        env = _resolve_env(name, policy, env)
+        check_count("n_envs", n_envs, 1)
+        if seed is not None:
+            seed = check_count("seed", seed, 0)
+        self.env_id = env if isinstance(env, str) else None
+        self.seed = seed
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.driver = EnvDriver(env, n_envs, seed, vectorization)
+        self._adopt_driver_spaces()
+        if seed is not None:
+            self.action_space.seed(seed)
+            self.driver.env.action_space.seed(seed)
+        self.device = get_device(device)
+        self.obs_normalizer = (ObservationNormalizer(self.obs_dim).to(self.device)
+                               if normalize_observations else None)
+        self.lr_schedule = as_schedule(learning_rate, "learning_rate")
+        self.tensorboard_log, self.verbose = tensorboard_log, verbose
+        self.logger: Any = None  # an SB3 Logger, made by the first ``learn`` call
+        self.num_timesteps = 0
+        self.n_updates = 0
+        self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
+        self.last_losses: dict[str, float] = {}
+        self._episode_num = 0
+        self._train_sums: dict[str, float] = {}
+        self._train_count = 0
+
+    def _adopt_driver_spaces(self) -> None:
+        self.n_envs = self.driver.n_envs
+        self.observation_space = self.driver.observation_space
+        self.action_space = self.driver.action_space
+        self.obs_dim = self.driver.obs_dim
+
+    # ------------------------------------------------------------------ hooks
+    def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
+                         log_interval: int) -> bool:
+        raise NotImplementedError
+
+    def _start_rollout(self, obs: np.ndarray) -> None:
+        """Called after the seeded reset that starts a rollout (``obs`` encoded)."""
+
+    def _policy_step(self, obs: torch.Tensor, state: torch.Tensor | None, deterministic: bool
+                     ) -> tuple[np.ndarray, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def state_size(self) -> int | None:
+        """Size of ``predict``'s recurrent state per observation (None: no state)."""
+        return None
+
+    def _persistent_modules(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def _persistent_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def _persistent_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _load_persistent_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def _persistent_counters(self) -> dict[str, Any]:
+        return {}
+
+    def _load_persistent_counters(self, meta: dict[str, Any]) -> None:
+        pass
+
+    def _training_tensors(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What an exact resume needs besides the rollout: JSON and tensors."""
+        return {}, {}
+
+    def _restore_training_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                                  path: Any) -> None:
+        pass
+
+    def _rollout_tensors(self) -> dict[str, torch.Tensor]:
+        """The algorithm's part of a started rollout (e.g. the recurrent state)."""
+        return {}
+
+    def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers
+    def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
+
+    def _update_learning_rate(self, first_step: int, total_timesteps: int) -> None:
+        """Set every optimiser's rate from the schedule (SB3's progress remaining)."""
+        lr = self.lr_schedule(progress_remaining(self.num_timesteps, first_step,
+                                                 total_timesteps))
+        for optimizer in self._persistent_optimizers().values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def _check_losses(self, named_values: dict[str, float]) -> None:
+        """Raise :class:`NonFiniteTrainingError` if any value is NaN or infinite."""
+        bad = ", ".join(f"{name}={value:g}" for name, value in named_values.items()
+                        if not math.isfinite(value))
+        if bad:
+            raise NonFiniteTrainingError(
+                f"training produced a non-finite {bad} at step {self.num_timesteps} (update "
+                f"{self.n_updates + 1}); stopped before applying it, so the parameters and any "
+                "saved checkpoint are from the last good update")
+
+    def _log_update(self, losses: dict[str, float]) -> None:
+        self.n_updates += 1
+        self.last_losses = losses
+        for key, value in losses.items():
+            self._train_sums[key] = self._train_sums.get(key, 0.0) + value
+        self._train_count += 1
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 4,
+              tb_log_name: str | None = None, reset_num_timesteps: bool = False,
+              progress_bar: bool = False) -> BaseAgent:
+        """Collect ``total_timesteps`` transitions (summed over the environment copies)
+        and train; returns ``self``.
+
+        ``callback``: a Stable-Baselines3 callback (any ``BaseCallback``, see
+        :mod:`agents.callbacks`), a list of them, or a function
+        ``callback(locals, globals) -> bool``; called after every environment step and
+        that step's updates with SB3's names in ``locals`` (``infos``, ``rewards``,
+        ``dones``, ``new_obs``, ``actions``, ...), and a false return value stops
+        training. ``log_interval``: write the logs (TensorBoard with SB3's keys when the
+        agent has a ``tensorboard_log`` folder, and a table on stdout with ``verbose=1``)
+        every this many finished episodes. ``tb_log_name``: the run folder's prefix (the
+        class name by default); each agent's first ``learn`` call (and each one with
+        ``reset_num_timesteps=True``) starts a new run folder. ``reset_num_timesteps``:
+        start counting from 0 on new episodes, as SB3 does by default; our default
+        continues the previous call. ``progress_bar``: show a tqdm bar.
+        """
+        total_timesteps = check_count("total_timesteps", total_timesteps, 1)
+        log_interval = check_count("log_interval", log_interval, 1)
+        from agents.callbacks import make_callback
+
+        callback = make_callback(callback, progress_bar)
+        if reset_num_timesteps:
+            self.num_timesteps, self._episode_num = 0, 0
+            self.driver.end_rollout()
+            self.ep_info_buffer.clear()
+        if self.logger is None or reset_num_timesteps:
+            from stable_baselines3.common.utils import configure_logger
+
+            self.logger = configure_logger(self.verbose, self.tensorboard_log,
+                                           tb_log_name or type(self).__name__, True)
+        callback.init_callback(self)
+        # Saturated gates and tiny Adam moments produce denormal floats, which the CPU
+        # handles tens of times slower than normal ones; flush them to zero while training
+        # (PyTorch's default, off, is restored on return).
+        torch.set_flush_denormal(True)
+        try:
+            if self.driver.obs is None:
+                obs = self.driver.reset(self.seed)
+                if self.obs_normalizer is not None:
+                    self.obs_normalizer.update(obs)
+                self._start_rollout(obs)
+            first_step = self.num_timesteps
+            end = first_step + total_timesteps
+            self._start_time, self._first_step = time.perf_counter(), first_step
+            callback.on_training_start(
+                {"self": self, "total_timesteps": end, "callback": callback,
+                 "log_interval": log_interval, "tb_log_name": tb_log_name,
+                 "reset_num_timesteps": reset_num_timesteps, "progress_bar": progress_bar},
+                globals())
+            while self.num_timesteps < end:
+                if not self._learn_iteration(callback, first_step, total_timesteps,
+                                             log_interval):
+                    break
+            callback.on_training_end()
+        finally:
+            torch.set_flush_denormal(False)
+        return self
+
+    def _env_step(self, actions: np.ndarray) -> EnvStep:
+        """Step every copy with the policy's ``actions``: counts the transitions, keeps
+        the episode statistics and updates the observation statistics."""
+        step = self.driver.step(actions, self.num_timesteps)
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.update(step.next_obs)
+        self.ep_info_buffer.extend(step.episodes)
+        self.num_timesteps += step.n_transitions
+        return step
+
+    def _callback_step(self, callback: Any, step: EnvStep, log_interval: int,
+                       **extra: Any) -> bool:
+        """After a step and its updates: the logs every ``log_interval`` episodes, then
+        the callbacks' ``on_step`` with SB3's names; returns whether to go on."""
+        finished = step.n_finished
+        if finished:
+            before, self._episode_num = self._episode_num, self._episode_num + finished
+            if self._episode_num // log_interval > before // log_interval:
+                self._dump_logs()
+        callback.update_locals({
+            "self": self, "callback": callback, "env": self.get_env(),
+            "actions": step.env_actions, "buffer_actions": step.actions,
+            "new_obs": step.raw_next_obs, "rewards": step.rewards, "dones": step.dones,
+            "infos": self._sb3_infos(step), "log_interval": log_interval, **extra})
+        return bool(callback.on_step())
+
+    def _sb3_infos(self, step: EnvStep) -> list[dict[str, Any]]:
+        from agents.sb3_vec_env import split_infos
+
+        infos = split_infos(step.info, self.n_envs)
+        for i in np.flatnonzero(step.dones):
+            infos[i]["terminal_observation"] = step.real_next_obs[i]
+            infos[i]["TimeLimit.truncated"] = bool(step.truncated[i] and not step.terminated[i])
+        return infos
+
+    def _dump_logs(self) -> None:
+        """Record SB3's keys and write them (TensorBoard, stdout with verbose=1)."""
+        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
+        log = self.logger
+        log.record("time/episodes", self._episode_num, exclude="tensorboard")
+        log.record("time/fps", int((self.num_timesteps - self._first_step) / elapsed))
+        log.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
+        log.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        if self.ep_info_buffer:
+            log.record("rollout/ep_rew_mean", self.mean_episode_return())
+            log.record("rollout/ep_len_mean",
+                       float(np.mean([e["l"] for e in self.ep_info_buffer])))
+        if self._train_count:
+            for key, total in self._train_sums.items():
+                log.record(f"train/{key}", total / self._train_count)
+            optimizer = next(iter(self._persistent_optimizers().values()))
+            log.record("train/learning_rate", optimizer.param_groups[0]["lr"])
+            log.record("train/n_updates", self.n_updates, exclude="tensorboard")
+        self._train_sums, self._train_count = {}, 0
+        log.dump(step=self.num_timesteps)
+
+    def mean_episode_return(self) -> float:
+        """Mean return of the last (up to 100) finished training episodes."""
+        if not self.ep_info_buffer:
+            return float("nan")
+        return float(np.mean([e["r"] for e in self.ep_info_buffer]))
+
+    # ------------------------------------------------------------------ acting
+    def predict(self, observation: Any, state: np.ndarray | None = None,
+                episode_start: np.ndarray | None = None, deterministic: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions for one observation or a batch, and the next recurrent state
+        ``(n, state_size)``: the sb3-contrib RecurrentPPO contract, so
+        ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged.
+
+        ``state=None`` starts from zeros; ``episode_start[i]`` resets sample ``i`` first.
+        Observations are encoded as for training (see :mod:`agents.spaces`).
+        """
+        encoder = self.driver.encoder
+        batched = encoder.is_batched(observation)
+        try:
+            obs = np.asarray(encoder.encode(observation, batched), dtype=np.float32)
+        except ValueError as exc:
+            raise ValueError(f"predict: {exc}") from None
+        if not batched:
+            obs = obs[None]
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"predict: expected an observation of shape ({self.obs_dim},) or "
+                             f"(n, {self.obs_dim}), got {np.shape(observation)}")
+        if not np.all(np.isfinite(obs)):
+            bad = np.argwhere(~np.isfinite(obs))[0].tolist()
+            raise ValueError(f"predict got a non-finite observation (entry {bad}): "
+                             f"{observation!r:.80}")
+        with torch.no_grad():
+            h = None
+            if state is not None:
+                h = torch.as_tensor(np.asarray(state), dtype=torch.float32, device=self.device)
+                expected = (len(obs), self.state_size)
+                if tuple(h.shape) != expected:
+                    raise ValueError(f"predict: state has shape {tuple(h.shape)}, expected "
+                                     f"{expected} (one state per observation)")
+                if episode_start is not None:
+                    keep = 1.0 - torch.as_tensor(np.asarray(episode_start),
+                                                 dtype=torch.float32, device=self.device)
+                    h = h * keep.reshape(-1, 1)
+            obs_t = self._normalized(torch.as_tensor(obs, device=self.device))
+            actions, h = self._policy_step(obs_t, h, deterministic)
+        action = self.driver.actions.to_env(actions)
+        next_state = None if h is None else h.cpu().numpy()
+        return (action if batched else action[0]), next_state
+
+    # ------------------------------------------------------------------ environments
+    def get_env(self) -> Any:
+        """The training environments as a Stable-Baselines3 ``VecEnv`` (the one passed in,
+        or a view of the Gymnasium vector env). Stepping it outside ``learn`` steps the
+        training copies, so the next ``learn`` call starts new episodes."""
+        return self.driver.sb3_env()
+
+    @property
+    def env(self) -> Any:
+        """SB3's ``model.env``: the same as :meth:`get_env`."""
+        return self.get_env()
+
+    @property
+    def vector_env(self) -> gym.vector.VectorEnv:
+        """The Gymnasium vector env the agent steps."""
+        return self.driver.env
+
+    def get_vec_normalize_env(self) -> Any:
+        """SB3's ``VecNormalize`` wrapper of a ``VecEnv`` passed in, else ``None`` (the
+        agents normalise observations inside, with ``normalize_observations``)."""
+        from stable_baselines3.common.vec_env import unwrap_vec_normalize
+
+        user = self.driver.user_env
+        return None if user is None else unwrap_vec_normalize(user)
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        """Train on ``env`` from now on (an id, an env, a Gymnasium or SB3 vector env with
+        the same spaces and number of copies); the next ``learn`` call starts new
+        episodes (``force_reset`` is accepted for SB3's signature)."""
+        driver = EnvDriver(env, self.n_envs if isinstance(env, str) else 1, None,
+                           self.config.get("vectorization", "sync"))
+        for name, old, new in (("observation space", self.observation_space,
+                                driver.observation_space),
+                               ("action space", self.action_space, driver.action_space)):
+            if old != new:
+                raise ValueError(f"set_env: the new environment's {name} {new} differs from "
+                                 f"the agent's {old}")
+        if driver.n_envs != self.n_envs:
+            raise ValueError(f"set_env: the new environment has {driver.n_envs} copies, the "
+                             f"agent was built for {self.n_envs} (its replay and state hold "
+                             "one stream per copy)")
+        if self.seed is not None:
+            driver.env.action_space.seed(self.seed)
+        self.driver = driver
+        self.env_id = env if isinstance(env, str) else None
+
+    # ------------------------------------------------------------------ seeds, parameters
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """Seed Python, NumPy, torch, the agent's generator, the action space and the next
+        environment reset (SB3's ``set_random_seed``); the next ``learn`` call starts new
+        episodes from that reset."""
+        if seed is None:
+            return
+        seed = check_count("seed", seed, 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.action_space.seed(seed)
+        self.driver.env.action_space.seed(seed)
+        self.driver.end_rollout()
+
+    def get_parameters(self) -> dict[str, dict[str, Any]]:
+        """SB3's ``get_parameters``: the state dict of every module and optimiser, by name."""
+        params = {name: m.state_dict() for name, m in self._persistent_modules().items()}
+        params.update({f"optimizer.{name}": o.state_dict()
+                       for name, o in self._persistent_optimizers().items()})
+        return params
+
+    def set_parameters(self, load_path_or_dict: str | os.PathLike | dict[str, dict[str, Any]],
+                       exact_match: bool = True, device: torch.device | str = "auto") -> None:
+        """SB3's ``set_parameters``: load what :meth:`get_parameters` returned, or the
+        parameters of a saved agent file. ``exact_match`` requires every module and
+        optimiser to be given; shapes must match."""
+        if isinstance(load_path_or_dict, dict):
+            params = load_path_or_dict
+        else:
+            params = persistence.read_parameters(load_path_or_dict, self)
+        persistence.load_parameters(self, params, exact_match)
+
+    @property
+    def policy(self) -> torch.nn.ModuleDict:
+        """The agent's networks as one module (SB3's ``model.policy``): ``state_dict``,
+        ``parameters``, ``to``, printing."""
+        return torch.nn.ModuleDict(self._persistent_modules())
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike, include_buffer: bool = False) -> Path:
+        """Write the agent to one safetensors file atomically; returns the path.
+
+        As in SB3, ``.safetensors`` is appended when ``path`` has no suffix and a path
+        with a suffix is used as given (the content is safetensors whatever the name).
+        ``include_buffer=True`` also stores what ``load(path).learn(n)`` needs to continue
+        exactly as the uninterrupted run would (replay buffer, rollout, random generators,
+        the action log that rebuilds the environments)."""
+        return persistence.save_agent(self, path, include_buffer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, env: Any = None, device: torch.device | str = "auto",
+             custom_objects: dict[str, Any] | None = None, print_system_info: bool = False,
+             **kwargs: Any) -> BaseAgent:
+        """An agent saved with :meth:`save` (``path`` with or without its
+        ``.safetensors`` suffix, as SB3 finds what it saved). ``env`` defaults to a new
+        vector env of the saved id; ``kwargs`` (and SB3's ``custom_objects``) replace
+        constructor arguments that do not change the networks' shapes. Never unpickles
+        anything: a file that is not a saved agent, or one that was truncated or modified,
+        raises ``ValueError``. Called on :class:`BaseAgent`, it builds the class recorded
+        in the file."""
+        overrides = {**(custom_objects or {}), **kwargs}
+        return persistence.load_agent(cls, path, env, device=device,
+                                      print_system_info=print_system_info, **overrides)
