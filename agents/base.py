@@ -8,7 +8,7 @@ An algorithm declares what it has by filling in a few hooks:
 
 * :meth:`_learn_iteration`: one iteration of collection and updates (step the driver
   with :meth:`_env_step`, train, then :meth:`_callback_step`); returns whether to go on;
-* :meth:`_policy_step`: actions and next recurrent state for encoded observations;
+* ``self.policy``: an :class:`~agents.acting.LiquidPolicy` (what acts, ``predict``);
 * :meth:`_start_rollout`: what a fresh rollout needs (called after the seeded reset);
 * what it saves: :meth:`_persistent_modules`, :meth:`_persistent_optimizers`,
   :meth:`_persistent_tensors` and :meth:`_persistent_counters` (and their ``_load_``
@@ -151,15 +151,6 @@ class BaseAgent:
 
     def _start_rollout(self, obs: np.ndarray) -> None:
         """Called after the seeded reset that starts a rollout (``obs`` encoded)."""
-
-    def _policy_step(self, obs: torch.Tensor, state: torch.Tensor | None, deterministic: bool
-                     ) -> tuple[np.ndarray, torch.Tensor]:
-        raise NotImplementedError
-
-    @property
-    def state_size(self) -> int | None:
-        """Size of ``predict``'s recurrent state per observation (None: no state)."""
-        return None
 
     def _persistent_modules(self) -> dict[str, torch.nn.Module]:
         raise NotImplementedError
@@ -350,46 +341,13 @@ class BaseAgent:
     # ------------------------------------------------------------------ acting
     def predict(self, observation: Any, state: np.ndarray | None = None,
                 episode_start: np.ndarray | None = None, deterministic: bool = False
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Actions for one observation or a batch, and the next recurrent state
         ``(n, state_size)``: the sb3-contrib RecurrentPPO contract, so
-        ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged.
-
-        ``state=None`` starts from zeros; ``episode_start[i]`` resets sample ``i`` first.
-        Observations are encoded as for training (see :mod:`agents.spaces`).
-        """
-        encoder = self.driver.encoder
-        batched = encoder.is_batched(observation)
-        try:
-            obs = np.asarray(encoder.encode(observation, batched), dtype=np.float32)
-        except ValueError as exc:
-            raise ValueError(f"predict: {exc}") from None
-        if not batched:
-            obs = obs[None]
-        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(f"predict: expected an observation of shape ({self.obs_dim},) or "
-                             f"(n, {self.obs_dim}), got {np.shape(observation)}")
-        if not np.all(np.isfinite(obs)):
-            bad = np.argwhere(~np.isfinite(obs))[0].tolist()
-            raise ValueError(f"predict got a non-finite observation (entry {bad}): "
-                             f"{observation!r:.80}")
-        with torch.no_grad():
-            h = None
-            if state is not None:
-                h = torch.as_tensor(np.asarray(state), dtype=torch.float32, device=self.device)
-                expected = (len(obs), self.state_size)
-                if tuple(h.shape) != expected:
-                    raise ValueError(f"predict: state has shape {tuple(h.shape)}, expected "
-                                     f"{expected} (one state per observation)")
-                if episode_start is not None:
-                    keep = 1.0 - torch.as_tensor(np.asarray(episode_start),
-                                                 dtype=torch.float32, device=self.device)
-                    h = h * keep.reshape(-1, 1)
-            obs_t = self._normalized(torch.as_tensor(obs, device=self.device))
-            actions, h = self._policy_step(obs_t, h, deterministic)
-        action = self.driver.actions.to_env(actions)
-        next_state = None if h is None else h.cpu().numpy()
-        return (action if batched else action[0]), next_state
+        ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged
+        (:meth:`agents.acting.LiquidPolicy.predict`: observation checks and encoding,
+        episode-start resets, then the policy's step)."""
+        return self.policy.predict(observation, state, episode_start, deterministic)
 
     # ------------------------------------------------------------------ environments
     def get_env(self) -> Any:
@@ -454,29 +412,51 @@ class BaseAgent:
         self.driver.env.action_space.seed(seed)
         self.driver.end_rollout()
 
+    def _parameter_groups(self) -> dict[str, Any]:
+        """SB3's names: ``"policy"`` (what acts), the other networks by name, and the
+        optimiser(s) (``"policy.optimizer"`` when there is one)."""
+        groups: dict[str, Any] = {"policy": self.policy}
+        inside = {id(m) for m in self.policy.modules()}
+        for name, module in self._persistent_modules().items():
+            if id(module) not in inside:
+                groups[name] = module
+        optimizers = self._persistent_optimizers()
+        for name, optimizer in optimizers.items():
+            groups["policy.optimizer" if len(optimizers) == 1 else f"{name}.optimizer"] = \
+                optimizer
+        return groups
+
     def get_parameters(self) -> dict[str, dict[str, Any]]:
-        """SB3's ``get_parameters``: the state dict of every module and optimiser, by name."""
-        params = {name: m.state_dict() for name, m in self._persistent_modules().items()}
-        params.update({f"optimizer.{name}": o.state_dict()
-                       for name, o in self._persistent_optimizers().items()})
-        return params
+        """SB3's ``get_parameters``: the state dict of every network and optimiser, by name
+        (``"policy"``, ``"critics"``, ..., ``"policy.optimizer"``)."""
+        return {name: part.state_dict() for name, part in self._parameter_groups().items()}
 
     def set_parameters(self, load_path_or_dict: str | os.PathLike | dict[str, dict[str, Any]],
                        exact_match: bool = True, device: torch.device | str = "auto") -> None:
         """SB3's ``set_parameters``: load what :meth:`get_parameters` returned, or the
-        parameters of a saved agent file. ``exact_match`` requires every module and
-        optimiser to be given; shapes must match."""
+        parameters of a saved agent file. ``exact_match`` requires every part to be
+        given; shapes must match (``device`` is accepted for SB3's signature: the
+        tensors go to the agent's device)."""
+        groups = self._parameter_groups()
         if isinstance(load_path_or_dict, dict):
             params = load_path_or_dict
         else:
-            params = persistence.read_parameters(load_path_or_dict, self)
-        persistence.load_parameters(self, params, exact_match)
-
-    @property
-    def policy(self) -> torch.nn.ModuleDict:
-        """The agent's networks as one module (SB3's ``model.policy``): ``state_dict``,
-        ``parameters``, ``to``, printing."""
-        return torch.nn.ModuleDict(self._persistent_modules())
+            params = persistence.read_parameters(load_path_or_dict, groups,
+                                                 self._persistent_optimizers())
+        unknown = sorted(set(params) - set(groups))
+        if unknown:
+            raise ValueError(f"set_parameters: unknown names {unknown}; expected some of "
+                             f"{sorted(groups)}")
+        missing = [name for name in groups if name not in params]
+        if exact_match and missing:
+            raise ValueError(f"set_parameters: {missing} missing (pass exact_match=False to "
+                             "load only some)")
+        for name, state in params.items():
+            part = groups[name]
+            if isinstance(part, torch.nn.Module):
+                persistence.load_module("set_parameters", name, part, dict(state), {})
+            else:
+                part.load_state_dict(state)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | os.PathLike, include_buffer: bool = False) -> Path:

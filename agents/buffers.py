@@ -21,8 +21,10 @@ import torch
 
 __all__ = ["SequenceBatch", "SequenceReplayBuffer"]
 
-_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_start", "states",
-           "pos", "size")
+# saved field -> attribute
+_FIELDS = {"obs": "obs", "next_obs": "next_obs", "actions": "actions", "rewards": "rewards",
+           "terminated": "terminated", "episode_start": "episode_start", "states": "states",
+           "pos": "pos", "size": "sizes"}
 
 
 @dataclass
@@ -75,10 +77,14 @@ class SequenceReplayBuffer:
         self.episode_start = self._records[..., self._columns["episode_start"]]
         self.states = self._records[..., self._columns["states"]]
         self.pos = np.zeros(self.n_envs, np.int64)  # next write index per stream
-        self.size = np.zeros(self.n_envs, np.int64)  # steps held per stream
+        self.sizes = np.zeros(self.n_envs, np.int64)  # steps held per stream
 
     def __len__(self) -> int:
-        return int(self.size.sum())
+        return int(self.sizes.sum())
+
+    def size(self) -> int:
+        """Transitions held, over every stream (Stable-Baselines3's ``size()``)."""
+        return len(self)
 
     def add(self, env_ids: np.ndarray, obs: np.ndarray, actions: np.ndarray,
             rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
@@ -94,11 +100,11 @@ class SequenceReplayBuffer:
             [np.reshape(np.asarray(field), (n, -1)) for field in
              (obs, next_obs, actions, rewards, terminated, episode_start, states)], axis=1)
         self.pos[env_ids] = (pos + 1) % self.capacity
-        self.size[env_ids] = np.minimum(self.size[env_ids] + 1, self.capacity)
+        self.sizes[env_ids] = np.minimum(self.sizes[env_ids] + 1, self.capacity)
 
     def can_sample(self, length: int) -> bool:
         """Whether some stream holds at least ``length`` consecutive steps."""
-        return bool((self.size >= length).any())
+        return bool((self.sizes >= length).any())
 
     def sample_indices(self, n_sequences: int, length: int,
                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -107,13 +113,13 @@ class SequenceReplayBuffer:
         Every window of ``length`` consecutive stored steps is equally likely.
         """
         if self.n_envs == 1:  # the common case, without the per-stream bookkeeping
-            size = int(self.size[0])
+            size = int(self.sizes[0])
             total = max(size - length + 1, 0)
         else:
-            windows = np.clip(self.size - length + 1, 0, None)
+            windows = np.clip(self.sizes - length + 1, 0, None)
             total = int(windows.sum())
         if total == 0:
-            raise ValueError(f"no stream holds {length} steps yet (sizes {self.size.tolist()})")
+            raise ValueError(f"no stream holds {length} steps yet (sizes {self.sizes.tolist()})")
         flat = rng.integers(0, total, size=n_sequences)
         if self.n_envs == 1:
             env = np.zeros(n_sequences, np.int64)
@@ -121,7 +127,7 @@ class SequenceReplayBuffer:
         else:
             ends = np.cumsum(windows)
             env = np.searchsorted(ends, flat, side="right")
-            start = flat - (ends - windows)[env] + (self.pos[env] - self.size[env]) % self.capacity
+            start = flat - (ends - windows)[env] + (self.pos[env] - self.sizes[env]) % self.capacity
         idx = start[:, None] + np.arange(length)
         return env, idx % self.capacity
 
@@ -153,11 +159,11 @@ class SequenceReplayBuffer:
     def state_tensors(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The contents as named tensors (``buffer.<field>``) and a JSON note; before the
         rings wrap around, only their filled start is stored."""
-        wrapped = bool((self.size == self.capacity).any() or (self.pos != self.size).any())
-        stored = self.capacity if wrapped else int(self.size.max())
+        wrapped = bool((self.sizes == self.capacity).any() or (self.pos != self.sizes).any())
+        stored = self.capacity if wrapped else int(self.sizes.max())
         tensors = {}
-        for field in _FIELDS:
-            value = getattr(self, field)
+        for field, attribute in _FIELDS.items():
+            value = getattr(self, attribute)
             if value.ndim >= 2:  # (n_envs, capacity, ...) arrays; pos and size are (n_envs,)
                 value = value[:, :stored]
             tensors[f"buffer.{field}"] = torch.from_numpy(np.ascontiguousarray(value))
@@ -166,9 +172,9 @@ class SequenceReplayBuffer:
     def load_state_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                            source: Any) -> None:
         """Restore what :meth:`state_tensors` gave; ``source`` names the file in errors."""
-        for field in _FIELDS:
+        for field, attribute in _FIELDS.items():
             value = tensors[f"buffer.{field}"].numpy()
-            target = getattr(self, field)
+            target = getattr(self, attribute)
             if value.ndim >= 2:
                 if value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:] \
                         or value.shape[1] > target.shape[1]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from agents.acting import LiquidPolicy
 from agents.base import BaseAgent, NonFiniteTrainingError, check_count
 from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
@@ -38,6 +39,26 @@ from agents.policies import LiquidActor
 from agents.targets import n_step_targets, one_step_targets
 
 __all__ = ["NeuroFlow", "NonFiniteTrainingError"]
+
+
+def _updates_per_transition(utd_ratio: float, train_freq: Any, gradient_steps: int | None,
+                            n_envs: int) -> float:
+    """``utd_ratio``, or the rate SB3's ``train_freq`` and ``gradient_steps`` give."""
+    if train_freq is None and gradient_steps is None:
+        return float(utd_ratio)
+    if utd_ratio != 1.0:
+        raise ValueError("give utd_ratio or Stable-Baselines3's train_freq/gradient_steps, not "
+                         f"both (got utd_ratio={utd_ratio!r})")
+    if isinstance(train_freq, (tuple, list)):
+        if len(train_freq) != 2 or train_freq[1] != "step":
+            raise ValueError(f"train_freq must be an int or (n, 'step'), got {train_freq!r} "
+                             "(NeuroFlow does not train per episode)")
+        train_freq = train_freq[0]
+    every = check_count("train_freq", 1 if train_freq is None else train_freq, 1) * n_envs
+    steps = 1 if gradient_steps is None else gradient_steps
+    if steps == -1:
+        return 1.0
+    return check_count("gradient_steps", steps, 1) / every
 
 
 class NeuroFlow(BaseAgent):
@@ -70,6 +91,12 @@ class NeuroFlow(BaseAgent):
         tau: soft target update rate.
         gamma: discount.
         utd_ratio: gradient updates per environment transition.
+        train_freq, gradient_steps: Stable-Baselines3's way to say the same, accepted so
+            that SB3 scripts run unchanged: ``gradient_steps`` updates (``-1``: one per
+            transition collected) every ``train_freq`` steps of the vector env (an int or
+            ``(n, "step")``; ``"episode"`` units are not supported). NeuroFlow spreads them
+            over the steps, keeping the rate ``utd_ratio = gradient_steps / (train_freq *
+            n_envs)``; give these or ``utd_ratio``, not both.
         ent_coef: ``"auto"`` (learned, initial value 1), ``"auto_<init>"`` or a fixed float.
         target_entropy: ``"auto"`` is ``-|A|`` for Box actions and
             ``target_entropy_scale * log |A|`` (positive) for Discrete ones.
@@ -122,6 +149,8 @@ class NeuroFlow(BaseAgent):
         tau: float = 0.005,
         gamma: float = 0.99,
         utd_ratio: float = 1.0,
+        train_freq: int | tuple[int, str] | None = None,
+        gradient_steps: int | None = None,
         ent_coef: str | float = "auto",
         target_entropy: str | float = "auto",
         target_entropy_scale: float = 0.89,
@@ -158,6 +187,8 @@ class NeuroFlow(BaseAgent):
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed).to(self.device)
         self.discrete = self.actor.discrete
+        self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
+                                   self.obs_normalizer)
         self.history = make_history(critic_encoder, critic_trains_state, self.actor,
                                     self.obs_dim, actor_neurons, cell, seed)
         for module in self.history.modules().values():
@@ -197,7 +228,9 @@ class NeuroFlow(BaseAgent):
 
         self.seq_len, self.burn_in, self.n_step = seq_len, burn_in, n_step
         self.batch_size, self.learning_starts = batch_size, learning_starts
-        self.tau, self.gamma, self.utd_ratio = tau, gamma, float(utd_ratio)
+        self.tau, self.gamma = tau, gamma
+        self.utd_ratio = _updates_per_transition(utd_ratio, train_freq, gradient_steps,
+                                                 self.n_envs)
         self.max_grad_norm, self.target_q = max_grad_norm, target_q
         # parameter lists the update walks every step (load_state_dict copies into these
         # same tensors, so the lists stay valid)
@@ -249,10 +282,6 @@ class NeuroFlow(BaseAgent):
         return float(self.log_alpha.detach().exp())
 
     @property
-    def state_size(self) -> int:
-        return self.actor.state_dim
-
-    @property
     def replay_buffer(self) -> SequenceReplayBuffer:
         """SB3's name for the replay buffer (its ``CheckpointCallback`` looks for it)."""
         return self.buffer
@@ -260,11 +289,6 @@ class NeuroFlow(BaseAgent):
     # ------------------------------------------------------------------ acting
     def _start_rollout(self, obs: np.ndarray) -> None:
         self._state = torch.zeros(self.n_envs, self.buffer.states.shape[-1], device=self.device)
-
-    def _policy_step(self, obs: torch.Tensor, state: torch.Tensor | None, deterministic: bool
-                     ) -> tuple[np.ndarray, torch.Tensor]:
-        out, state = self.actor(obs, state)
-        return self.actor.act(out, deterministic).cpu().numpy(), state
 
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:

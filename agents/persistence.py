@@ -46,9 +46,10 @@ from velora_ens.training.checkpoint import (
 if TYPE_CHECKING:
     from agents.base import BaseAgent
 
-__all__ = ["FORMAT", "TRAINING_STATE_FORMAT", "agent_class", "load_agent", "load_training_state",
-           "read_agent_file", "register_agent_class", "resolve_load_path", "save_agent",
-           "save_training_state", "space_from_json", "space_to_json"]
+__all__ = ["FORMAT", "TRAINING_STATE_FORMAT", "agent_class", "load_agent", "load_module",
+           "load_training_state", "read_agent_file", "register_agent_class", "resolve_load_path",
+           "resolve_save_path", "save_agent", "save_training_state", "space_from_json",
+           "space_to_json", "write_document"]
 
 FORMAT = "velora_ens.agent/1"
 # the same layout, written before agents had a common base (NeuroFlow only)
@@ -215,7 +216,8 @@ def _json_config(agent: BaseAgent) -> tuple[dict[str, Any], bool]:
     return config, lost_schedule
 
 
-def _write(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+def write_document(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``tensors`` with ``meta`` (JSON, plus their SHA-256) as safetensors, atomically."""
     from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -286,7 +288,7 @@ def save_agent(agent: BaseAgent, path: str | os.PathLike, include_buffer: bool =
         train_meta, train_tensors = _training_part(agent)
         meta.update(train_meta)
         tensors.update(train_tensors)
-    return _write(path, meta, tensors)
+    return write_document(path, meta, tensors)
 
 
 def save_training_state(agent: BaseAgent, path: str | os.PathLike) -> Path:
@@ -295,7 +297,7 @@ def save_training_state(agent: BaseAgent, path: str | os.PathLike) -> Path:
     path = resolve_save_path(path)
     meta, tensors = _training_part(agent)
     meta.update({"format": TRAINING_STATE_FORMAT, "class": type(agent).__name__})
-    return _write(path, meta, tensors)
+    return write_document(path, meta, tensors)
 
 
 # ------------------------------------------------------------------------------ load
@@ -337,7 +339,7 @@ def _constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
             and p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
-def _load_module(path: Any, name: str, module: torch.nn.Module,
+def load_module(path: Any, name: str, module: torch.nn.Module,
                  state: dict[str, torch.Tensor], overrides: dict[str, Any]) -> None:
     """``module.load_state_dict(state)`` with one clear line when the shapes differ."""
     own = module.state_dict()
@@ -407,7 +409,7 @@ def load_agent(cls: type[BaseAgent], path: str | os.PathLike, env: Any = None, *
 
     agent._load_persistent_tensors(tensors)
     for name, module in agent._persistent_modules().items():
-        _load_module(path, name, module, _unprefixed(name, tensors), overrides)
+        load_module(path, name, module, _unprefixed(name, tensors), overrides)
     for name, opt in agent._persistent_optimizers().items():
         lr = opt.param_groups[0]["lr"]  # the constructor's (possibly overridden) rate
         opt.load_state_dict(unflatten_optimizer_state(tensors, meta["optimizers"][name]))
@@ -472,34 +474,21 @@ def _restore_training_state(agent: BaseAgent, meta: dict[str, Any],
 
 
 # ------------------------------------------------------------------------------ parameters
-def read_parameters(path: str | os.PathLike, agent: BaseAgent) -> dict[str, dict[str, Any]]:
-    """The parameters of a saved agent file, in :meth:`BaseAgent.get_parameters`' form."""
+def read_parameters(path: str | os.PathLike, groups: dict[str, Any],
+                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
+    """The parameters of a saved agent file for the named ``groups`` (modules and
+    optimisers, as :meth:`BaseAgent.get_parameters` names them)."""
     meta, tensors = read_agent_file(path)
-    params: dict[str, dict[str, Any]] = {
-        name: _unprefixed(name, tensors) for name in agent._persistent_modules()}
-    for name in agent._persistent_optimizers():
-        if name in meta["optimizers"]:
-            params[f"optimizer.{name}"] = unflatten_optimizer_state(tensors,
-                                                                   meta["optimizers"][name])
-    return params
-
-
-def load_parameters(agent: BaseAgent, params: dict[str, dict[str, Any]],
-                    exact_match: bool) -> None:
-    """Load :meth:`BaseAgent.get_parameters`' form into ``agent``."""
-    modules = agent._persistent_modules()
-    optimizers = {f"optimizer.{k}": v for k, v in agent._persistent_optimizers().items()}
-    unknown = sorted(set(params) - set(modules) - set(optimizers))
-    if unknown:
-        raise ValueError(f"set_parameters: unknown names {unknown}; expected some of "
-                         f"{sorted([*modules, *optimizers])}")
-    if exact_match:
-        missing = [k for k in [*modules, *optimizers] if k not in params]
-        if missing:
-            raise ValueError(f"set_parameters: {missing} missing (pass exact_match=False to "
-                             "load only some)")
-    for name, state in params.items():
-        if name in modules:
-            _load_module("set_parameters", name, modules[name], dict(state), {})
+    by_identity = {id(o): name for name, o in optimizers.items()}
+    params: dict[str, dict[str, Any]] = {}
+    for name, part in groups.items():
+        if isinstance(part, torch.nn.Module):
+            if name == "policy":  # its children are saved under their own names
+                params[name] = {k: tensors[k] for k in part.state_dict() if k in tensors}
+            else:
+                params[name] = _unprefixed(name, tensors)
         else:
-            optimizers[name].load_state_dict(state)
+            saved = meta["optimizers"].get(by_identity[id(part)])
+            if saved is not None:
+                params[name] = unflatten_optimizer_state(tensors, saved)
+    return params

@@ -32,6 +32,9 @@ class LiquidActor(nn.Module):
         self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
         out = self.action_dim if self.discrete else 2 * self.action_dim
         self.net = LiquidNCPNetwork(obs_dim, max(n_neurons, out), out, cell=cell, seed=seed)
+        # what rebuilds this actor (with the action space)
+        self.config = {"obs_dim": int(obs_dim), "n_neurons": int(n_neurons), "cell": cell,
+                       "seed": seed}
 
     @property
     def state_dim(self) -> int:

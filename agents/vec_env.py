@@ -68,6 +68,17 @@ def _is_sb3_vec_env(env: Any) -> bool:
     return isinstance(env, VecEnv)
 
 
+def _records_episodes(env: gym.Env) -> bool:
+    from stable_baselines3.common.monitor import Monitor
+
+    while True:
+        if isinstance(env, (Monitor, gym.wrappers.RecordEpisodeStatistics)):
+            return True
+        if not isinstance(env, gym.Wrapper):
+            return False
+        env = env.env
+
+
 def as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
                   ) -> gym.vector.VectorEnv:
     """A Gymnasium vector env for ``env``: an id (``n_envs`` copies), a
@@ -84,8 +95,12 @@ def as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
         if n_envs != 1:
             raise ValueError(f"a single gymnasium.Env instance gives one stream; got n_envs="
                              f"{n_envs} (pass an environment id or a vector env instead)")
-        return gym.vector.SyncVectorEnv(
-            [lambda: gym.wrappers.RecordEpisodeStatistics(CheckedEnv(env))])
+        checked = CheckedEnv(env)
+        # episode statistics in info["episode"], unless a wrapper already records them
+        # (SB3's Monitor and Gymnasium's RecordEpisodeStatistics refuse to be stacked)
+        if not _records_episodes(env):
+            checked = gym.wrappers.RecordEpisodeStatistics(checked)
+        return gym.vector.SyncVectorEnv([lambda: checked])
     raise ValueError(f"env must be an environment id, a gymnasium.Env, a Gymnasium vector env "
                      f"or a Stable-Baselines3 VecEnv, got {type(env).__name__}")
 

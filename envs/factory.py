@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,13 +24,28 @@ def make_env(
 ) -> gym.Env:
     """``gym.make`` with our ids registered and optional observation noise.
 
-    An unknown id raises ``ValueError`` naming it.
+    ``env_id`` may be Gymnasium's ``"module:EnvId"``, which imports ``module`` (where the
+    id is registered) first. An unknown id, a module that cannot be imported and a
+    missing optional dependency (e.g. box2d for ``LunarLander``) raise ``ValueError``
+    naming the id and what to do.
     """
     register_envs()
-    if env_id not in gym.registry:
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"environment id {env_id!r}: cannot import {module!r} ({exc})"
+                             ) from None
+    if name not in gym.registry:
         raise ValueError(f"unknown environment id {env_id!r}; registered ids include "
-                         f"{sorted(k for k in gym.registry if 'NoVel' in k)} and Gymnasium's own")
-    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+                         f"{sorted(k for k in gym.registry if 'NoVel' in k)} and Gymnasium's own"
+                         " (an id registered by another package: 'package:EnvId')")
+    try:
+        env = gym.make(name, render_mode=render_mode, **kwargs)
+    except gym.error.DependencyNotInstalled as exc:
+        raise ValueError(f"environment {env_id!r} needs an optional dependency: {exc}"
+                         ) from None
     if observation_noise:
         env = ObservationNoiseWrapper(env, observation_noise)
     return env

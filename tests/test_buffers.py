@@ -71,7 +71,7 @@ def test_single_stream_shortcut_equals_the_general_index_computation(n_steps):
     buf = SequenceReplayBuffer(capacity=40, n_envs=1, obs_dim=2, action_dim=1, state_dim=3)
     fill(buf, n_steps, [6])
     env, idx = buf.sample_indices(64, 7, np.random.default_rng(5))
-    size, pos = int(buf.size[0]), int(buf.pos[0])
+    size, pos = int(buf.sizes[0]), int(buf.pos[0])
     flat = np.random.default_rng(5).integers(0, size - 7 + 1, size=64)
     oldest = (pos - size) % buf.capacity
     np.testing.assert_array_equal(env, 0)

@@ -52,7 +52,7 @@ def test_vector_env_transitions_never_mix_episodes(mode, terminate):
     buf = agent.buffer
     assert agent.num_timesteps == 150 and len(buf) == 150
     for e in range(3):
-        n = buf.size[e]
+        n = buf.sizes[e]
         obs, nxt = buf.obs[e, :n], buf.next_obs[e, :n]
         # Every stored transition is a real one: the counter moves by one within an episode
         # (NEXT_STEP's reset step, which would jump back to 0, is never stored).

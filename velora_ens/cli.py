@@ -65,7 +65,8 @@ def _add_bench(sub) -> None:
                                        "index.md (a Markdown page) and PNG plots to --out.")
     tasks = bench.add_subparsers(dest="task", parser_class=_Parser, required=True)
     for name, text in _BENCHES.items():
-        p = tasks.add_parser(name, help=text, description=text)
+        # argparse %-formats help strings ("80% band" would crash --help)
+        p = tasks.add_parser(name, help=text.replace("%", "%%"), description=text)
         p.add_argument("--data-root", default=None,
                        help="data folder (default $VELORA_ENS_DATA or ./data)")
         p.add_argument("--out", default=f"bench-results/{name}",

@@ -1,0 +1,144 @@
+"""The acting policy, Stable-Baselines3's ``model.policy``: the liquid actor with what it
+needs to act in an environment's spaces (observation encoding and statistics, action
+scaling), ``predict`` with the sb3-contrib RecurrentPPO contract, and its own file.
+
+A policy saved on its own is what a deployment needs, without the critics, optimisers
+or replay:
+
+>>> agent.policy.save("pendulum_policy")                 # doctest: +SKIP
+>>> policy = LiquidPolicy.load("pendulum_policy")        # doctest: +SKIP
+>>> action, state = policy.predict(obs, state, deterministic=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from agents.normalization import ObservationNormalizer
+from agents.policies import LiquidActor
+from agents.spaces import ActionAdapter, ObservationEncoder
+
+__all__ = ["LiquidPolicy"]
+
+POLICY_FORMAT = "velora_ens.policy/1"
+
+
+class LiquidPolicy(nn.Module):
+    """The actor that acts, with the spaces it acts in.
+
+    Args:
+        actor: the liquid actor.
+        observation_space, action_space: the environment's (single-copy) spaces.
+        obs_normalizer: the observation statistics the actor reads through, if any.
+    """
+
+    def __init__(self, actor: LiquidActor, observation_space: gym.Space,
+                 action_space: gym.Space, obs_normalizer: ObservationNormalizer | None = None
+                 ) -> None:
+        super().__init__()
+        self.actor = actor
+        self.obs_normalizer = obs_normalizer
+        self.observation_space, self.action_space = observation_space, action_space
+        self.encoder = ObservationEncoder(observation_space)
+        self.actions = ActionAdapter(action_space)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.actor.parameters()).device
+
+    @property
+    def state_size(self) -> int:
+        """Size of the recurrent state per observation."""
+        return self.actor.state_dim
+
+    def normalized(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
+
+    def act(self, obs: torch.Tensor, state: torch.Tensor | None, deterministic: bool
+            ) -> tuple[np.ndarray, torch.Tensor]:
+        """Policy-range actions (``[-1, 1]`` vectors or indices) and the next state for
+        encoded, normalised observations ``(n, obs_dim)``."""
+        out, state = self.actor(obs, state)
+        return self.actor.act(out, deterministic).cpu().numpy(), state
+
+    def predict(self, observation: Any, state: np.ndarray | None = None,
+                episode_start: np.ndarray | None = None, deterministic: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions for one observation or a batch, and the next recurrent state
+        ``(n, state_size)``: the sb3-contrib RecurrentPPO contract, so
+        ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged.
+
+        ``state=None`` starts from zeros; ``episode_start[i]`` resets sample ``i`` first.
+        Observations are encoded as for training (see :mod:`agents.spaces`).
+        """
+        encoder = self.encoder
+        batched = encoder.is_batched(observation)
+        try:
+            obs = np.asarray(encoder.encode(observation, batched), dtype=np.float32)
+        except ValueError as exc:
+            raise ValueError(f"predict: {exc}") from None
+        if not batched:
+            obs = obs[None]
+        if obs.ndim != 2 or obs.shape[1] != encoder.dim:
+            raise ValueError(f"predict: expected an observation of shape ({encoder.dim},) or "
+                             f"(n, {encoder.dim}), got {np.shape(observation)}")
+        if not np.all(np.isfinite(obs)):
+            bad = np.argwhere(~np.isfinite(obs))[0].tolist()
+            raise ValueError(f"predict got a non-finite observation (entry {bad}): "
+                             f"{observation!r:.80}")
+        device = self.device
+        with torch.no_grad():
+            h = None
+            if state is not None:
+                h = torch.as_tensor(np.asarray(state), dtype=torch.float32, device=device)
+                expected = (len(obs), self.state_size)
+                if tuple(h.shape) != expected:
+                    raise ValueError(f"predict: state has shape {tuple(h.shape)}, expected "
+                                     f"{expected} (one state per observation)")
+                if episode_start is not None:
+                    keep = 1.0 - torch.as_tensor(np.asarray(episode_start),
+                                                 dtype=torch.float32, device=device)
+                    h = h * keep.reshape(-1, 1)
+            actions, h = self.act(self.normalized(torch.as_tensor(obs, device=device)), h,
+                                  deterministic)
+        action = self.actions.to_env(actions)
+        return (action if batched else action[0]), h.cpu().numpy()
+
+    # ------------------------------------------------------------------ its own file
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the policy alone (safetensors, atomically; ``.safetensors`` is appended
+        when ``path`` has no suffix); returns the path."""
+        from agents import persistence
+
+        meta = {"format": POLICY_FORMAT, "actor": self.actor.config,
+                "observation_space": persistence.space_to_json(self.observation_space),
+                "action_space": persistence.space_to_json(self.action_space),
+                "normalizer": self.obs_normalizer is not None}
+        tensors = {k: v for k, v in self.state_dict().items()}
+        return persistence.write_document(persistence.resolve_save_path(path), meta, tensors)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "auto") -> LiquidPolicy:
+        """A policy written by :meth:`save` (``path`` with or without its suffix); never
+        unpickles anything."""
+        from agents import persistence
+        from agents.base import get_device
+
+        meta, tensors = persistence.read_agent_file(path, formats=(POLICY_FORMAT,))
+        observation_space = persistence.space_from_json(meta["observation_space"])
+        action_space = persistence.space_from_json(meta["action_space"])
+        config = dict(meta["actor"])
+        actor = LiquidActor(config.pop("obs_dim"), action_space, config.pop("n_neurons"),
+                            **config)
+        normalizer = ObservationNormalizer(actor.config["obs_dim"]) if meta["normalizer"] \
+            else None
+        policy = cls(actor, observation_space, action_space, normalizer)
+        persistence.load_module(meta["path"], "policy", policy, tensors, {})
+        return policy.to(get_device(device))
