@@ -90,7 +90,7 @@ class LiquidPolicy(nn.Module):
             raise ValueError(f"predict: expected an observation of shape ({encoder.dim},) or "
                              f"(n, {encoder.dim}), got {np.shape(observation)}")
         if not np.all(np.isfinite(obs)):
-            bad = np.argwhere(~np.isfinite(obs))[0].tolist()
+            bad = np.argwhere(~np.isfinite(obs))[0].tolist()[0 if batched else 1:]
             raise ValueError(f"predict got a non-finite observation (entry {bad}): "
                              f"{observation!r:.80}")
         device = self.device

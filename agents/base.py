@@ -332,6 +332,10 @@ class BaseAgent:
         self._train_sums, self._train_count = {}, 0
         log.dump(step=self.num_timesteps)
 
+    def dump_logs(self) -> None:
+        """Write the logs now (SB3's ``dump_logs``, used by its ``LogEveryNTimesteps``)."""
+        self._dump_logs()
+
     def mean_episode_return(self) -> float:
         """Mean return of the last (up to 100) finished training episodes."""
         if not self.ep_info_buffer:

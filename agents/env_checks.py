@@ -12,6 +12,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from agents.spaces import ObservationEncoder
+
 __all__ = ["CheckedEnv"]
 
 
@@ -28,6 +30,13 @@ class CheckedEnv(gym.Wrapper):
         return f"{self.env}, on step {self._steps} of its episode,"
 
     def _check_obs(self, obs: Any) -> None:
+        if not isinstance(self.observation_space, gym.spaces.Box):
+            try:  # a discrete or composite space: it must encode (see agents.spaces)
+                ObservationEncoder(self.observation_space).encode(obs, batched=False)
+            except ValueError as exc:
+                raise ValueError(f"{self._where()} returned a malformed observation: {exc}"
+                                 ) from None
+            return
         shape = self.observation_space.shape
         arr = np.asarray(obs) if not isinstance(obs, dict) else None
         if arr is None or arr.shape != shape or not np.issubdtype(arr.dtype, np.number):

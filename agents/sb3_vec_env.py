@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 __all__ = ["GymnasiumFromSB3", "SB3FromGymnasium", "split_infos"]
 
@@ -113,7 +113,7 @@ class GymnasiumFromSB3(gym.vector.VectorEnv):
         self.venv.close()
 
 
-class SB3FromGymnasium(VecEnv):
+class SB3FromGymnasium(DummyVecEnv):
     """An SB3 ``VecEnv`` over a Gymnasium vector env (what ``agent.get_env()`` returns).
 
     It steps the same environments the agent trains on, as SB3's ``model.get_env()``
@@ -121,6 +121,10 @@ class SB3FromGymnasium(VecEnv):
     starts new episodes at its next ``learn`` call). ``env_is_wrapped(Monitor)`` is true
     for copies that record episode statistics with Gymnasium's
     ``RecordEpisodeStatistics``, which fills ``info["episode"]`` as ``Monitor`` does.
+
+    It is a ``DummyVecEnv`` for SB3's type checks (``EvalCallback`` warns when the
+    training and evaluation envs differ in type) and, like one, has ``envs`` (the copies,
+    for a synchronous vector env); every method is its own.
     """
 
     def __init__(self, env: gym.vector.VectorEnv,
@@ -128,7 +132,19 @@ class SB3FromGymnasium(VecEnv):
         self.env = env
         self.on_use = on_use
         self._actions: np.ndarray | None = None
-        super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
+        VecEnv.__init__(self, env.num_envs, env.single_observation_space,
+                        env.single_action_space)
+
+    @property
+    def envs(self) -> list[gym.Env]:  # type: ignore[override]
+        envs = getattr(self.env, "envs", None)
+        if envs is None:
+            raise AttributeError("the copies of an asynchronous vector env live in other "
+                                 "processes; use get_attr/env_method")
+        return list(envs)
+
+    def render(self, mode: str | None = None) -> np.ndarray | None:
+        return VecEnv.render(self, mode)
 
     def _used(self) -> None:
         if self.on_use is not None:
