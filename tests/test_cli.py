@@ -61,3 +61,47 @@ def test_cli_user_mistakes_exit_2_with_one_line(argv, fragment):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _subcommands(parser):
+    """Every (sub)command's argv prefix, found by walking the parser."""
+    import argparse
+
+    found = [[]]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [[name, *rest] for rest in _subcommands(sub)]
+    return found
+
+
+def test_help_of_every_subcommand_works():
+    from velora_ens.cli import _build_parser
+
+    commands = _subcommands(_build_parser())
+    assert ["bench", "synthetic"] in commands and ["train"] in commands
+    for argv in commands:
+        proc = subprocess.run([sys.executable, "-m", "velora_ens", *argv, "--help"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert proc.stdout.startswith("usage: velora-ens"), argv
+
+
+@pytest.mark.parametrize("liquid, baseline, words", [
+    (0.1765, 0.0796, "2.2x higher than persistence"),
+    (0.02, 0.08, "4.0x lower than persistence"),
+    (0.05, 0.05, "equal to persistence"),
+])
+def test_demo_wording_follows_the_numbers(liquid, baseline, words):
+    from velora_ens.demo import DemoResult
+
+    result = DemoResult("cfc", 1, 0, 1, liquid, 1.0, baseline, 0.0)
+    assert result.versus_persistence() == words
+
+
+def test_cli_demo_line_follows_the_numbers(capsys):
+    assert main(["demo", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    liquid = float(out.split("test MSE (liquid)")[1].split()[0])
+    persistence = float(out.split("test MSE (persistence)")[1].split()[0])
+    assert ("higher" in out) == (liquid > persistence)  # 2 steps: worse than persistence

@@ -81,6 +81,13 @@ def test_train_evaluate_record_end_to_end(tmp_path, capsys, monkeypatch):
     (["train", "--config", "missing.json"], "--config missing.json: no such file"),
     (["evaluate", "missing.safetensors"], "no saved agent at missing.safetensors"),
     (["record", "README.md"], "is not a saved velora_ens agent"),
+    (["evaluate", "."], "is a directory, not a saved agent"),
+    (["train", "--env", "LunarLanderContinuous-v3"], "needs an optional dependency"),
+    (["train", "--log-dir", "README.md"], "--log-dir README.md is a file"),
+    (["train", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["evaluate", "x", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["train", "--env", "no_such_module:Task-v0"], "cannot import 'no_such_module'"),
+    (["record", "agent", "--out", "README.md/videos"], "--out README.md/videos: cannot create"),
 ])
 def test_agent_command_mistakes_exit_2_with_one_line(tmp_path, argv, fragment):
     (tmp_path / "README.md").write_text("not an agent")
@@ -90,6 +97,39 @@ def test_agent_command_mistakes_exit_2_with_one_line(tmp_path, argv, fragment):
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_config_may_set_the_run_options_and_the_command_line_wins(tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"env": "CartPole-v1", "seed": 3, "n_envs": 2,
+                                  "learning_starts": 16, "batch_size": 16, "seq_len": 4,
+                                  "burn_in": 0, "actor_neurons": 4, "critic_hidden": [8]}))
+    common = ["--timesteps", "20", "--config", str(config), "--no-progress", "--no-video",
+              "--eval-episodes", "1"]
+    assert main(["train", *common]) == 0
+    saved = json.loads((tmp_path / "runs" / "CartPole-v1_seed3_1" / "config.json").read_text())
+    assert (saved["env"], saved["seed"], saved["n_envs"]) == ("CartPole-v1", 3, 2)
+    assert "seed" not in saved["neuroflow"]
+    assert main(["train", *common, "--seed", "5", "--n-envs", "1"]) == 0
+    saved = json.loads((tmp_path / "runs" / "CartPole-v1_seed5_1" / "config.json").read_text())
+    assert (saved["seed"], saved["n_envs"]) == (5, 1)
+    capsys.readouterr()
+    config.write_text(json.dumps({"seed": -2}))
+    assert main(["train", "--config", str(config)]) == 2
+    assert "seed must be an integer >= 0, got -2" in capsys.readouterr().err
+
+
+def test_saved_agents_load_without_their_suffix(tmp_path, capsys):
+    agent = NeuroFlow("CartPole-v1", seed=0, learning_starts=16, batch_size=16, seq_len=4,
+                      burn_in=0, actor_neurons=4, critic_hidden=(8,))
+    agent.learn(20)
+    agent.save(tmp_path / "agent")
+    assert main(["evaluate", str(tmp_path / "agent"), "--episodes", "1"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    assert main(["record", str(tmp_path / "agent"), "--out", str(tmp_path / "v")]) == 0
+    assert capsys.readouterr().out.strip().endswith(".mp4")
 
 
 def test_unknown_config_option_is_named(tmp_path):

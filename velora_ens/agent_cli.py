@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_agent_commands", "run_agent_command"]
 
-def _positive(name: str):
+# the run's own options, which a --config file may also set (the command line wins)
+_RUN_OPTIONS = {"env": "Pendulum-v1", "seed": 0, "n_envs": 1}
+
+
+def _integer(name: str, low: int):
+    """An argparse type: an integer >= ``low``, with errors naming the option."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {value}")
         return value
     return parse
+
+
+def _positive(name: str):
+    return _integer(name, 1)
+
+
+def _seed(name: str = "--seed"):
+    return _integer(name, 0)
 
 
 def add_agent_commands(sub: Any) -> None:
@@ -31,16 +45,20 @@ def add_agent_commands(sub: Any) -> None:
         "train", help="train a NeuroFlow agent (default: Pendulum-v1, a few minutes)",
         description="Train NeuroFlow on a Gymnasium task, evaluate it periodically, keep the "
                     "best model, write TensorBoard logs and a video of the final policy.")
-    train.add_argument("--env", default="Pendulum-v1", help="Gymnasium id (default Pendulum-v1)")
+    train.add_argument("--env", default=None,
+                       help="Gymnasium id, or 'module:EnvId' to import the module that "
+                            "registers it (default Pendulum-v1)")
     train.add_argument("--timesteps", type=_positive("--timesteps"), default=15_000,
                        help="environment steps (default 15000)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--n-envs", type=_positive("--n-envs"), default=1,
+    train.add_argument("--seed", type=_seed(), default=None, help="random seed (default 0)")
+    train.add_argument("--n-envs", type=_positive("--n-envs"), default=None,
                        help="environment copies (default 1)")
     train.add_argument("--log-dir", default="runs",
                        help="folder for the run's folder (default runs)")
     train.add_argument("--config", default=None,
-                       help="JSON file of NeuroFlow arguments (replace the defaults for --env)")
+                       help="JSON file of NeuroFlow arguments (replace the defaults for --env); "
+                            "it may also set env, seed and n_envs, which the command line "
+                            "overrides")
     train.add_argument("--eval-freq", type=_positive("--eval-freq"), default=2_500,
                        help="evaluate every this many steps (default 2500)")
     train.add_argument("--eval-episodes", type=_positive("--eval-episodes"), default=10,
@@ -55,37 +73,59 @@ def add_agent_commands(sub: Any) -> None:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved agent",
                               description="Mean return of a saved agent over some episodes.")
-    evaluate.add_argument("path", help="a saved agent (.safetensors)")
+    evaluate.add_argument("path", help="a saved agent (.safetensors; the suffix may be left out)")
     evaluate.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
     evaluate.add_argument("--episodes", type=_positive("--episodes"), default=10)
     evaluate.add_argument("--stochastic", action="store_true",
                           help="sample actions instead of the deterministic policy")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=_seed(), default=0,
+                          help="seed of the first episode (default 0)")
 
     record = sub.add_parser("record", help="record mp4 videos of a saved agent",
                             description="Play a saved agent deterministically and write mp4s.")
-    record.add_argument("path", help="a saved agent (.safetensors)")
+    record.add_argument("path", help="a saved agent (.safetensors; the suffix may be left out)")
     record.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
     record.add_argument("--episodes", type=_positive("--episodes"), default=1)
     record.add_argument("--out", default="videos", help="output folder (default videos)")
-    record.add_argument("--seed", type=int, default=0)
+    record.add_argument("--seed", type=_seed(), default=0,
+                        help="seed of the first episode (default 0)")
 
 
-def _hyperparams(args: argparse.Namespace) -> dict[str, Any]:
-    if args.config is None:
-        from agents.hyperparams import TUNED_HYPERPARAMS
-
-        return dict(TUNED_HYPERPARAMS.get(args.env, {}))
-    path = Path(args.config)
+def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--config {path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise ValueError(f"--config {path} must hold a JSON object of NeuroFlow arguments")
     return config
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's options (env, seed, n_envs: command line, else config, else default) and
+    NeuroFlow's arguments (the config's, else the tuned ones for the env)."""
+    config = {} if args.config is None else _read_config(Path(args.config))
+    run = {}
+    for key, default in _RUN_OPTIONS.items():
+        value = getattr(args, key)
+        run[key] = value if value is not None else config.pop(key, default)
+    for key, low in (("seed", 0), ("n_envs", 1)):
+        value = run[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"--config {args.config}: {key} must be an integer >= {low}, got "
+                             f"{value!r}")
+    if not isinstance(run["env"], str):
+        raise ValueError(f"--config {args.config}: env must be an environment id, got "
+                         f"{run['env']!r}")
+    for key in _RUN_OPTIONS:
+        config.pop(key, None)  # given on the command line as well: the command line wins
+    if args.config is None:
+        from agents.hyperparams import TUNED_HYPERPARAMS
+
+        config = dict(TUNED_HYPERPARAMS.get(run["env"], {}))
+    return run, config
 
 
 def _check_options(hyper: dict[str, Any]) -> None:
@@ -93,12 +133,15 @@ def _check_options(hyper: dict[str, Any]) -> None:
 
     from agents import NeuroFlow
 
+    if "tensorboard_log" in hyper:
+        raise ValueError("--config: tensorboard_log is set by velora-ens train (the run "
+                         "folder's tensorboard/); use --log-dir to choose where runs go")
     allowed = set(inspect.signature(NeuroFlow.__init__).parameters) - {
-        "self", "env", "seed", "n_envs", "tensorboard_log"}
+        "self", "env", "policy", "seed", "n_envs", "tensorboard_log"}
     unknown = sorted(set(hyper) - allowed)
     if unknown:
         raise ValueError(f"unknown NeuroFlow option(s) {unknown}; expected some of "
-                         f"{sorted(allowed)}")
+                         f"{sorted(allowed | set(_RUN_OPTIONS))}")
 
 
 def _make_agent(env_id: str, seed: int, n_envs: int, hyper: dict[str, Any], log_dir: Path):
@@ -112,11 +155,22 @@ def _make_agent(env_id: str, seed: int, n_envs: int, hyper: dict[str, Any], log_
 
 
 def _run_folder(log_dir: str, env_id: str, seed: int) -> Path:
+    """A new folder ``<log_dir>/<env>_seed<seed>_<n>``, created (a clear error if it
+    cannot be)."""
     base = Path(log_dir)
+    if base.exists() and not base.is_dir():
+        raise ValueError(f"--log-dir {base} is a file, not a folder")
+    name = env_id.replace(":", "_").replace("/", "_")
     n = 1
-    while (base / f"{env_id}_seed{seed}_{n}").exists():
+    while (base / f"{name}_seed{seed}_{n}").exists():
         n += 1
-    return base / f"{env_id}_seed{seed}_{n}"
+    run = base / f"{name}_seed{seed}_{n}"
+    try:
+        run.mkdir(parents=True)
+    except OSError as exc:
+        raise ValueError(f"--log-dir {base}: cannot create the run folder {run} "
+                         f"({exc.strerror})") from None
+    return run
 
 
 def _check_env_id(env_id: str) -> None:
@@ -134,29 +188,29 @@ def _train(args: argparse.Namespace) -> int:
     from agents.callbacks import CheckpointCallback, EvalCallback
 
     torch.set_num_threads(args.threads)
-    _check_env_id(args.env)
-    hyper = _hyperparams(args)
+    settings, hyper = _settings(args)
+    env_id, seed, n_envs = settings["env"], settings["seed"], settings["n_envs"]
+    _check_env_id(env_id)
     if args.save_freq < 0:
         raise ValueError(f"--save-freq must be >= 0, got {args.save_freq}")
     _check_options(hyper)
-    run = _run_folder(args.log_dir, args.env, args.seed)
-    run.mkdir(parents=True)
-    agent = _make_agent(args.env, args.seed, args.n_envs, hyper, run / "tensorboard")
+    run = _run_folder(args.log_dir, env_id, seed)
+    agent = _make_agent(env_id, seed, n_envs, hyper, run / "tensorboard")
     (run / "config.json").write_text(json.dumps(
-        {"env": args.env, "timesteps": args.timesteps, "seed": args.seed,
-         "n_envs": args.n_envs, "neuroflow": hyper}, indent=1))
-    print(f"velora-ens train: NeuroFlow on {args.env}, {args.timesteps} steps, seed "
-          f"{args.seed}, {args.threads} thread(s); run folder {run}", flush=True)
+        {"env": env_id, "timesteps": args.timesteps, "seed": seed,
+         "n_envs": n_envs, "neuroflow": hyper}, indent=1))
+    print(f"velora-ens train: NeuroFlow on {env_id}, {args.timesteps} steps, seed "
+          f"{seed}, {args.threads} thread(s); run folder {run}", flush=True)
     if hyper:
         print(f"  settings: {json.dumps(hyper)}", flush=True)
-    eval_env = Monitor(envs.make_env(args.env))
-    eval_env.reset(seed=10_000 + args.seed)
-    eval_cb = EvalCallback(eval_env, eval_freq=max(args.eval_freq // args.n_envs, 1),
+    eval_env = Monitor(envs.make_env(env_id))
+    eval_env.reset(seed=10_000 + seed)
+    eval_cb = EvalCallback(eval_env, eval_freq=max(args.eval_freq // n_envs, 1),
                            n_eval_episodes=args.eval_episodes, best_model_save_path=str(run),
                            log_path=str(run), verbose=0)
     callbacks: list[Any] = [eval_cb]
     if args.save_freq:
-        callbacks.append(CheckpointCallback(max(args.save_freq // args.n_envs, 1),
+        callbacks.append(CheckpointCallback(max(args.save_freq // n_envs, 1),
                                             run / "checkpoints", save_replay_buffer=True))
     started = time.perf_counter()
     agent.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress)
@@ -165,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    eval_env.reset(seed=20_000 + args.seed)
+    eval_env.reset(seed=20_000 + seed)
     rewards, _ = evaluate_policy(agent, eval_env, n_eval_episodes=args.eval_episodes,
                                  deterministic=True, return_episode_rewards=True)
     mean, std = float(np.mean(rewards)), float(np.std(rewards))
@@ -178,8 +232,8 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_video:
         from agents.callbacks import record_video
 
-        videos = record_video(agent, args.env, run / "videos", name_prefix="final",
-                              seed=args.seed)
+        videos = record_video(agent, env_id, run / "videos", name_prefix="final",
+                              seed=seed)
         print(f"  video         {videos[0] if videos else '(none written)'}")
     print(f"mean evaluation return over {args.eval_episodes} episodes: {mean:.1f} +/- {std:.1f}")
     return 0
@@ -218,6 +272,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     from agents.callbacks import record_video
 
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
     agent, env_id = _load(args)
     videos = record_video(agent, env_id, args.out, name_prefix=Path(args.path).stem,
                           n_episodes=args.episodes, seed=args.seed)

@@ -26,6 +26,18 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+def _non_negative(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
+        return value
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
         self.exit(2, f"velora-ens: error: {message}\n")
@@ -41,7 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "and print its test error next to a persistence baseline.")
     demo.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     demo.add_argument("--cell", choices=("cfc", "ltc"), default="cfc", help="liquid cell")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_non_negative("--seed"), default=0,
+                      help="random seed (default 0)")
     demo.add_argument("--neurons", type=int, default=16, help="inter + command neurons")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     demo.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -115,13 +128,12 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
-    ratio = result.persistence_mse / max(result.test_mse, 1e-12)
     print(f"  parameters              {result.n_parameters}")
     print(f"  training time           {result.seconds:.1f} s")
     print(f"  test MSE (untrained)    {result.untrained_mse:.4f}")
     print(f"  test MSE (persistence)  {result.persistence_mse:.4f}")
     print(f"  test MSE (liquid)       {result.test_mse:.4f}   "
-          f"({ratio:.1f}x lower than persistence)")
+          f"({result.versus_persistence()})")
     return 0
 
 
@@ -146,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_agent_command(args)
         return _demo(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # user mistakes and what the system refused
         print(f"velora-ens: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
