@@ -35,7 +35,8 @@ class LiquidPolicy(nn.Module):
 
     Args:
         actor: the liquid actor.
-        observation_space, action_space: the environment's (single-copy) spaces.
+        observation_space: the environment's (single-copy) observation space.
+        action_space: the environment's (single-copy) action space.
         obs_normalizer: the observation statistics the actor reads through, if any.
     """
 

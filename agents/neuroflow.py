@@ -91,12 +91,14 @@ class NeuroFlow(BaseAgent):
         tau: soft target update rate.
         gamma: discount.
         utd_ratio: gradient updates per environment transition.
-        train_freq, gradient_steps: Stable-Baselines3's way to say the same, accepted so
-            that SB3 scripts run unchanged: ``gradient_steps`` updates (``-1``: one per
-            transition collected) every ``train_freq`` steps of the vector env (an int or
-            ``(n, "step")``; ``"episode"`` units are not supported). NeuroFlow spreads them
-            over the steps, keeping the rate ``utd_ratio = gradient_steps / (train_freq *
-            n_envs)``; give these or ``utd_ratio``, not both.
+        train_freq: Stable-Baselines3's way to give the update rate, accepted so that SB3
+            scripts run unchanged: ``gradient_steps`` updates every ``train_freq`` steps of
+            the vector env (an int or ``(n, "step")``; ``"episode"`` units are not
+            supported). NeuroFlow spreads them over the steps, keeping the rate
+            ``utd_ratio = gradient_steps / (train_freq * n_envs)``; give these or
+            ``utd_ratio``, not both.
+        gradient_steps: SB3's updates per ``train_freq`` steps (``-1``: one per transition
+            collected; 1 when only ``train_freq`` is given).
         ent_coef: ``"auto"`` (learned, initial value 1), ``"auto_<init>"`` or a fixed float.
         target_entropy: ``"auto"`` is ``-|A|`` for Box actions and
             ``target_entropy_scale * log |A|`` (positive) for Discrete ones.

@@ -143,7 +143,9 @@ class EnvDriver:
 
     Args:
         env: what the user passed as the agent's environment (see :func:`as_vector_env`).
-        n_envs, seed, vectorization: as for :func:`as_vector_env`.
+        n_envs: copies when ``env`` is an id (see :func:`as_vector_env`).
+        seed: the seed of the first reset of a new vector env.
+        vectorization: ``"sync"`` or ``"async"`` for a new vector env.
     """
 
     def __init__(self, env: Any, n_envs: int = 1, seed: int | None = None,
