@@ -1,4 +1,5 @@
-"""Networks of velora_ens; the liquid ones live in :mod:`velora_ens.models.lnn`."""
+"""Networks of velora_ens; the liquid ones live in :mod:`velora_ens.models.lnn`, their
+export for deployment in :mod:`velora_ens.models.export`."""
 
 from velora_ens.models.lnn import (
     LiquidNCPNetwork,
@@ -7,5 +8,14 @@ from velora_ens.models.lnn import (
     NCPNetwork,
     SparseLinear,
 )
+from velora_ens.models.export import InferenceGraph, export_onnx
 
-__all__ = ["LTCCell", "LiquidNCPNetwork", "NCPLiquidCell", "NCPNetwork", "SparseLinear"]
+__all__ = [
+    "InferenceGraph",
+    "LTCCell",
+    "LiquidNCPNetwork",
+    "NCPLiquidCell",
+    "NCPNetwork",
+    "SparseLinear",
+    "export_onnx",
+]
