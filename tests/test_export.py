@@ -14,7 +14,8 @@ from torch import nn
 from velora_ens.models import InferenceGraph, LiquidNCPNetwork, NCPNetwork, export_onnx
 
 # torch 2.13 marks TorchScript (trace and script) deprecated; these tests check it still works.
-pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
 
 CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("ltc", "default")]
 

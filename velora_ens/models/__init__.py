@@ -1,6 +1,7 @@
 """Networks of velora_ens; the liquid ones live in :mod:`velora_ens.models.lnn`, their
 export for deployment in :mod:`velora_ens.models.export`."""
 
+from velora_ens.models.export import InferenceGraph, export_onnx
 from velora_ens.models.lnn import (
     LiquidNCPNetwork,
     LTCCell,
@@ -8,7 +9,6 @@ from velora_ens.models.lnn import (
     NCPNetwork,
     SparseLinear,
 )
-from velora_ens.models.export import InferenceGraph, export_onnx
 
 __all__ = [
     "InferenceGraph",
