@@ -205,3 +205,39 @@ def test_export_onnx_refuses_a_folder_and_keeps_the_training_mode(tmp_path):
     assert net.training
     export_onnx(net, tmp_path / "a.onnx")
     assert net.training
+
+
+def test_the_export_guide_runs_and_its_onnx_policy_acts_like_the_agent(tmp_path, monkeypatch):
+    """Every code block of docs/guide/export.md, in order, on a briefly trained agent; the
+    page's last check compares the onnxruntime actions with ``agent.predict``."""
+    needs_export_extra()
+    import re
+    from pathlib import Path
+
+    from agents import NeuroFlow
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "guide" / "export.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 4
+    monkeypatch.chdir(tmp_path)
+    agent = NeuroFlow("Pendulum-v1", seed=0, learning_starts=16, batch_size=16, seq_len=4,
+                      burn_in=2, actor_neurons=8, critic_hidden=(16,))
+    agent.learn(40)
+    agent.save("pendulum.safetensors")
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
+    assert len(namespace["actions"]) == 50
+    assert (tmp_path / "window.onnx").is_file() and (tmp_path / "critic.onnx").is_file()
+
+
+def test_torch_export_of_the_inference_graph_matches_eager():
+    net = make_net("ltc")
+    graph = InferenceGraph(net)
+    program = torch.export.export(graph, graph.example_inputs())
+    x, h = torch.randn(2, 4), torch.randn(2, net.hidden_size)
+    with torch.no_grad():
+        y, h_new = program.module()(x, h)
+        y_eager, h_eager = net(x, h)
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(h_new, h_eager)
