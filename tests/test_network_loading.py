@@ -64,6 +64,17 @@ def test_adoption_works_inside_a_model_and_keeps_the_global_random_state():
     assert fresh.net.get_config() == saved.net.get_config()
 
 
+def test_adoption_works_for_a_subclass_with_its_own_arguments_and_buffers():
+    class Policy(LiquidNCPNetwork):
+        def __init__(self, seed, scale):
+            super().__init__(4, 10, 2, seed=seed)
+            self.register_buffer("scale", torch.tensor(float(scale)))  # not a wiring buffer
+
+    saved, fresh = Policy(1, 2.0), Policy(2, 3.0)
+    fresh.load_state_dict(saved.state_dict())
+    assert fresh.get_config() == saved.get_config() and float(fresh.scale) == 2.0
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_masks_the_seed_does_not_draw_are_refused(kind):
     saved = KINDS[kind](seed=3, sparsity_level=0.2)

@@ -64,11 +64,15 @@ class _WiredNetwork(nn.Module):
     state dict adopts the wiring it was saved with) and a clear refusal of
     ``torch.jit.script``.
 
-    Every buffer of these networks is derived from the wiring (masks, polarities, signs),
-    so comparing buffers compares wirings.
+    Every buffer of the three layers (``inter``, ``command``, ``motor``) is derived from
+    the wiring (masks, polarities, signs), so comparing them compares wirings.
     """
 
     wiring: Wiring
+
+    def _wiring_buffers(self) -> dict[str, torch.Tensor]:
+        return {f"{layer}.{name}": buffer for layer in ("inter", "command", "motor")
+                for name, buffer in getattr(self, layer).named_buffers(recurse=False)}
 
     def _register_wiring_seed(self, device: torch.device | str | None) -> None:
         seed = self.wiring.seed
@@ -92,7 +96,7 @@ class _WiredNetwork(nn.Module):
         stored is accepted when its masks equal this network's.
         """
         name = type(self).__name__
-        mine = {k: b for k, b in self.named_buffers() if k != "wiring_seed"}
+        mine = self._wiring_buffers()
         loaded = {k: state_dict[prefix + k] for k in mine if prefix + k in state_dict}
         if any(not isinstance(v, torch.Tensor) or v.shape != mine[k].shape
                for k, v in loaded.items()):
@@ -111,9 +115,11 @@ class _WiredNetwork(nn.Module):
                     f"{name}.load_state_dict: the state dict changes the wiring seed from "
                     f"{self.wiring.seed} to {seed} but lacks the masks "
                     f"{sorted(set(mine) - set(loaded))}; load the whole state dict")
+            # the base class: a subclass may take other constructor arguments
+            base = LiquidNCPNetwork if isinstance(self, LiquidNCPNetwork) else NCPNetwork
             with torch.random.fork_rng(devices=[]):  # building draws initial weights
-                reference = type(self)(**{**self.get_config(), "seed": seed})
-        expected = dict(reference.named_buffers())
+                reference = base(**{**self.get_config(), "seed": seed})
+        expected = reference._wiring_buffers()
         differ = [k for k, v in loaded.items() if not torch.equal(
             v.detach().to("cpu", torch.float64), expected[k].detach().to("cpu", torch.float64))]
         if differ and stored is None:
