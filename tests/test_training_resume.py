@@ -62,6 +62,24 @@ def test_a_checkpoint_older_than_min_lr_ratio_still_resumes(tmp_path):
     assert trainer(tmp_path, steps=5, resume=True).step == 5
 
 
+def test_a_checkpoint_of_a_liquid_network_older_than_its_wiring_seed_resumes(tmp_path):
+    from velora_ens.models import LiquidNCPNetwork
+
+    class Liquid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = LiquidNCPNetwork(3, 8, 1, seed=0)
+
+        def forward(self, x, y):
+            return (self.net(x)[0] - y).pow(2).mean()
+
+    trainer(tmp_path / "run", steps=5, model=Liquid()).train()
+    tensors, state, step = load_checkpoint(tmp_path / "run")
+    del tensors["model.net.wiring_seed"], tensors["ema.net.wiring_seed"]
+    save_checkpoint(tmp_path / "old", step, tensors, state)
+    assert trainer(tmp_path / "old", steps=5, model=Liquid(), resume=True).step == 5
+
+
 def test_a_finished_run_warns_that_there_is_nothing_to_train(tmp_path):
     trainer(tmp_path).train()
     record = (tmp_path / "checkpoint.json").read_text()

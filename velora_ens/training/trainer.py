@@ -128,7 +128,9 @@ class Trainer:
         tensorboard: write TensorBoard scalars under ``results_folder/tensorboard``.
         log_every: steps between logged (averaged) losses.
         distributed: ``"auto"`` (torchrun / an initialised group), ``True`` or ``False``.
-        resume: continue from the checkpoint in ``results_folder`` when there is one.
+        resume: continue from the checkpoint in ``results_folder`` when there is one; one
+            made with other settings (batch, data, seed, learning-rate schedule, length under
+            the cosine schedule, architecture) is refused with a ``ValueError``.
         keep_checkpoints: tensor files kept.
         num_workers: ``DataLoader`` workers for a map-style dataset.
     """
@@ -573,9 +575,13 @@ class Trainer:
     def _check_same_model(what: str, model: nn.Module, saved: dict[str, torch.Tensor],
                           folder: Path, saved_class: str | None) -> None:
         """One clear line, instead of ``load_state_dict``'s list, when the checkpoint holds
-        another architecture: the names and shapes of the tensors must match."""
+        another architecture: the names and shapes of the tensors must match. A module may
+        name, in ``_optional_state_keys``, entries it fills itself when a checkpoint older
+        than them lacks them (the NCP networks' ``wiring_seed``)."""
         own = model.state_dict()
-        missing = sorted(k for k in own if k not in saved)
+        optional = {f"{name}.{key}" if name else key for name, module in model.named_modules()
+                    for key in getattr(module, "_optional_state_keys", ())}
+        missing = sorted(k for k in own if k not in saved and k not in optional)
         unexpected = sorted(k for k in saved if k not in own)
         shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
                   for k in own if k in saved and saved[k].shape != own[k].shape]

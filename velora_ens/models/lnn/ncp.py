@@ -69,6 +69,8 @@ class _WiredNetwork(nn.Module):
     """
 
     wiring: Wiring
+    # Filled in by _adopt_wiring when a state dict older than the seed buffer lacks it.
+    _optional_state_keys = ("wiring_seed",)
 
     def _wiring_buffers(self) -> dict[str, torch.Tensor]:
         return {f"{layer}.{name}": buffer for layer in ("inter", "command", "motor")
