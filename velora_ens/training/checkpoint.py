@@ -23,6 +23,7 @@ import torch
 
 __all__ = [
     "CHECKPOINT_JSON",
+    "check_folder",
     "flatten_optimizer_state",
     "load_checkpoint",
     "save_checkpoint",
@@ -32,6 +33,7 @@ __all__ = [
 
 CHECKPOINT_JSON = "checkpoint.json"
 FORMAT = "velora_ens.checkpoint/1"
+_RECORD_KEYS = {"format", "step", "tensors", "sha256", "state"}
 
 
 def _sha256(path: Path) -> str:
@@ -52,13 +54,27 @@ def write_file_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def check_folder(folder: str | Path, name: str = "folder") -> Path:
+    """Return ``folder`` as a ``Path`` when it is a folder or one can be made there; raise a
+    ``ValueError`` naming it when it (or the first part of it that exists) is a file."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == folder else f"is inside {existing}, which is a file"
+        raise ValueError(f"{name} must be a folder for the checkpoints, got {str(folder)!r}, "
+                         f"which {where}")
+    return folder
+
+
 def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tensor],
                     state: dict[str, Any], keep_last: int = 2) -> Path:
     """Write ``tensors`` and the JSON-able ``state`` as the checkpoint of ``step`` in
     ``folder``; keep the ``keep_last`` newest tensor files. Returns the JSON's path."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
+    folder = check_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{step:09d}.safetensors"
     # clone: safetensors refuses tensors that share storage (tied weights, views)
@@ -78,17 +94,30 @@ def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tens
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
     """``(tensors, state, step)`` of the checkpoint in ``folder`` (tensors on the CPU).
 
-    Raises ``FileNotFoundError`` when there is none and ``ValueError`` when the files do
-    not match (a tensor file changed or truncated after the JSON was written)."""
+    Raises ``FileNotFoundError`` when there is none and ``ValueError`` when the files are
+    malformed or do not match (a tensor file changed or truncated after the JSON was
+    written)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     meta_path = folder / CHECKPOINT_JSON
     if not meta_path.is_file():
         raise FileNotFoundError(f"no checkpoint in {folder}: {meta_path} does not exist")
-    record = json.loads(meta_path.read_text())
+    try:
+        record = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err}); the checkpoint is corrupt "
+                         f"(it is written atomically, so something else changed it): restore "
+                         f"it, or delete it to start the run afresh") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"{meta_path} holds a JSON {type(record).__name__}, expected an object "
+                         f"with the keys {sorted(_RECORD_KEYS)}")
     if record.get("format") != FORMAT:
         raise ValueError(f"{meta_path} has format {record.get('format')!r}, expected {FORMAT!r}")
+    missing = sorted(_RECORD_KEYS - set(record))
+    if missing or not isinstance(record["state"], dict):
+        raise ValueError(f"{meta_path} lacks {missing or ['an object under state']}; the "
+                         f"checkpoint is corrupt: restore it, or delete it to start afresh")
     path = folder / record["tensors"]
     if not path.is_file():
         raise FileNotFoundError(f"{meta_path} names {path.name}, which does not exist")

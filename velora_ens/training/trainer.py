@@ -19,6 +19,7 @@ from torch import nn
 
 from velora_ens.training.checkpoint import (
     CHECKPOINT_JSON,
+    check_folder,
     flatten_optimizer_state,
     load_checkpoint,
     save_checkpoint,
@@ -127,7 +128,9 @@ class Trainer:
         tensorboard: write TensorBoard scalars under ``results_folder/tensorboard``.
         log_every: steps between logged (averaged) losses.
         distributed: ``"auto"`` (torchrun / an initialised group), ``True`` or ``False``.
-        resume: continue from the checkpoint in ``results_folder`` when there is one.
+        resume: continue from the checkpoint in ``results_folder`` when there is one; one
+            made with other settings (batch, data, seed, learning-rate schedule, length under
+            the cosine schedule, architecture) is refused with a ``ValueError``.
         keep_checkpoints: tensor files kept.
         num_workers: ``DataLoader`` workers for a map-style dataset.
     """
@@ -205,6 +208,7 @@ class Trainer:
                              f"got {data_on_device!r}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+        check_folder(results_folder, "results_folder")  # before any work, not at the first save
 
         # --- where we run ---------------------------------------------------------------
         pre = select_device(device) if device is not None else None
@@ -373,8 +377,20 @@ class Trainer:
                 f"check the data")
 
     def train(self) -> list[dict[str, float]]:
-        """Run until ``train_num_steps``; returns :attr:`history` (logged rows)."""
+        """Run until ``train_num_steps``; returns :attr:`history` (logged rows).
+
+        A resumed run that has already reached ``train_num_steps`` trains nothing: it warns
+        and returns the history without writing a checkpoint."""
         from tqdm.auto import tqdm
+
+        if self.step >= self.train_num_steps:
+            if self.dist.is_main:
+                warnings.warn(
+                    f"nothing to train: the run in {self.results_folder} is at step "
+                    f"{self.step} and train_num_steps={self.train_num_steps}; train() returns "
+                    f"the history unchanged. Give a larger train_num_steps (schedule="
+                    f"'constant') or another results_folder to train more", stacklevel=2)
+            return self.history
 
         bar = tqdm(total=self.train_num_steps, initial=self.step, dynamic_ncols=True,
                    disable=not (self.progress_bar and self.dist.is_main))
@@ -525,8 +541,8 @@ class Trainer:
         return {"train_batch_size": self.train_batch_size, "world_size": self.dist.world_size,
                 "train_lr": self.train_lr, "train_num_steps": self.train_num_steps,
                 "seed": self.seed, "schedule": self.schedule,
-                "warmup_steps": self.warmup_steps, "dataset_len": len(self.dataset),
-                "model": type(self.model).__name__}
+                "warmup_steps": self.warmup_steps, "min_lr_ratio": self.min_lr_ratio,
+                "dataset_len": len(self.dataset), "model": type(self.model).__name__}
 
     def save(self) -> Path | None:
         """Checkpoint the current step; returns the JSON's path on rank 0, ``None`` on the
@@ -555,26 +571,84 @@ class Trainer:
         self.last_good_checkpoint = self.step
         return path
 
+    @staticmethod
+    def _check_same_model(what: str, model: nn.Module, saved: dict[str, torch.Tensor],
+                          folder: Path, saved_class: str | None) -> None:
+        """One clear line, instead of ``load_state_dict``'s list, when the checkpoint holds
+        another architecture: the names and shapes of the tensors must match. A module may
+        name, in ``_optional_state_keys``, entries it fills itself when a checkpoint older
+        than them lacks them (the NCP networks' ``wiring_seed``)."""
+        own = model.state_dict()
+        optional = {f"{name}.{key}" if name else key for name, module in model.named_modules()
+                    for key in getattr(module, "_optional_state_keys", ())}
+        missing = sorted(k for k in own if k not in saved and k not in optional)
+        unexpected = sorted(k for k in saved if k not in own)
+        shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+                  for k in own if k in saved and saved[k].shape != own[k].shape]
+        if not (missing or unexpected or shapes):
+            return
+
+        def few(items: list[str]) -> str:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            return ", ".join(items[:3]) + more
+
+        problems = [f"{label}: {few(items)}" for label, items in
+                    (("missing", missing), ("unexpected", unexpected),
+                     ("other shapes", shapes)) if items]
+        made_with = f" (a {saved_class})" if saved_class else ""
+        raise ValueError(f"the checkpoint in {folder} holds another architecture{made_with} "
+                         f"than this trainer's {what} ({type(model).__name__}): "
+                         f"{'; '.join(problems)}; resume with the model it was made with, or "
+                         f"train this one in another results_folder")
+
     def load(self, folder: str | Path | None = None) -> int:
         """Restore model, EMA, optimizer, RNG and counters from the checkpoint in
         ``folder`` (default ``results_folder``); returns the step it continues from."""
-        tensors, state, step = load_checkpoint(folder or self.results_folder)
-        cfg = state["config"]
+        folder = Path(folder) if folder is not None else self.results_folder
+        tensors, state, step = load_checkpoint(folder)
+        cfg = state.get("config")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{folder / CHECKPOINT_JSON} has no run configuration (state."
+                             f"config); it was not written by Trainer.save")
         mine = self._config()
-        for key in ("train_batch_size", "world_size", "dataset_len", "seed"):
+        # The data order and the learning rate at every step follow from these: resuming
+        # with another value would not continue the same run. (min_lr_ratio is absent from
+        # checkpoints older than it.)
+        for key in ("train_batch_size", "world_size", "dataset_len", "seed", "train_lr",
+                    "schedule", "warmup_steps", "min_lr_ratio"):
+            if key == "min_lr_ratio" and key not in cfg:
+                continue
             if cfg.get(key) != mine[key]:
-                raise ValueError(f"the checkpoint was made with {key}={cfg.get(key)!r}, this "
-                                 f"trainer has {key}={mine[key]!r}; resuming would not "
-                                 f"continue the same run")
+                raise ValueError(f"the checkpoint in {folder} was made with {key}="
+                                 f"{cfg.get(key)!r}, this trainer has {key}={mine[key]!r}; "
+                                 f"resuming would not continue the same run")
+        saved_steps = cfg.get("train_num_steps")
+        if saved_steps != mine["train_num_steps"]:
+            if self.schedule != "constant":
+                raise ValueError(
+                    f"the checkpoint in {folder} was made with train_num_steps={saved_steps!r}, "
+                    f"this trainer has train_num_steps={mine['train_num_steps']!r}; the "
+                    f"{self.schedule} schedule spreads the learning rate over train_num_steps, "
+                    f"so resuming would not continue the same run: keep "
+                    f"train_num_steps={saved_steps!r} (a run with schedule='constant' may "
+                    f"change its length)")
+            warnings.warn(f"resuming the run in {folder} at step {step} with train_num_steps="
+                          f"{mine['train_num_steps']} instead of {saved_steps}: with the "
+                          f"constant schedule the learning rate of every step stays the same, "
+                          f"and the run now ends at step {mine['train_num_steps']}",
+                          stacklevel=2)
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+        self._check_same_model("model", self.model, part("model."), folder, cfg.get("model"))
         self.model.load_state_dict(part("model."))
         if self.ema is not None:
             ema_sd = part("ema.")
             if not ema_sd:
                 raise ValueError("the checkpoint has no EMA weights but this trainer uses EMA")
+            self._check_same_model("EMA model", self.ema.model, ema_sd, folder,
+                                   cfg.get("model"))
             self.ema.model.load_state_dict(ema_sd)
             self.ema.num_updates = int(state["ema_num_updates"] or 0)
         opt_sd = unflatten_optimizer_state(tensors, state["optimizer"])

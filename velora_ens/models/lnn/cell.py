@@ -183,14 +183,22 @@ class NCPLiquidCell(nn.Module):
         u = self.project_input(x.transpose(0, 1))
         dt_tm = None if dt is None else dt.transpose(0, 1)
         keep_tm = None if keep is None else keep.transpose(0, 1)
-        if fused and self.mode != "pure" and not (dt_tm is not None and dt_tm.requires_grad):
+        # The fused scan is an autograd.Function with a hand-written backward that reads the
+        # resets as Python booleans: a trace cannot record it, so tracing takes the plain loop.
+        if (fused and self.mode != "pure" and not torch.jit.is_tracing()
+                and not (dt_tm is not None and dt_tm.requires_grad)):
             states = cfc_scan(u.contiguous(), w_hh, h, dt_tm, keep_tm, self.mode)
         else:
+            # unbind, not u[t]: a trace then records the sequence length and refuses
+            # another one instead of silently running the traced number of steps.
+            u_t = u.unbind(0)
+            dt_t = None if dt_tm is None else dt_tm.unbind(0)
+            keep_t = None if keep_tm is None else keep_tm.unbind(0)
             out = []
             for t in range(steps):
-                if keep_tm is not None:
-                    h = h * keep_tm[t]
-                h = self.step(u[t], h, w_hh, None if dt_tm is None else dt_tm[t])
+                if keep_t is not None:
+                    h = h * keep_t[t]
+                h = self.step(u_t[t], h, w_hh, None if dt_t is None else dt_t[t])
                 out.append(h)
             states = torch.stack(out)
         return states.transpose(0, 1), states[-1]

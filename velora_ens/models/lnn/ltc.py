@@ -156,11 +156,16 @@ class LTCCell(nn.Module):
                 v = v * keep
             v = self.step(num_s, den_s, v, dt)
             return v, v
+        # unbind, not [:, t]: a trace then records the sequence length and refuses another
+        # one instead of silently running the traced number of steps.
+        num_t, den_t = num_s.unbind(1), den_s.unbind(1)
+        dt_t = None if dt is None else dt.unbind(1)
+        keep_t = None if keep is None else keep.unbind(1)
         out = []
         for t in range(steps):
-            if keep is not None:
-                v = v * keep[:, t]
-            v = self.step(num_s[:, t], den_s[:, t], v, None if dt is None else dt[:, t])
+            if keep_t is not None:
+                v = v * keep_t[t]
+            v = self.step(num_t[t], den_t[t], v, None if dt_t is None else dt_t[t])
             out.append(v)
         states = torch.stack(out, dim=1)
         return states, v

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +39,120 @@ def _parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class LiquidNCPNetwork(nn.Module):
+def _quiet_when_tracing(forward: Callable) -> Callable:
+    """Silence ``torch.jit.trace``'s warnings about the input checks of ``forward``.
+
+    The checks read sizes and values as Python numbers to raise clear errors on bad input;
+    a trace records them as constants, which changes nothing in the traced computation
+    (the only Python-side branches of these networks are those checks: the fused CfC scan,
+    which branches on the resets, is not taken while tracing).
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if not torch.jit.is_tracing():
+            return forward(self, *args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+class _WiredNetwork(nn.Module):
+    """What both NCP networks share: the wiring seed in the state dict (so that loading a
+    state dict adopts the wiring it was saved with) and a clear refusal of
+    ``torch.jit.script``.
+
+    Every buffer of the three layers (``inter``, ``command``, ``motor``) is derived from
+    the wiring (masks, polarities, signs), so comparing them compares wirings.
+    """
+
+    wiring: Wiring
+    # Filled in by _adopt_wiring when a state dict older than the seed buffer lacks it.
+    _optional_state_keys = ("wiring_seed",)
+
+    def _wiring_buffers(self) -> dict[str, torch.Tensor]:
+        return {f"{layer}.{name}": buffer for layer in ("inter", "command", "motor")
+                for name, buffer in getattr(self, layer).named_buffers(recurse=False)}
+
+    def _register_wiring_seed(self, device: torch.device | str | None) -> None:
+        seed = self.wiring.seed
+        if seed >= 2**63:
+            raise ValueError(f"seed must be below 2**63 (the state dict stores it as int64), "
+                             f"got {seed}")
+        self.register_buffer("wiring_seed", torch.tensor(seed, dtype=torch.int64,
+                                                         device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        self._adopt_wiring(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def _adopt_wiring(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Make :attr:`wiring` the wiring of the state dict about to be loaded, or refuse.
+
+        The seed in ``state_dict`` names the wiring; its masks must be the ones that seed
+        draws with this network's other arguments. A state dict saved before the seed was
+        stored is accepted when its masks equal this network's.
+        """
+        name = type(self).__name__
+        mine = self._wiring_buffers()
+        loaded = {k: state_dict[prefix + k] for k in mine if prefix + k in state_dict}
+        if any(not isinstance(v, torch.Tensor) or v.shape != mine[k].shape
+               for k, v in loaded.items()):
+            return  # another architecture: load_state_dict reports the mismatch itself
+        key = prefix + "wiring_seed"
+        stored = state_dict.get(key)
+        if stored is not None and (not isinstance(stored, torch.Tensor) or stored.numel() != 1
+                                   or stored.is_floating_point()):
+            raise ValueError(f"{name}.load_state_dict: {key!r} must be a one-element integer "
+                             f"tensor (the wiring seed), got {stored!r}")
+        seed = self.wiring.seed if stored is None else int(stored)
+        reference: _WiredNetwork = self
+        if seed != self.wiring.seed:
+            if len(loaded) != len(mine):
+                raise ValueError(
+                    f"{name}.load_state_dict: the state dict changes the wiring seed from "
+                    f"{self.wiring.seed} to {seed} but lacks the masks "
+                    f"{sorted(set(mine) - set(loaded))}; load the whole state dict")
+            # the base class: a subclass may take other constructor arguments
+            base = LiquidNCPNetwork if isinstance(self, LiquidNCPNetwork) else NCPNetwork
+            with torch.random.fork_rng(devices=[]):  # building draws initial weights
+                reference = base(**{**self.get_config(), "seed": seed})
+        expected = reference._wiring_buffers()
+        differ = [k for k, v in loaded.items() if not torch.equal(
+            v.detach().to("cpu", torch.float64), expected[k].detach().to("cpu", torch.float64))]
+        if differ and stored is None:
+            raise ValueError(
+                f"{name}.load_state_dict: the state dict has no {key!r} (it was saved by an "
+                f"older velora_ens) and its wiring masks {differ} differ from this network's "
+                f"wiring (seed={self.wiring.seed}); build the network with the wiring seed it "
+                f"was saved with, e.g. {name}(**saved_network.get_config())")
+        if differ:
+            config = {k: v for k, v in self.get_config().items() if k != "seed"}
+            raise ValueError(
+                f"{name}.load_state_dict: the state dict's wiring masks {differ} are not the "
+                f"ones seed {seed} draws with this network's arguments {config}; it was saved "
+                f"from a network built with other arguments: build it with the saved "
+                f"network's get_config()")
+        if stored is None:
+            state_dict[key] = self.wiring_seed.detach().clone()
+        self.wiring = reference.wiring
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script``: refuse with what to use instead."""
+        name = type(self).__name__
+        raise NotImplementedError(
+            f"torch.jit.script cannot compile {name}: its forward takes optional, "
+            f"keyword-only and numpy inputs and checks them in Python. Use "
+            f"torch.jit.trace(net, example_inputs) for TorchScript (one step, or sequences of "
+            f"the traced length), or velora_ens.models.export_onnx(net, path) for ONNX "
+            f"(see the export guide)")
+
+
+class LiquidNCPNetwork(_WiredNetwork):
     """Liquid NCP: sensory -> inter (sparse, feed-forward) -> command (liquid cell,
     recurrent) -> motor (sparse, feed-forward).
 
@@ -61,6 +177,13 @@ class LiquidNCPNetwork(nn.Module):
     ``forward(x, h=None, *, dt=None, episode_start=None) -> (y, h)``: ``x`` is
     ``(B, in_features)`` (one step, ``y: (B, out_features)``) or ``(B, L, in_features)``
     (a sequence, ``y: (B, L, out_features)``); ``h`` is the state after the last step.
+
+    The wiring seed is part of the state dict (``wiring_seed``): ``load_state_dict`` adopts
+    the wiring the weights were saved with, so :attr:`wiring` and :meth:`get_config`
+    describe what was loaded, and refuses (``ValueError``) masks that the seed does not
+    draw with this network's other arguments. For deployment see
+    :func:`velora_ens.models.export_onnx`; ``torch.jit.trace`` works, ``torch.jit.script``
+    is refused with what to use instead.
     """
 
     def __init__(
@@ -98,6 +221,7 @@ class LiquidNCPNetwork(nn.Module):
             self.command = LTCCell(counts.inter, counts.command, masks.command,
                                    recurrent_mask=masks.recurrent, ode_unfolds=ode_unfolds, **kw)
         self.motor = SparseLinear(counts.command, counts.motor, masks.motor, **kw)
+        self._register_wiring_seed(device)
 
     @property
     def hidden_size(self) -> int:
@@ -113,6 +237,7 @@ class LiquidNCPNetwork(nn.Module):
         """A zero state ``(batch_size, hidden_size)`` on the network's device and dtype."""
         return self.inter.weight.new_zeros(batch_size, self.hidden_size)
 
+    @_quiet_when_tracing
     def forward(
         self,
         x: torch.Tensor,
@@ -131,7 +256,7 @@ class LiquidNCPNetwork(nn.Module):
         x = as_features(x, self.in_features, self.inter.weight, type(self).__name__)
         if (x.dim() == 2 and h is not None and dt is None and episode_start is None
                 and not torch.is_grad_enabled() and isinstance(self.command, NCPLiquidCell)
-                and self.command.mode != "pure"):
+                and self.command.mode != "pure" and not torch.jit.is_tracing()):
             return self._inference_step(x, h)
         u = self._act(self.inter(x))
         states, h_new = self.command(u, h, dt, episode_start)
@@ -181,10 +306,13 @@ class LiquidNCPNetwork(nn.Module):
         }
 
 
-class NCPNetwork(nn.Module):
+class NCPNetwork(_WiredNetwork):
     """Feed-forward NCP (no recurrence): sparse inter -> command -> motor layers with an
     activation between them; ``forward(x) -> y`` for ``x`` of shape ``(B, F)`` or
-    ``(B, L, F)``. Used for critics, where a sparse MLP is enough."""
+    ``(B, L, F)``. Used for critics, where a sparse MLP is enough.
+
+    Like :class:`LiquidNCPNetwork`, ``load_state_dict`` adopts the saved wiring
+    (``wiring_seed`` in the state dict) or refuses masks that do not match it."""
 
     def __init__(
         self,
@@ -209,11 +337,13 @@ class NCPNetwork(nn.Module):
         self.inter = SparseLinear(counts.sensory, counts.inter, masks.inter, **kw)
         self.command = SparseLinear(counts.inter, counts.command, masks.command, **kw)
         self.motor = SparseLinear(counts.command, counts.motor, masks.motor, **kw)
+        self._register_wiring_seed(device)
 
     @property
     def n_parameters(self) -> int:
         return _parameter_count(self)
 
+    @_quiet_when_tracing
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = as_features(x, self.in_features, self.inter.weight, type(self).__name__)
         return self.motor(self._act(self.command(self._act(self.inter(x)))))
