@@ -39,6 +39,7 @@ import torch
 
 from velora_ens.training.checkpoint import (
     flatten_optimizer_state,
+    state_dict_mismatch,
     unflatten_optimizer_state,
     write_file_atomic,
 )
@@ -340,23 +341,14 @@ def _constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
 
 
 def load_module(path: Any, name: str, module: torch.nn.Module,
-                 state: dict[str, torch.Tensor], overrides: dict[str, Any]) -> None:
-    """``module.load_state_dict(state)`` with one clear line when the shapes differ."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or wrong:
-        if wrong:
-            k = wrong[0]
-            what = (f"{name}.{k} has shape {tuple(state[k].shape)} in the file but "
-                    f"{tuple(own[k].shape)} here")
-        else:
-            what = (f"{name} has {'no ' + missing[0] if missing else 'an extra ' + unexpected[0]}"
-                    " in the file")
+                state: dict[str, torch.Tensor], overrides: dict[str, Any]) -> None:
+    """``module.load_state_dict(state)`` with one clear line when the file's networks do
+    not fit (see :func:`~velora_ens.training.checkpoint.state_dict_mismatch`)."""
+    problems = state_dict_mismatch(module, state)
+    if problems is not None:
         hint = (f" (built with {overrides}: arguments that change the networks' shapes "
                 "cannot be overridden when loading)" if overrides else "")
-        raise ValueError(f"{path}: the saved networks do not fit this agent: {what}{hint}")
+        raise ValueError(f"{path}: the saved {name} does not fit this agent: {problems}{hint}")
     module.load_state_dict(state)
 
 

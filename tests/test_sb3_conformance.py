@@ -96,8 +96,9 @@ def test_the_format_written_before_the_agent_base_still_loads():
 
     digest = hashlib.sha256()
     for module in (agent.actor, agent.critics, agent.critic_targets):
-        for value in module.state_dict().values():
-            digest.update(value.numpy().tobytes())
+        for key, value in module.state_dict().items():
+            if not key.endswith("wiring_seed"):  # stored since, beside the masks
+                digest.update(value.numpy().tobytes())
     assert digest.hexdigest() == ref["after_20_more_steps_sha256"]
 
 

@@ -159,3 +159,27 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, 
     groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v)
                for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def state_dict_mismatch(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> str | None:
+    """How ``saved`` does not fit ``module.load_state_dict``, in one line (``None`` when it
+    fits): the missing, unexpected and reshaped entries, three of each at most.
+
+    A module may name, in ``_optional_state_keys``, entries it fills itself when a state
+    dict older than them lacks them (the NCP networks' ``wiring_seed``)."""
+    own = module.state_dict()
+    optional = {f"{name}.{key}" if name else key for name, sub in module.named_modules()
+                for key in getattr(sub, "_optional_state_keys", ())}
+    missing = sorted(k for k in own if k not in saved and k not in optional)
+    unexpected = sorted(k for k in saved if k not in own)
+    shapes = [f"{k} {tuple(saved[k].shape)} in the file, {tuple(own[k].shape)} here"
+              for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+
+    def few(items: list[str]) -> str:
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        return ", ".join(items[:3]) + more
+
+    problems = [f"{label}: {few(items)}" for label, items in
+                (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+                if items]
+    return "; ".join(problems) if problems else None

@@ -23,6 +23,7 @@ from velora_ens.training.checkpoint import (
     flatten_optimizer_state,
     load_checkpoint,
     save_checkpoint,
+    state_dict_mismatch,
     unflatten_optimizer_state,
 )
 from velora_ens.training.dataset import TensorDataset
@@ -578,27 +579,14 @@ class Trainer:
         another architecture: the names and shapes of the tensors must match. A module may
         name, in ``_optional_state_keys``, entries it fills itself when a checkpoint older
         than them lacks them (the NCP networks' ``wiring_seed``)."""
-        own = model.state_dict()
-        optional = {f"{name}.{key}" if name else key for name, module in model.named_modules()
-                    for key in getattr(module, "_optional_state_keys", ())}
-        missing = sorted(k for k in own if k not in saved and k not in optional)
-        unexpected = sorted(k for k in saved if k not in own)
-        shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
-                  for k in own if k in saved and saved[k].shape != own[k].shape]
-        if not (missing or unexpected or shapes):
+        problems = state_dict_mismatch(model, saved)
+        if problems is None:
             return
-
-        def few(items: list[str]) -> str:
-            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            return ", ".join(items[:3]) + more
-
-        problems = [f"{label}: {few(items)}" for label, items in
-                    (("missing", missing), ("unexpected", unexpected),
-                     ("other shapes", shapes)) if items]
         made_with = f" (a {saved_class})" if saved_class else ""
         raise ValueError(f"the checkpoint in {folder} holds another architecture{made_with} "
                          f"than this trainer's {what} ({type(model).__name__}): "
-                         f"{'; '.join(problems)}; resume with the model it was made with, or "
+                         f"{problems.replace(' in the file,', ' in the checkpoint,')}; resume "
+                         f"with the model it was made with, or "
                          f"train this one in another results_folder")
 
     def load(self, folder: str | Path | None = None) -> int:
