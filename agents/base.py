@@ -34,8 +34,9 @@ from agents import persistence
 from agents.normalization import ObservationNormalizer
 from agents.schedules import as_schedule, progress_remaining
 from agents.vec_env import EnvDriver, EnvStep
+from velora_ens._validation import check_int
 
-__all__ = ["POLICY_ALIASES", "BaseAgent", "NonFiniteTrainingError", "check_count"]
+__all__ = ["POLICY_ALIASES", "BaseAgent", "NonFiniteTrainingError", "get_device"]
 
 # Stable-Baselines3's names of its default policies, accepted as the first argument (an
 # agent's policy is its liquid actor; these names only say "the default one").
@@ -44,16 +45,6 @@ POLICY_ALIASES = ("MlpPolicy", "MultiInputPolicy")
 
 class NonFiniteTrainingError(FloatingPointError):
     """A loss or gradient became NaN or infinite; the update was not applied."""
-
-
-def check_count(name: str, value: Any, low: int) -> int:
-    """``value`` as an ``int`` if it is an integer >= ``low`` (an integral float too, as
-    SB3 allows ``learn(1e4)``); else a ``ValueError`` naming ``name``."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _resolve_env(agent: str, policy: Any, env: Any) -> Any:
@@ -111,9 +102,9 @@ class BaseAgent:
         self.config: dict[str, Any] = {k: v for k, v in config.items()
                                        if k not in ("self", "env", "policy", "__class__")}
         env = _resolve_env(name, policy, env)
-        check_count("n_envs", n_envs, 1)
+        check_int("n_envs", n_envs, 1)
         if seed is not None:
-            seed = check_count("seed", seed, 0)
+            seed = check_int("seed", seed, 0)
         self.env_id = env if isinstance(env, str) else None
         self.seed = seed
         if seed is not None:
@@ -234,8 +225,10 @@ class BaseAgent:
         start counting from 0 on new episodes, as SB3 does by default; our default
         continues the previous call. ``progress_bar``: show a tqdm bar.
         """
-        total_timesteps = check_count("total_timesteps", total_timesteps, 1)
-        log_interval = check_count("log_interval", log_interval, 1)
+        if isinstance(total_timesteps, float) and total_timesteps.is_integer():
+            total_timesteps = int(total_timesteps)  # SB3 allows learn(1e4)
+        total_timesteps = check_int("total_timesteps", total_timesteps, 1)
+        log_interval = check_int("log_interval", log_interval, 1)
         from agents.callbacks import make_callback
 
         callback = make_callback(callback, progress_bar)
@@ -406,7 +399,7 @@ class BaseAgent:
         episodes from that reset."""
         if seed is None:
             return
-        seed = check_count("seed", seed, 0)
+        seed = check_int("seed", seed, 0)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)

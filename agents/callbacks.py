@@ -31,6 +31,8 @@ from stable_baselines3.common.callbacks import (
 )
 from stable_baselines3.common.callbacks import EvalCallback as _SB3EvalCallback
 
+from velora_ens._validation import check_int
+
 __all__ = [
     "BaseCallback",
     "CallbackList",
@@ -42,11 +44,6 @@ __all__ = [
     "VideoRecorderCallback",
     "make_callback",
 ]
-
-
-def _check_count(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 class EvalCallback(_SB3EvalCallback):
@@ -71,7 +68,7 @@ class CheckpointCallback(BaseCallback):
                  name_prefix: str = "neuroflow", save_replay_buffer: bool = False,
                  verbose: int = 0) -> None:
         super().__init__(verbose)
-        _check_count("save_freq", save_freq, 1)
+        check_int("save_freq", save_freq, 1)
         self.save_freq, self.save_path = save_freq, Path(save_path)
         self.name_prefix, self.save_replay_buffer = name_prefix, save_replay_buffer
         self.last_path: Path | None = None
@@ -97,8 +94,8 @@ class VideoRecorderCallback(BaseCallback):
                  n_episodes: int = 1, at_end: bool = True, seed: int = 0,
                  verbose: int = 0) -> None:
         super().__init__(verbose)
-        _check_count("video_freq", video_freq, 0)
-        _check_count("n_episodes", n_episodes, 1)
+        check_int("video_freq", video_freq, 0)
+        check_int("n_episodes", n_episodes, 1)
         self.env_id, self.video_folder = env_id, Path(video_folder)
         self.video_freq, self.n_episodes, self.at_end, self.seed = (
             video_freq, n_episodes, at_end, seed)
@@ -128,7 +125,7 @@ def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix
                  n_episodes: int = 1, seed: int = 0, deterministic: bool = True) -> list[Path]:
     """Play ``n_episodes`` episodes of ``model`` on ``env_id`` rendered to mp4 through
     Gymnasium's ``RecordVideo``; returns the files written."""
-    _check_count("n_episodes", n_episodes, 1)
+    check_int("n_episodes", n_episodes, 1)
     folder = Path(folder)
     # off-screen rendering: SDL (pygame, used by Gymnasium's classic-control renderers)
     # needs no display with the dummy video driver
@@ -163,7 +160,8 @@ class ProgressBarCallback(BaseCallback):
     def _on_training_start(self) -> None:
         from tqdm.auto import tqdm
 
-        total = self.locals["total_timesteps"]
+        # SB3's convention: the step count the learn call ends at
+        total = self.locals["total_timesteps"] - self.model.num_timesteps
         self.pbar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5)
         self._start = self.model.num_timesteps
 

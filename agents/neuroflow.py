@@ -30,13 +30,14 @@ import torch
 from torch.nn import functional as F
 
 from agents.acting import LiquidPolicy
-from agents.base import BaseAgent, NonFiniteTrainingError, check_count
+from agents.base import BaseAgent, NonFiniteTrainingError
 from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
 from agents.history import make_history
 from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
 from agents.policies import LiquidActor
 from agents.targets import n_step_targets, one_step_targets
+from velora_ens._validation import check_int
 
 __all__ = ["NeuroFlow", "NonFiniteTrainingError"]
 
@@ -54,11 +55,11 @@ def _updates_per_transition(utd_ratio: float, train_freq: Any, gradient_steps: i
             raise ValueError(f"train_freq must be an int or (n, 'step'), got {train_freq!r} "
                              "(NeuroFlow does not train per episode)")
         train_freq = train_freq[0]
-    every = check_count("train_freq", 1 if train_freq is None else train_freq, 1) * n_envs
+    every = check_int("train_freq", 1 if train_freq is None else train_freq, 1) * n_envs
     steps = 1 if gradient_steps is None else gradient_steps
     if steps == -1:
         return 1.0
-    return check_count("gradient_steps", steps, 1) / every
+    return check_int("gradient_steps", steps, 1) / every
 
 
 class NeuroFlow(BaseAgent):
@@ -175,7 +176,7 @@ class NeuroFlow(BaseAgent):
                                  ("actor_neurons", actor_neurons, 2), ("n_step", n_step, 1),
                                  ("buffer_size", buffer_size, 1),
                                  ("learning_starts", learning_starts, 0)):
-            check_count(name, value, low)
+            check_int(name, value, low)
         if batch_size < seq_len:
             raise ValueError(f"batch_size={batch_size} must be >= seq_len={seq_len}")
         if not utd_ratio > 0:

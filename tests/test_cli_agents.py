@@ -137,3 +137,22 @@ def test_unknown_config_option_is_named(tmp_path):
     config.write_text(json.dumps({"lr": 1e-3}))
     proc = velora_ens(["train", "--config", str(config)], tmp_path)
     assert proc.returncode == 2 and "unknown NeuroFlow option(s) ['lr']" in proc.stderr
+
+
+def test_train_takes_an_env_id_with_its_module(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_cli_tasks.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('ShortCartPole-v0', entry_point='gymnasium.envs.classic_control:"
+        "CartPoleEnv', max_episode_steps=20)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"learning_starts": 16, "batch_size": 16, "seq_len": 4,
+                                  "burn_in": 0, "actor_neurons": 4, "critic_hidden": [8]}))
+    assert main(["train", "--env", "my_cli_tasks:ShortCartPole-v0", "--timesteps", "30",
+                 "--config", str(config), "--no-progress", "--no-video",
+                 "--eval-episodes", "1"]) == 0
+    run = tmp_path / "runs" / "my_cli_tasks_ShortCartPole-v0_seed0_1"
+    assert NeuroFlow.load(run / "final_model").env_id == "my_cli_tasks:ShortCartPole-v0"
+    assert main(["evaluate", str(run / "final_model"), "--episodes", "1"]) == 0
+    assert "my_cli_tasks:ShortCartPole-v0" in capsys.readouterr().out

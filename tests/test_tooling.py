@@ -175,9 +175,11 @@ def test_video_callback_writes_an_mp4_with_frames(tmp_path):
 
 
 def test_progress_bar(capsys):
-    small("CartPole-v1").learn(60, progress_bar=True)
+    agent = small("CartPole-v1").learn(60, progress_bar=True)
     err = capsys.readouterr().err
     assert "60/60" in err
+    agent.learn(40, progress_bar=True)  # the bar counts this call's steps
+    assert "40/40" in capsys.readouterr().err
 
 
 def test_non_finite_training_stops_before_the_update_and_keeps_the_checkpoint(tmp_path):
