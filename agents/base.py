@@ -111,7 +111,9 @@ class BaseAgent:
             torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.driver = EnvDriver(env, n_envs, seed, vectorization)
-        self._adopt_driver_spaces()
+        self.n_envs, self.obs_dim = self.driver.n_envs, self.driver.obs_dim
+        self.observation_space = self.driver.observation_space
+        self.action_space = self.driver.action_space
         if seed is not None:
             self.action_space.seed(seed)
             self.driver.env.action_space.seed(seed)
@@ -128,12 +130,6 @@ class BaseAgent:
         self._episode_num = 0
         self._train_sums: dict[str, float] = {}
         self._train_count = 0
-
-    def _adopt_driver_spaces(self) -> None:
-        self.n_envs = self.driver.n_envs
-        self.observation_space = self.driver.observation_space
-        self.action_space = self.driver.action_space
-        self.obs_dim = self.driver.obs_dim
 
     # ------------------------------------------------------------------ hooks
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,

@@ -34,7 +34,8 @@ class ObservationNormalizer(nn.Module):
     @torch.no_grad()
     def update(self, batch: np.ndarray | torch.Tensor) -> None:
         """Merge a batch ``(n, size)`` of raw observations into the statistics."""
-        x = torch.as_tensor(np.asarray(batch), dtype=torch.float64).reshape(-1, self.mean.numel())
+        x = torch.as_tensor(np.asarray(batch), dtype=torch.float64,
+                            device=self.mean.device).reshape(-1, self.mean.numel())
         n = x.shape[0]
         if n == 0:
             return

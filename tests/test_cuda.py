@@ -29,3 +29,24 @@ def test_cuda_matches_cpu_forward_and_gradients(cell):
     (y_gpu.square().sum() + h_gpu.sum()).backward()
     for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, msg=name)
+
+
+@cuda
+def test_neuroflow_trains_saves_and_acts_on_cuda(tmp_path):
+    import numpy as np
+
+    from agents import NeuroFlow
+
+    agent = NeuroFlow("PendulumNoVel-v1", device="cuda", seed=0, learning_starts=32,
+                      batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
+                      critic_hidden=(16, 16), critic_encoder="own",
+                      normalize_observations=True)
+    agent.learn(80)
+    assert agent.n_updates > 0 and next(agent.critics.parameters()).is_cuda
+    loaded = NeuroFlow.load(agent.save(tmp_path / "a", include_buffer=True), device="cuda")
+    obs = np.zeros((2, 3), np.float32)
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0],
+                               agent.predict(obs, deterministic=True)[0], rtol=1e-6)
+    loaded.learn(20)
+    cpu = NeuroFlow.load(tmp_path / "a", device="cpu")
+    assert cpu.device.type == "cpu"

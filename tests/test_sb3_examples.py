@@ -376,14 +376,15 @@ def test_accessing_and_modifying_model_parameters():
     # find good initial parameters
     model.learn(total_timesteps=200)
 
-    # Include only the actor's variables (NeuroFlow names them "actor.<...>"): only these
-    # ones affect the action.
+    # Include only the actor's trained variables (NeuroFlow names them "actor.<...>"; the
+    # state dict also holds the wiring's masks, which are buffers): only these ones
+    # affect the action.
     # NOTE: you can retrieve those parameters using model.get_parameters() too
-    # (floating-point ones: the state dict also holds the wiring's integer masks)
+    trained = dict(model.policy.named_parameters())
     mean_params = dict(
         (key, value)
         for key, value in model.policy.state_dict().items()
-        if ("actor" in key and value.is_floating_point())
+        if ("actor" in key and key in trained)
     )
     assert mean_params and set(mean_params) <= set(model.get_parameters()["policy"])
 
