@@ -3,6 +3,7 @@
 ``agents.load_agent(path)`` loads a saved agent of whatever class the file names.
 """
 
+from agents.acting import LiquidPolicy
 from agents.base import BaseAgent, NonFiniteTrainingError
 from agents.buffers import SequenceBatch, SequenceReplayBuffer
 from agents.critics import CriticEnsemble
@@ -11,5 +12,5 @@ from agents.policies import LiquidActor
 
 load_agent = BaseAgent.load
 
-__all__ = ["BaseAgent", "CriticEnsemble", "LiquidActor", "NeuroFlow", "NonFiniteTrainingError",
-           "SequenceBatch", "SequenceReplayBuffer", "load_agent"]
+__all__ = ["BaseAgent", "CriticEnsemble", "LiquidActor", "LiquidPolicy", "NeuroFlow",
+           "NonFiniteTrainingError", "SequenceBatch", "SequenceReplayBuffer", "load_agent"]
