@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from velora_ens.ensembles._vectorised import softmax
+
 __all__ = ["ExpertStack"]
 
 _ELEMENTWISE_MODULES = (
@@ -46,9 +48,13 @@ _ELEMENTWISE_FUNCTIONS = {
 }
 _ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid", "exp", "abs", "neg", "square", "sqrt",
                         "clamp", "add", "sub", "mul", "div", "pow"}
-_SOFTMAX_FUNCTIONS = {torch.softmax: F.softmax, F.softmax: F.softmax,
-                      torch.log_softmax: F.log_softmax, F.log_softmax: F.log_softmax}
-_SOFTMAX_METHODS = {"softmax": F.softmax, "log_softmax": F.log_softmax}
+def _log_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return softmax(x, dim, log=True, dtype=dtype)
+
+
+_SOFTMAX_FUNCTIONS = {torch.softmax: softmax, F.softmax: softmax,
+                      torch.log_softmax: _log_softmax, F.log_softmax: _log_softmax}
+_SOFTMAX_METHODS = {"softmax": softmax, "log_softmax": _log_softmax}
 _SIMPLE = (bool, int, float, str, type(None), torch.dtype)
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks",
                  "_global_backward_hooks", "_global_backward_pre_hooks")
@@ -255,9 +261,8 @@ class ExpertStack:
         if isinstance(mod, _SOFTMAX_MODULES):
             if mod.dim is None:
                 raise Unstackable(f"{target} has no dim")
-            fn, dim = (F.log_softmax if isinstance(mod, nn.LogSoftmax) else F.softmax,
-                       _shift(mod.dim, m_in))
-            return (lambda v: fn(v, dim=dim)), m_in
+            log, dim = isinstance(mod, nn.LogSoftmax), _shift(mod.dim, m_in)
+            return (lambda v: softmax(v, dim, log=log)), m_in
         if isinstance(mod, nn.Flatten):
             start, end = _shift(mod.start_dim, m_in), _shift(mod.end_dim, m_in)
             return (lambda v: v.flatten(start, end)), m_in

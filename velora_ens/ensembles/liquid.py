@@ -18,6 +18,7 @@ from torch import nn
 from velora_ens.ensembles._delegation import auxiliary_loss as _auxiliary_loss
 from velora_ens.ensembles._delegation import one_sink_combine, one_sink_power
 from velora_ens.ensembles._stacking import ExpertStack
+from velora_ens.ensembles._vectorised import softmax
 from velora_ens.ensembles.prediction import Prediction, categorical_entropy
 
 __all__ = [
@@ -202,7 +203,7 @@ class DelegatingMLPExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)  # (N, B, hidden)
         ys = self.y_head(h).transpose(0, 1)  # (B, N, out)
-        D = torch.softmax(self.d_head(h), dim=-1).transpose(0, 1)  # (B, N, N), rows d_i
+        D = softmax(self.d_head(h), dim=-1).transpose(0, 1)  # (B, N, N), rows d_i
         return ys, D
 
 
