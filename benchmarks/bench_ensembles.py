@@ -17,8 +17,10 @@ timed alone at B=1024, N=8. Models (all on 1 CPU thread):
   ``MLPExperts(16, 1, 4)`` modules (stacked into one batched call), against the same four
   seed experts looped with their outputs averaged (delegation heads evaluated, not
   solved: the cost of the experts alone).
-* Stochastic MoE: ``StochasticModel`` of a ``MixtureOfExperts`` of 4 functional MLP
-  experts (width 32) and a gate, Gaussian parameters, 16 draws, batch 256.
+* Stochastic MoE: ``StochasticModel`` of a ``MixtureOfExperts`` of 4 functional tanh MLP
+  experts (width 32) and a ReLU gate, Gaussian parameters, 16 draws, batch 256; the
+  experts folded into one call (the default) and called one by one; the same at 8
+  draws, batch 64, width 16, where per-call overhead weighs more.
 
 Measurements are interleaved (round robin, each block of steps after one untimed step);
 times are medians over rounds and ratios medians of the per-round ratios, so a slow
@@ -196,31 +198,40 @@ def liquid_cases(members: int = 4, batch: int = 256) -> list[Case]:
     ]
 
 
-def moe_cases(members: int = 4, batch: int = 256, draws: int = 16) -> list[Case]:
+def moe_cases(members: int = 4, batch: int = 256, draws: int = 16,
+              width: int = 32) -> list[Case]:
     x, y = torch.rand(batch, 2) * 2 - 1, torch.randn(batch, 1)
 
     def stochastic(surrogate):
         return StochasticModel(surrogate, IIDGaussianGroup("all", surrogate.num_params()))
 
     def expert():
-        return NeuralNetwork(2, 1, width=32, depth=1, activation=torch.tanh)
+        return NeuralNetwork(2, 1, width=width, depth=1, activation=torch.tanh)
 
-    single = stochastic(expert())
-    moe = stochastic(MixtureOfExperts([expert() for _ in range(members)],
-                                      GatingNetwork(2, members, width=32)))
+    def mixture(fold_limit=MixtureOfExperts.fold_limit):
+        surrogate = MixtureOfExperts([expert() for _ in range(members)],
+                                     GatingNetwork(2, members, width=width))
+        surrogate.fold_limit = fold_limit
+        return stochastic(surrogate)
+
+    single, moe, unfolded = stochastic(expert()), mixture(), mixture(fold_limit=0)
     loop = [stochastic(expert()) for _ in range(members)]
 
     def loss(model):
         return (F.mse_loss(model(x, num_samples=draws), y.expand(draws, -1, -1))
                 + 1e-3 * model.distribution_loss())
 
-    g = f"Stochastic MoE ({members})"
+    size = f"{draws} draws" + ("" if (batch, width) == (256, 32) else f", batch {batch}")
+    g = f"Stochastic MoE ({members}), {draws} draws, batch {batch}, width {width}"
     return [
-        Case(g, f"single stochastic MLP, {draws} draws",
+        Case(g, f"single stochastic MLP, {size}",
              _trainer(single.parameters(), lambda: loss(single)), 20),
-        Case(g, f"MixtureOfExperts of {members} + gate, {draws} draws",
+        Case(g, f"MixtureOfExperts of {members} + gate, {size}",
              _trainer(moe.parameters(), lambda: loss(moe)), 10),
-        Case(g, f"{members} separate stochastic MLPs in a Python loop",
+        Case(g, f"MixtureOfExperts of {members} + gate, {size}, experts called one by one "
+                "(fold_limit=0)",
+             _trainer(unfolded.parameters(), lambda: loss(unfolded)), 10),
+        Case(g, f"{members} separate stochastic MLPs in a Python loop, {size}",
              _trainer([p for m in loop for p in m.parameters()],
                       lambda: sum(loss(m) for m in loop)), 10),
     ]
@@ -240,7 +251,8 @@ def solver_cases(batch: int = 1024, n: int = 8) -> list[Case]:
 
 def run(rounds: int) -> tuple[list[Case], dict[str, list[float]]]:
     torch.manual_seed(0)
-    cases = batch_cases() + deep_cases() + liquid_cases() + moe_cases() + solver_cases()
+    cases = (batch_cases() + deep_cases() + liquid_cases() + moe_cases()
+             + moe_cases(batch=64, draws=8, width=16) + solver_cases())
     times: dict[str, list[float]] = {c.name: [] for c in cases}
     clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     for c in cases:  # warm-up
