@@ -225,3 +225,22 @@ def test_sequence_delegations_are_refused_as_in_the_loop():
     a, _ = pair(lambda: SeedExpert(3, 2, 4))
     with pytest.raises(ValueError, match=r"delegations of shape \(2, 7, 4\), expected \(B, 4\)"):
         a(torch.randn(2, 7, 3))
+
+
+def test_switching_train_and_eval_keeps_the_trace():
+    a, b = pair(lambda: SeedExpert(3, 2, 4))
+    stack = a._stack
+    x = torch.randn(4, 3)
+    for mode in (False, True, False):
+        a.train(mode), b.train(mode)
+        torch.testing.assert_close(a(x), b(x))
+    assert a._stack is stack  # no re-trace for a mode switch
+    a.experts[1].eval()  # one expert in another mode: the loop, still right
+    b.experts[1].eval()
+    a.train(True), b.train(True)
+    a.experts[1].eval(), b.experts[1].eval()
+    torch.testing.assert_close(a(x), b(x))
+    assert not a.stacking
+    a.experts[1].train(), b.experts[1].train()
+    assert a.restack()
+    torch.testing.assert_close(a(x), b(x))

@@ -116,11 +116,15 @@ class ExpertStack:
         self.index = {n: k for k, (n, _) in enumerate(named[0])}
         self.modules = [[m for _, m in ms] for ms in named]  # [expert][submodule]
         self._dicts = [[m.__dict__ for m in ms] for ms in self.modules]
-        self._keys = [tuple(k for k in d if not k.startswith("_")) for d in self._dicts[0]]
+        # plain attributes, but not the training flag: the trace is the same in both modes
+        # (checked by _trace), so only the experts' flags must agree (see _modes)
+        self._keys = [tuple(k for k in d if not k.startswith("_") and k != "training")
+                      for d in self._dicts[0]]
         fps = [self._fingerprint(i) for i in range(self.num)]
         if any(hooked for fp in fps for hooked, *_ in fp) or _global_hooks():
             raise Unstackable("module hooks are registered")
-        if any(fp != fps[0] for fp in fps):
+        if any(fp != fps[0] for fp in fps) or any(
+                self._modes(i) != self._modes(0) for i in range(self.num)):
             raise Unstackable("the experts' submodules differ in configuration")
         self.fingerprint = fps[0]
         self._children = [self._child_ids(i) for i in range(self.num)]
@@ -328,13 +332,18 @@ class ExpertStack:
     def _child_ids(self, i: int) -> tuple:
         return tuple(id(c) for d in self._dicts[i] for c in d["_modules"].values())
 
+    def _modes(self, i: int) -> tuple:
+        return tuple(d["training"] for d in self._dicts[i])
+
     def current(self) -> bool:
         """Whether the trace still describes every expert (no attribute changed, no
-        submodule replaced, no hook added)."""
+        submodule replaced, no hook added, every expert in expert 0's train/eval modes)."""
         if _global_hooks():
             return False
+        modes = self._modes(0)
         return all(self._fingerprint(i) == self.fingerprint
-                   and self._child_ids(i) == self._children[i] for i in range(self.num))
+                   and self._child_ids(i) == self._children[i]
+                   and self._modes(i) == modes for i in range(self.num))
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vals: list[Any] = [None] * self._size

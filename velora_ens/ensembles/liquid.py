@@ -188,8 +188,9 @@ class LiquidEnsembleLayer(nn.Module):
         check: validate the delegations on every call (one device sync); a non-finite
             input, prediction or delegation is reported by name.
         stack_experts: evaluate a list of experts of one structure as one batched call
-            (see ``_stacking.py``; :attr:`stacking` says whether it applies, and
-            :attr:`stacking_reason` why not). The experts keep their own parameters.
+            (see ``_stacking.py``; :attr:`stacking` says whether it applies,
+            :attr:`stacking_reason` why not, :meth:`restack` retries). The experts keep
+            their own parameters, so ``state_dict`` keys and optimisers are unchanged.
 
     After a forward pass, ``last_power`` (live, with its graph), ``last_D`` and ``last_ys``
     hold the solver's input and output for the auxiliary loss and the confidences.
@@ -251,6 +252,14 @@ class LiquidEnsembleLayer(nn.Module):
     def stacking(self) -> bool:
         """Whether a list of experts is evaluated as one batched call."""
         return self._stack is not None
+
+    def restack(self) -> bool:
+        """Try stacking again (e.g. after the experts' settings, which differed, agree
+        again: the layer does not retry on its own); returns :attr:`stacking`."""
+        if self.stacked or not self.stack_experts:
+            return False
+        self._stack, self.stacking_reason = ExpertStack.build(list(self.experts))
+        return self.stacking
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
