@@ -277,7 +277,8 @@ def report(cases: list[Case], times: dict[str, list[float]], rounds: int) -> tup
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
     lines = [
-        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
+        f"({'thread CPU time' if torch.get_num_threads() == 1 else 'wall time'}); "
         f"{rounds} interleaved rounds, medians; {dt.date.today().isoformat()}.",
         "",
         "Training step = forward + loss + backward + Adam step. In each group the first row "
