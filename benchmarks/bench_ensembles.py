@@ -13,12 +13,20 @@ timed alone at B=1024, N=8. Models (all on 1 CPU thread):
   FGSM), batch 100, 5 members vectorised vs five plain ``nn.Linear``/``nn.RMSNorm``
   members of the same architecture.
 * Liquid Ensemble: 4 experts 16 -> 64 -> 1 with delegation heads (``sink_one``),
-  batch 256: the vectorised expert bank and the seed's list of expert modules.
-* Stochastic MoE: ``StochasticModel`` of a ``MixtureOfExperts`` of 4 functional MLP
-  experts (width 32) and a gate, Gaussian parameters, 16 draws, batch 256.
+  batch 256, auxiliary loss on: the vectorised expert bank and the seed's list of
+  ``MLPExperts(16, 1, 4)`` modules (stacked into one batched call), against the same four
+  seed experts looped with their outputs averaged (delegation heads evaluated, not
+  solved: the cost of the experts alone).
+* Stochastic MoE: ``StochasticModel`` of a ``MixtureOfExperts`` of 4 functional tanh MLP
+  experts (width 32) and a ReLU gate, Gaussian parameters, 16 draws, batch 256; the
+  experts folded into one call (the default) and called one by one; the same at 8
+  draws, batch 64, width 16, where per-call overhead weighs more.
 
-Measurements are interleaved (round robin) and reported as medians over rounds, so a
-slow spell of a shared machine hits every model alike; ratios are taken within the run.
+Measurements are interleaved (round robin, each block of steps after one untimed step);
+times are medians over rounds and ratios medians of the per-round ratios, so a slow
+spell of a shared machine hits both sides of a ratio alike.
+With one thread the clock is the thread's CPU time (``time.thread_time``: on a shared
+machine, time spent waiting for a core is not counted); with more, wall time.
 
     python benchmarks/bench_ensembles.py
     python benchmarks/bench_ensembles.py --markdown docs/benchmarks/ensembles.md
@@ -56,7 +64,8 @@ from velora_ens.ensembles.moe import (
     StochasticModel,
 )
 
-TARGETS = {"be_vs_single": 1.6, "de_loop_vs_vectorised": 2.0, "solve_ms": 1.0}
+TARGETS = {"be_vs_single": 1.6, "de_loop_vs_vectorised": 2.0, "solve_ms": 1.0,
+           "le_list_vs_seed_loop": 1.3, "le_bank_vs_seed_loop": 1.0, "moe_vs_single": 2.0}
 
 
 @dataclass
@@ -65,6 +74,7 @@ class Case:
     name: str
     step: Callable[[], None]
     reps: int
+    baseline: bool = False  # a second reference: the group gets an "x baseline" column
 
 
 def _trainer(params, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -140,7 +150,8 @@ def deep_cases(members: int = 5, batch: int = 100) -> list[Case]:
 
 
 class SeedExpert(nn.Module):
-    """The seed-000 expert: a predictor MLP and a softmax router."""
+    """The seed-000 quickstart's ``MLPExperts(16, 1, n)``: a predictor MLP and a softmax
+    router, both 16 -> 64 -> out."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -159,9 +170,15 @@ def liquid_cases(members: int = 4, batch: int = 256) -> list[Case]:
     listed = LiquidEnsembleLayer([SeedExpert(members) for _ in range(members)], 0.1, 0.1)
     loop = [nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
             for _ in range(members)]
+    seeds = [SeedExpert(members) for _ in range(members)]
 
     def le_loss(layer):
         return F.mse_loss(layer(x), y) + layer.auxiliary_loss()
+
+    def seed_loop_loss():
+        outs = [e(x) for e in seeds]  # the delegations are computed, then unused
+        return F.mse_loss(torch.stack([o[0] for o in outs], 1).mean(1), y) + 0.0 * sum(
+            o[1].sum() for o in outs)
 
     g = f"Liquid Ensemble ({members})"
     return [
@@ -169,39 +186,52 @@ def liquid_cases(members: int = 4, batch: int = 256) -> list[Case]:
              20),
         Case(g, f"LiquidEnsembleLayer, {members}-expert bank (vectorised), sink_one",
              _trainer(bank.parameters(), lambda: le_loss(bank)), 20),
-        Case(g, f"LiquidEnsembleLayer, list of {members} expert modules, sink_one",
+        Case(g, f"LiquidEnsembleLayer, list of {members} seed expert modules, sink_one",
              _trainer(listed.parameters(), lambda: le_loss(listed)), 10),
-        Case(g, f"{members} separate MLPs in a Python loop",
+        Case(g, f"{members} seed experts in a Python loop, outputs averaged (delegation heads "
+                "evaluated, not solved)",
+             _trainer([p for e in seeds for p in e.parameters()], seed_loop_loss), 10,
+             baseline=True),
+        Case(g, f"{members} separate MLPs in a Python loop (no delegation heads)",
              _trainer([p for m in loop for p in m.parameters()],
                       lambda: sum(F.mse_loss(m(x), y) for m in loop)), 10),
     ]
 
 
-def moe_cases(members: int = 4, batch: int = 256, draws: int = 16) -> list[Case]:
+def moe_cases(members: int = 4, batch: int = 256, draws: int = 16,
+              width: int = 32) -> list[Case]:
     x, y = torch.rand(batch, 2) * 2 - 1, torch.randn(batch, 1)
 
     def stochastic(surrogate):
         return StochasticModel(surrogate, IIDGaussianGroup("all", surrogate.num_params()))
 
     def expert():
-        return NeuralNetwork(2, 1, width=32, depth=1, activation=torch.tanh)
+        return NeuralNetwork(2, 1, width=width, depth=1, activation=torch.tanh)
 
-    single = stochastic(expert())
-    moe = stochastic(MixtureOfExperts([expert() for _ in range(members)],
-                                      GatingNetwork(2, members, width=32)))
+    def mixture(fold_limit=MixtureOfExperts.fold_limit):
+        surrogate = MixtureOfExperts([expert() for _ in range(members)],
+                                     GatingNetwork(2, members, width=width))
+        surrogate.fold_limit = fold_limit
+        return stochastic(surrogate)
+
+    single, moe, unfolded = stochastic(expert()), mixture(), mixture(fold_limit=0)
     loop = [stochastic(expert()) for _ in range(members)]
 
     def loss(model):
         return (F.mse_loss(model(x, num_samples=draws), y.expand(draws, -1, -1))
                 + 1e-3 * model.distribution_loss())
 
-    g = f"Stochastic MoE ({members})"
+    size = f"{draws} draws" + ("" if (batch, width) == (256, 32) else f", batch {batch}")
+    g = f"Stochastic MoE ({members}), {draws} draws, batch {batch}, width {width}"
     return [
-        Case(g, f"single stochastic MLP, {draws} draws",
+        Case(g, f"single stochastic MLP, {size}",
              _trainer(single.parameters(), lambda: loss(single)), 20),
-        Case(g, f"MixtureOfExperts of {members} + gate, {draws} draws",
+        Case(g, f"MixtureOfExperts of {members} + gate, {size}",
              _trainer(moe.parameters(), lambda: loss(moe)), 10),
-        Case(g, f"{members} separate stochastic MLPs in a Python loop",
+        Case(g, f"MixtureOfExperts of {members} + gate, {size}, experts called one by one "
+                "(fold_limit=0)",
+             _trainer(unfolded.parameters(), lambda: loss(unfolded)), 10),
+        Case(g, f"{members} separate stochastic MLPs in a Python loop, {size}",
              _trainer([p for m in loop for p in m.parameters()],
                       lambda: sum(loss(m) for m in loop)), 10),
     ]
@@ -219,46 +249,65 @@ def solver_cases(batch: int = 1024, n: int = 8) -> list[Case]:
     ]
 
 
-def run(rounds: int) -> tuple[list[Case], dict[str, float]]:
+def run(rounds: int) -> tuple[list[Case], dict[str, list[float]]]:
     torch.manual_seed(0)
-    cases = batch_cases() + deep_cases() + liquid_cases() + moe_cases() + solver_cases()
+    cases = (batch_cases() + deep_cases() + liquid_cases() + moe_cases()
+             + moe_cases(batch=64, draws=8, width=16) + solver_cases())
     times: dict[str, list[float]] = {c.name: [] for c in cases}
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     for c in cases:  # warm-up
         for _ in range(2):
             c.step()
     for r in range(rounds):
         for c in cases:
-            start = time.perf_counter()
+            c.step()  # untimed: every block is timed warm, as in training, not after others
+            start = clock()
             for _ in range(c.reps):
                 c.step()
-            times[c.name].append((time.perf_counter() - start) / c.reps)
+            times[c.name].append((clock() - start) / c.reps)
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    return cases, {k: statistics.median(v) for k, v in times.items()}
+    return cases, times
 
 
-def report(cases: list[Case], t: dict[str, float], rounds: int) -> tuple[str, bool]:
+def report(cases: list[Case], times: dict[str, list[float]], rounds: int) -> tuple[str, bool]:
+    t = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(a: str, b: str) -> float:
+        """The median over rounds of a's time over b's in the same round."""
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
     lines = [
-        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
+        f"({'thread CPU time' if torch.get_num_threads() == 1 else 'wall time'}); "
         f"{rounds} interleaved rounds, medians; {dt.date.today().isoformat()}.",
         "",
         "Training step = forward + loss + backward + Adam step. In each group the first row "
-        "is the reference (1.00x); the ratio is the row's time over the reference's.",
+        "is the reference (1.00x); a ratio is the median over rounds of the row's time over "
+        "the reference's in the same round.",
     ]
     group = None
     for c in cases:
         if c.group != group:
-            group, ref = c.group, t[c.name]
-            unit = "ms"
-            lines += ["", f"**{group}**", "", f"| model | time ({unit}) | x first row |",
-                      "|---|---:|---:|"]
-        lines.append(f"| {c.name} | {t[c.name] * 1e3:.3f} | {t[c.name] / ref:.2f}x |")
+            group, ref = c.group, c.name
+            base = next((d for d in cases if d.group == group and d.baseline), None)
+            extra = (" x looped seed experts |", "---:|") if base is not None else ("", "")
+            lines += ["", f"**{group}**", "", f"| model | time (ms) | x first row |{extra[0]}",
+                      f"|---|---:|---:|{extra[1]}"]
+        row = f"| {c.name} | {t[c.name] * 1e3:.3f} | {ratio(c.name, ref):.2f}x |"
+        if base is not None:
+            row += f" {ratio(c.name, base.name):.2f}x |"
+        lines.append(row)
 
-    def find(prefix: str) -> float:
-        return next(v for k, v in t.items() if k.startswith(prefix))
+    def find(prefix: str) -> str:
+        return next(k for k in times if k.startswith(prefix))
 
-    be = find("BatchEnsemble(4), 64 per member") / find("single MLP, batch")
-    de = find("5 separate members") / find("DeepEnsemble(5), vectorised")
+    be = ratio(find("BatchEnsemble(4), 64 per member"), find("single MLP, batch"))
+    de = ratio(find("5 separate members"), find("DeepEnsemble(5), vectorised"))
     solve_ms = t["solve_delegation_one_sink"] * 1e3
+    seed_loop = find("4 seed experts in a Python loop")
+    le_list = ratio(find("LiquidEnsembleLayer, list of 4"), seed_loop)
+    le_bank = ratio(find("LiquidEnsembleLayer, 4-expert bank"), seed_loop)
+    moe = ratio(find("MixtureOfExperts of 4"), find("single stochastic MLP"))
     checks = [
         ("BatchEnsemble(4) training step at most 1.6x a single model (same rows per step)",
          f"{be:.2f}x", be <= TARGETS["be_vs_single"]),
@@ -266,6 +315,13 @@ def report(cases: list[Case], t: dict[str, float], rounds: int) -> tuple[str, bo
          f"{de:.2f}x faster", de >= TARGETS["de_loop_vs_vectorised"]),
         ("Liquid Ensemble solve (sink_one) for B=1024, N=8 under 1 ms",
          f"{solve_ms:.3f} ms", solve_ms < TARGETS["solve_ms"]),
+        ("LiquidEnsembleLayer over the seed's list of 4 expert modules at most 1.3x the "
+         "same experts looped (outputs averaged, delegation heads not solved)",
+         f"{le_list:.2f}x", le_list <= TARGETS["le_list_vs_seed_loop"]),
+        ("LiquidEnsembleLayer over the vectorised 4-expert bank below the looped seed "
+         "experts", f"{le_bank:.2f}x", le_bank < TARGETS["le_bank_vs_seed_loop"]),
+        ("Stochastic MoE: MixtureOfExperts of 4 + gate at most 2x one stochastic expert "
+         "(16 draws)", f"{moe:.2f}x", moe <= TARGETS["moe_vs_single"]),
     ]
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     ok = True
@@ -283,13 +339,14 @@ def _models_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="interleaved rounds (default 15)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--markdown", help="also write the results as a Markdown page here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases, t = run(args.rounds)
-    table, ok = report(cases, t, args.rounds)
+    cases, times = run(args.rounds)
+    table, ok = report(cases, times, args.rounds)
     print(table)
     if args.markdown:
         page = (

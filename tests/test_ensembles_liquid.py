@@ -15,6 +15,7 @@ from velora_ens.ensembles import (
     LiquidEnsembleLayer,
     Prediction,
     WithFeatures,
+    check_delegations,
     solve_delegation_many_sinks,
     solve_delegation_one_sink,
 )
@@ -291,3 +292,89 @@ def test_bad_solver_and_epsilon_are_refused():
         solve_delegation_one_sink(random_delegations(1, 2), epsilon=0.0)
     with pytest.raises(ValueError, match="converge"):
         solve_delegation_many_sinks(random_delegations(1, 2), long_delegation_penalty=1.0)
+
+
+# --- rough edges a new user hit (issue 13) ---------------------------------------------
+def test_default_auxiliary_weights_are_the_tuned_ones_and_act():
+    layer = LiquidEnsembleLayer([Expert(3, (1,)) for _ in range(3)])
+    assert (layer.load_distribution_lambda, layer.specialization_lambda) == (0.7, 0.1)
+    layer(torch.randn(16, 5))
+    assert layer.auxiliary_loss().item() != 0.0
+
+
+def test_auxiliary_loss_after_a_no_grad_forward_raises():
+    layer = LiquidEnsembleLayer([Expert(3, (1,)) for _ in range(3)])
+    x = torch.randn(8, 5)
+    with torch.no_grad():
+        layer(x)
+        metric = layer.auxiliary_loss()  # as a metric, under no_grad: fine
+    assert not metric.requires_grad
+    with pytest.raises(RuntimeError, match="last forward ran without gradients"):
+        layer.auxiliary_loss()
+    layer.auxiliary_loss(power=layer.last_power)  # an explicit power is the caller's choice
+    layer(x)
+    assert layer.auxiliary_loss().requires_grad
+
+
+def test_a_nan_in_the_input_is_named():
+    layer = LiquidEnsembleLayer([Expert(3, (1,)) for _ in range(3)])
+    x = torch.randn(8, 5)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"input x .* is not finite: 1 of 40 entries"):
+        layer(x)
+
+
+@pytest.mark.parametrize("part, name", [("predictor", "prediction"), ("router", "delegation")])
+def test_a_non_finite_expert_output_names_the_expert(part, name):
+    experts = [Expert(3, (1,)) for _ in range(3)]
+    with torch.no_grad():
+        layer_param = next(getattr(experts[1], part).parameters())
+        layer_param[0, 0] = float("inf")
+    x = torch.randn(8, 5).abs() + 0.1
+    with pytest.raises(ValueError, match=f"expert 1's {name} is not finite"):
+        LiquidEnsembleLayer(experts)(x)
+
+
+def test_check_delegations_names_non_finite_entries():
+    D = random_delegations(4, 3)
+    D[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"not finite: 1 NaN/inf entries, from expert\(s\) \[2\]"):
+        check_delegations(D)
+
+
+# --- the hand-written gradients against autograd ---------------------------------------
+def autograd_one_sink(D: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """solve_delegation_one_sink's formula, differentiated by autograd."""
+    n = D.shape[-1]
+    eye = torch.eye(n, dtype=D.dtype)
+    x = torch.linalg.solve(eye - (1 - eps) * (D * (1 - eye)).transpose(-1, -2),
+                           torch.ones(D.shape[:-1] + (1,), dtype=D.dtype)).squeeze(-1)
+    return (1 - eps) * torch.diagonal(D, dim1=-2, dim2=-1) * x + eps * x.sum(-1, True) / n
+
+
+def test_sink_one_gradient_equals_autograd_and_passes_gradcheck():
+    logits = torch.randn(6, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, dtype=torch.float64)
+    g1 = torch.autograd.grad((solve_delegation_one_sink(torch.softmax(logits, -1))[0] * w).sum(),
+                             logits)[0]
+    g2 = torch.autograd.grad((autograd_one_sink(torch.softmax(logits, -1)) * w).sum(), logits)[0]
+    torch.testing.assert_close(g1, g2)
+    assert torch.autograd.gradcheck(
+        lambda t: solve_delegation_one_sink(torch.softmax(t, -1), 0.2)[0], (logits,))
+
+
+def test_layer_output_power_and_auxiliary_gradients_equal_autograd():
+    torch.manual_seed(0)
+    experts = [Expert(4, (2, 3), in_dim=5).double() for _ in range(4)]
+    layer = LiquidEnsembleLayer(experts, 0.7, 0.1)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    loss = layer(x).pow(2).sum() + layer.auxiliary_loss()
+    got = torch.autograd.grad(loss, list(layer.parameters()))
+    outs = [e(x) for e in experts]
+    ys, D = torch.stack([o[0] for o in outs], 1), torch.stack([o[1] for o in outs], 1)
+    p = autograd_one_sink(D)
+    y = (p[:, :, None, None] * ys).sum(1) / 4
+    ref = y.pow(2).sum() + 0.1 * layer.power_entropy(p) - 0.7 * layer.speaker_entropy(p, 0.1)
+    want = torch.autograd.grad(ref, list(layer.parameters()))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)

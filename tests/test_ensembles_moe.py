@@ -167,3 +167,38 @@ def test_stochastic_moe_on_a_liquid_network():
     assert all(p.grad is not None for p in net.parameters())
     conf = head.predict(torch.randn(5, 4), num_samples=4).confidences["gate_entropy"]
     assert conf.shape == (5,) and bool(((conf >= 0) & (conf <= 1)).all())
+
+
+# --- experts of one structure in one call ----------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: NeuralNetwork(2, 3, width=5, depth=2, activation=torch.tanh),
+    lambda: PolynomialChaosExpansion(2, 3, degree=2),
+])
+@pytest.mark.parametrize("group", [3, 2, 1])  # experts per call: all, a chunk of 2, one
+def test_experts_folded_into_the_draw_axis_equal_each_expert_called_alone(make, group):
+    torch.manual_seed(0)
+    experts = [make().double() for _ in range(3)]
+    gate = GatingNetwork(2, 3, width=4).double()
+    moe = MixtureOfExperts(experts, gate)
+    assert moe.batched()
+    x = torch.rand(6, 2, dtype=torch.float64) * 2 - 1
+    p = torch.randn(4, moe.num_params(), dtype=torch.float64, requires_grad=True)
+    moe.fold_limit = group * moe._widest(x, 4)
+    sizes = [e.num_params() for e in experts] + [gate.num_params()]
+    parts = p.split(sizes, 1)
+    want = torch.stack([e(x, q) for e, q in zip(experts, parts, strict=False)], 1)
+    torch.testing.assert_close(moe.get_expert_outputs(x, p), want)
+    mixed = torch.einsum("sbe,sebo->sbo", gate(x, parts[-1]), want)
+    got_grad = torch.autograd.grad(moe(x, p).pow(2).sum(), p)[0]
+    want_grad = torch.autograd.grad(mixed.pow(2).sum(), p)[0]
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_experts_of_different_structure_are_called_one_by_one():
+    same = [NeuralNetwork(2, 1, width=4), NeuralNetwork(2, 1, width=4)]
+    assert MixtureOfExperts(same, GatingNetwork(2, 2)).batched()
+    for pair in ([NeuralNetwork(2, 1, width=4), NeuralNetwork(2, 1, width=5)],
+                 [NeuralNetwork(2, 1, width=4), NeuralNetwork(2, 1, width=4,
+                                                             activation=torch.tanh)],
+                 [NeuralNetwork(2, 1, width=4), PolynomialChaosExpansion(2, 1, 2)]):
+        assert not MixtureOfExperts(pair, GatingNetwork(2, 2)).batched()

@@ -105,3 +105,41 @@ def test_seed_000_cnn_experts_with_the_placeholders_filled_in():
     logits = model(torch.randn(5, 3, 8, 8))
     assert logits.shape == (5, 10)
     F.cross_entropy(logits, torch.randint(0, 10, (5,))).backward()
+
+
+# --- the quickstart's load balancing acts with the default weights (issue 13) ------------
+def test_seed_000_quickstart_auxiliary_term_is_live_with_the_defaults():
+    torch.manual_seed(0)
+    experts = [MLPExperts(3, 1, 4, hidden=16) for _ in range(4)]
+    model = LiquidEnsembleModel(experts)  # default weights, as the quickstart builds it
+    x = torch.randn(32, 3)
+    y_pred = model(x)
+    aux = 1e-3 * model.le.auxiliary_loss()  # the quickstart's aux term
+    assert aux.item() != 0.0
+    aux.backward()
+    for e in experts:
+        assert sum(float(p.grad.abs().sum()) for p in e.router.parameters()) > 0
+
+
+def _speaker_entropy_after_training(seed, weights=None, steps=100):
+    torch.manual_seed(seed)
+    model = LiquidEnsembleModel([MLPExperts(3, 1, 4, hidden=16) for _ in range(4)])
+    if weights is not None:
+        model.le.load_distribution_lambda, model.le.specialization_lambda = weights
+    x = torch.randn(128, 3)
+    y_true = x.sum(1, keepdim=True).sin()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model.loss(model(x), y_true).backward()
+        opt.step()
+    with torch.no_grad():
+        model(x)
+    return model.le.speaker_entropy().item()  # 1 = every expert chairs equally often
+
+
+def test_seed_000_quickstart_unchanged_balances_load_more_than_without_the_loss():
+    off = [_speaker_entropy_after_training(s, weights=(0.0, 0.0)) for s in range(3)]
+    on = [_speaker_entropy_after_training(s) for s in range(3)]
+    assert all(b > a for a, b in zip(off, on))
+    assert sum(on) / 3 > sum(off) / 3 + 0.05

@@ -15,6 +15,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from velora_ens.ensembles._delegation import auxiliary_loss as _auxiliary_loss
+from velora_ens.ensembles._delegation import one_sink_combine, one_sink_power
+from velora_ens.ensembles._liquid_checks import check_delegations, check_outputs
+from velora_ens.ensembles._stacking import ExpertStack
+from velora_ens.ensembles._vectorised import softmax
 from velora_ens.ensembles.prediction import Prediction, categorical_entropy
 
 __all__ = [
@@ -24,28 +29,6 @@ __all__ = [
     "solve_delegation_many_sinks",
     "solve_delegation_one_sink",
 ]
-
-
-def check_delegations(D: torch.Tensor, num_experts: int | None = None,
-                      atol: float = 1e-3) -> torch.Tensor:
-    """Refuse a delegation tensor that is not ``(B, N, N)`` with probability-vector rows."""
-    if not isinstance(D, torch.Tensor) or D.dim() != 3 or D.shape[1] != D.shape[2]:
-        shape = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
-        raise ValueError(f"delegations must have shape (B, N, N) (row i = expert i's "
-                         f"delegation vector), got {shape}")
-    if num_experts is not None and D.shape[1] != num_experts:
-        raise ValueError(f"delegations are over {D.shape[1]} experts, expected {num_experts} "
-                         f"(shape {tuple(D.shape)})")
-    with torch.no_grad():
-        sums = D.sum(-1)
-        worst = (sums - 1.0).abs().max()
-        if not bool(worst <= atol) or bool((D < -atol).any()):
-            raise ValueError(
-                "each expert's delegation must be a probability vector over the experts "
-                f"(non-negative, summing to one); found row sums in "
-                f"[{sums.min().item():.4g}, {sums.max().item():.4g}] and minimum entry "
-                f"{D.min().item():.4g}")
-    return D
 
 
 def _eye_like(D: torch.Tensor) -> torch.Tensor:
@@ -60,9 +43,10 @@ def solve_delegation_one_sink(
     Every expert passes a fraction ``epsilon`` of the flow through it to one sink and
     ``(1 - epsilon)`` along its delegation vector; what an expert delegates to itself it
     keeps. The flow ``x`` through the experts solves ``x_j = 1 + (1 - eps) sum_{i != j}
-    D_ij x_i`` (one ``torch.linalg.solve`` for the whole batch); expert i keeps
+    D_ij x_i`` (one batched LU factorisation and solve); expert i keeps
     ``(1 - eps) D_ii x_i`` and the sink's mass ``eps sum_i x_i`` is returned uniformly, so
     the power sums to N exactly. Same result as the reference's (N+1)-node pseudo-inverse.
+    The gradient is hand-written (first order; see ``_delegation.py``).
 
     Args:
         D: delegations ``(B, N, N)``, rows = delegation vectors.
@@ -73,13 +57,7 @@ def solve_delegation_one_sink(
     """
     if not 0.0 < epsilon < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
-    eye = _eye_like(D)
-    keep = torch.diagonal(D, dim1=-2, dim2=-1)  # (B, N)
-    flow_t = (1.0 - epsilon) * (D * (1.0 - eye)).transpose(-1, -2)  # [j, i] = flow i -> j
-    ones = D.new_ones(D.shape[:-1] + (1,))
-    x = torch.linalg.solve(eye - flow_t, ones).squeeze(-1)  # (B, N)
-    power = (1.0 - epsilon) * keep * x + epsilon * x.sum(-1, keepdim=True) / D.shape[-1]
-    return power, D
+    return one_sink_power(D, float(epsilon)), D
 
 
 def solve_delegation_many_sinks(
@@ -180,7 +158,7 @@ class DelegatingMLPExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)  # (N, B, hidden)
         ys = self.y_head(h).transpose(0, 1)  # (B, N, out)
-        D = torch.softmax(self.d_head(h), dim=-1).transpose(0, 1)  # (B, N, N), rows d_i
+        D = softmax(self.d_head(h), dim=-1).transpose(0, 1)  # (B, N, N), rows d_i
         return ys, D
 
 
@@ -195,6 +173,10 @@ class LiquidEnsembleLayer(nn.Module):
             (e.g. :class:`DelegatingMLPExperts`, one batched call for all experts).
         load_distribution_lambda: weight of the load-balancing term of
             :meth:`auxiliary_loss` (rewards an even share of "chair" roles over the batch).
+            Default 0.7, with ``specialization_lambda=0.1``: the reference study's
+            Optuna-tuned values for protein regression (``protein_best_rmse.json``), so
+            that ``loss + w * layer.auxiliary_loss()`` balances load out of the box; pass
+            0 and 0 to turn the loss off.
         specialization_lambda: weight of the specialisation term (rewards few experts
             speaking per sample).
         solver: ``"sink_one"`` (closed form) or ``"sink_many"``.
@@ -203,7 +185,12 @@ class LiquidEnsembleLayer(nn.Module):
         threshold: ``sink_many``'s stopping threshold (iterative method).
         many_sinks_method: ``"iterative"`` (default) or ``"closed_form"``.
         temperature: softmax temperature of the auxiliary loss's differentiable argmax.
-        check: validate the delegations on every call (one device sync).
+        check: validate the delegations on every call (one device sync); a non-finite
+            input, prediction or delegation is reported by name.
+        stack_experts: evaluate a list of experts of one structure as one batched call
+            (see ``_stacking.py``; :attr:`stacking` says whether it applies,
+            :attr:`stacking_reason` why not, :meth:`restack` retries). The experts keep
+            their own parameters, so ``state_dict`` keys and optimisers are unchanged.
 
     After a forward pass, ``last_power`` (live, with its graph), ``last_D`` and ``last_ys``
     hold the solver's input and output for the auxiliary loss and the confidences.
@@ -212,8 +199,8 @@ class LiquidEnsembleLayer(nn.Module):
     def __init__(
         self,
         experts: Sequence[nn.Module] | nn.Module,
-        load_distribution_lambda: float = 0.0,
-        specialization_lambda: float = 0.0,
+        load_distribution_lambda: float = 0.7,
+        specialization_lambda: float = 0.1,
         solver: str = "sink_one",
         *,
         epsilon: float = 0.01,
@@ -222,6 +209,7 @@ class LiquidEnsembleLayer(nn.Module):
         many_sinks_method: str = "iterative",
         temperature: float = 0.1,
         check: bool = True,
+        stack_experts: bool = True,
     ) -> None:
         super().__init__()
         if solver not in ("sink_one", "sink_many"):
@@ -229,10 +217,13 @@ class LiquidEnsembleLayer(nn.Module):
         if many_sinks_method not in ("iterative", "closed_form"):
             raise ValueError(f"many_sinks_method must be 'iterative' or 'closed_form', "
                              f"got {many_sinks_method!r}")
+        self._stack: ExpertStack | None = None
+        self.stacking_reason = "stack_experts=False"
         if isinstance(experts, nn.Module) and hasattr(experts, "num_experts"):
             self.experts: nn.Module = experts
             self.stacked = True
             self.num_experts = int(experts.num_experts)
+            self.stacking_reason = "the experts are one module (already batched)"
         else:
             experts = list(experts)
             if not experts or not all(isinstance(e, nn.Module) for e in experts):
@@ -241,6 +232,9 @@ class LiquidEnsembleLayer(nn.Module):
             self.experts = nn.ModuleList(experts)
             self.stacked = False
             self.num_experts = len(experts)
+            if stack_experts:
+                self._stack, self.stacking_reason = ExpertStack.build(experts)
+        self.stack_experts = bool(stack_experts)
         self.load_distribution_lambda = float(load_distribution_lambda)
         self.specialization_lambda = float(specialization_lambda)
         self.solver, self.many_sinks_method = solver, many_sinks_method
@@ -254,28 +248,78 @@ class LiquidEnsembleLayer(nn.Module):
     solve_delegation_one_sink = staticmethod(solve_delegation_one_sink)
     solve_delegation_many_sinks = staticmethod(solve_delegation_many_sinks)
 
+    @property
+    def stacking(self) -> bool:
+        """Whether a list of experts is evaluated as one batched call."""
+        return self._stack is not None
+
+    def restack(self) -> bool:
+        """Try stacking again (e.g. after the experts' settings, which differed, agree
+        again: the layer does not retry on its own); returns :attr:`stacking`."""
+        if self.stacked or not self.stack_experts:
+            return False
+        self._stack, self.stacking_reason = ExpertStack.build(list(self.experts))
+        return self.stacking
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stack"] = None  # refers to these experts: rebuilt for a copy or unpickled
+        state["_restack"] = self.stacking
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        restack = state.pop("_restack", False)
+        super().__setstate__(state)
+        if restack:
+            self._stack, self.stacking_reason = ExpertStack.build(list(self.experts))
+
     # --- forward --------------------------------------------------------------------
+    def _stacked_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        stack = self._stack
+        if stack is None:
+            return None
+        if any(a is not b for a, b in zip(stack.experts, self.experts, strict=True)) or (
+                not stack.current()):
+            # an expert was replaced or changed an attribute the trace may have baked in
+            stack, self.stacking_reason = ExpertStack.build(list(self.experts))
+            self._stack = stack
+            if stack is None:
+                return None
+        ys, ds = stack(x)  # (N, B, ...), (N, B, N)
+        if ds.dim() != 3 or ds.shape[-1] != self.num_experts:
+            raise ValueError(f"the experts returned delegations of shape {tuple(ds.shape[1:])}"
+                             f", expected (B, {self.num_experts}) (one probability per expert)")
+        return ys.transpose(0, 1), ds.transpose(0, 1)
+
+    def _looped_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ys, ds = [], []
+        for expert in self.experts:
+            y, d = expert(x)
+            ys.append(y)
+            ds.append(d)
+        for i, d in enumerate(ds):
+            if d.dim() != 2 or d.shape[-1] != self.num_experts:
+                raise ValueError(f"expert {i} returned a delegation of shape "
+                                 f"{tuple(d.shape)}, expected (B, {self.num_experts}) (one "
+                                 f"probability per expert)")
+        return torch.stack(ys, 1), torch.stack(ds, 1)
+
     def expert_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ys (B, N, ...), D (B, N, N))``, D's row i = expert i's delegation."""
         n = self.num_experts
         if self.stacked:
             ys, D = self.experts(x)
         else:
-            ys_list, ds = [], []
-            for i, expert in enumerate(self.experts):
-                y, d = expert(x)
-                if d.dim() != 2 or d.shape[-1] != n:
-                    raise ValueError(f"expert {i} returned a delegation of shape "
-                                     f"{tuple(d.shape)}, expected (B, {n}) (one probability "
-                                     f"per expert)")
-                ys_list.append(y)
-                ds.append(d)
-            ys, D = torch.stack(ys_list, 1), torch.stack(ds, 1)
+            out = self._stacked_outputs(x)
+            ys, D = out if out is not None else self._looped_outputs(x)
+        if D.dim() != 3 or D.shape[1] != n or D.shape[2] != n:
+            raise ValueError(f"the experts' delegations stack to {tuple(D.shape)}, expected "
+                             f"(B, {n}, {n}) (one probability per expert)")
         if ys.dim() < 2 or ys.shape[1] != n or ys.shape[0] != D.shape[0]:
             raise ValueError(f"expert predictions must stack to (B, {n}, ...), got "
                              f"{tuple(ys.shape)} with delegations {tuple(D.shape)}")
         if self.check:
-            check_delegations(D, n)
+            check_outputs(x, ys, D)
         return ys, D
 
     def solve(self, D: torch.Tensor) -> torch.Tensor:
@@ -293,9 +337,13 @@ class LiquidEnsembleLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ys, D = self.expert_outputs(x)
-        power = self.solve(D)
+        if self.solver == "sink_one" and ys.dtype == D.dtype and ys.is_floating_point():
+            y, power = one_sink_combine(ys, D, self.epsilon)  # one autograd node
+        else:
+            power = self.solve(D)
+            y = self.combine(ys, power)
         self.last_ys, self.last_D, self.last_power = ys, D, power
-        return self.combine(ys, power)
+        return y
 
     def predict(self, x: torch.Tensor, task: str = "regression") -> Prediction:
         """A :class:`Prediction` whose members are the experts and whose member weights
@@ -344,11 +392,24 @@ class LiquidEnsembleLayer(nn.Module):
                        temperature: float | None = None) -> torch.Tensor:
         """``specialization_lambda * power_entropy - load_distribution_lambda *
         speaker_entropy`` on the **live** power of the last forward pass (or ``power``),
-        so its gradient reaches the delegation heads. Add it to the task loss."""
+        so its gradient reaches the delegation heads. Add it to the task loss.
+
+        Raises ``RuntimeError`` when gradients are on but the last forward ran without
+        them (``torch.no_grad``): the term would be a constant that trains nothing."""
         p = self._power(power)
+        if (power is None and torch.is_grad_enabled() and not p.requires_grad
+                and any(q.requires_grad for q in self.parameters())):
+            raise RuntimeError(
+                "auxiliary_loss(): the last forward ran without gradients (under "
+                "torch.no_grad() or inference_mode), so this loss would be a constant that "
+                "trains nothing; run the forward with gradients enabled before adding it to "
+                "a loss (or compute it under torch.no_grad() as a metric)")
         t = self.temperature if temperature is None else float(temperature)
         if p.shape[-1] < 2:
             return p.sum() * 0.0
+        if p.dim() == 2:
+            return _auxiliary_loss(p, self.specialization_lambda,
+                                   self.load_distribution_lambda, t)
         return (self.specialization_lambda * self.power_entropy(p)
                 - self.load_distribution_lambda * self.speaker_entropy(p, t))
 

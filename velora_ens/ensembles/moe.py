@@ -206,6 +206,15 @@ class Surrogate(nn.Module):
         """A fan-in-scaled starting point ``(P,)`` for the parameter groups' means."""
         raise NotImplementedError
 
+    def structure(self) -> tuple | None:
+        """Equal for two surrogates that compute the same function of ``(x, params)``
+        (so a :class:`MixtureOfExperts` can evaluate them in one call); ``None``: unknown."""
+        return None
+
+    def draw_width(self) -> int:
+        """Activations per input and parameter draw in the widest layer (memory use)."""
+        return self.num_outputs
+
     def _check(self, x: torch.Tensor, params: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[-1] != self.num_inputs:
             raise ValueError(f"{type(self).__name__} expected x of shape (B, "
@@ -242,6 +251,9 @@ class PolynomialChaosExpansion(Surrogate):
     @property
     def num_terms(self) -> int:
         return self.multi_indices.shape[0]
+
+    def structure(self) -> tuple:
+        return (type(self), self.num_inputs, self.num_outputs, self.degree)
 
     def num_params(self) -> int:
         return self.num_terms * self.num_outputs
@@ -283,6 +295,12 @@ class NeuralNetwork(Surrogate):
     def num_params(self) -> int:
         return sum(i * o + o for i, o in self.layer_sizes)
 
+    def structure(self) -> tuple:
+        return (type(self), tuple(self.layer_sizes), self.activation)
+
+    def draw_width(self) -> int:
+        return max(o for _, o in self.layer_sizes)
+
     def initial_parameters(self) -> torch.Tensor:
         parts = []
         for i, o in self.layer_sizes:
@@ -318,7 +336,13 @@ class GatingNetwork(NeuralNetwork):
 
 class MixtureOfExperts(Surrogate):
     """``y(x) = sum_m g_m(x) f_m(x)``: experts and a gate, all functional. The parameter
-    vector is laid out ``[expert 0 | ... | expert E-1 | gate]``."""
+    vector is laid out ``[expert 0 | ... | expert E-1 | gate]``.
+
+    Experts of one :meth:`Surrogate.structure` (e.g. the same ``NeuralNetwork`` sizes and
+    activation) are evaluated in one call, with the experts folded into the draw axis:
+    ``(S, E * P_e)`` parameters are read as ``(S * E, P_e)`` (in chunks of experts when
+    the activations would exceed :attr:`fold_limit`). Mixed experts run in a loop.
+    """
 
     def __init__(self, experts: Sequence[Surrogate], gating_network: GatingNetwork) -> None:
         super().__init__()
@@ -352,9 +376,33 @@ class MixtureOfExperts(Surrogate):
     def _slice(self, params: torch.Tensor, k: int) -> torch.Tensor:
         return params[:, self.offsets[k]: self.offsets[k + 1]]
 
+    def batched(self) -> bool:
+        """Whether the experts share one structure and run as one call."""
+        first = self.experts[0].structure()
+        return first is not None and all(e.structure() == first for e in self.experts[1:])
+
+    # Experts folded into one call hold at most this many activations in their widest
+    # layer (1 MiB in float32); a bigger call is memory-bound and not faster (and each
+    # fresh multi-MB tensor costs page faults with glibc's default allocator).
+    fold_limit = 1 << 18
+
+    def _widest(self, x: torch.Tensor, draws: int) -> int:
+        return draws * x.shape[0] * self.experts[0].draw_width()
+
     def get_expert_outputs(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``(S, E, B, out)``: every expert's output under every parameter draw."""
         self._check(x, params)
+        n = len(self.experts)
+        if n > 1 and self.batched():
+            s, size = params.shape[0], self.offsets[1]
+            group = max(1, min(n, self.fold_limit // max(1, self._widest(x, s))))
+            outs = []
+            for k in range(0, n, group):
+                m = min(group, n - k)
+                folded = params[:, k * size: (k + m) * size].reshape(s * m, size)
+                out = self.experts[k](x, folded)  # row t * m + j: draw t, expert k + j
+                outs.append(out.reshape(s, m, *out.shape[1:]))
+            return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         return torch.stack([e(x, self._slice(params, k)) for k, e in enumerate(self.experts)],
                            dim=1)
 
