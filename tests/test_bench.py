@@ -187,9 +187,32 @@ def test_bench_cifar10_on_tiny_images(tmp_path):
     assert res["single"]["train_cost_vs_single"] == 1.0
     assert res["deep"]["parameters"] == 2 * res["single"]["parameters"]
     assert res["single"]["parameters"] < res["batch"]["parameters"] < res["deep"]["parameters"]
-    for r in res.values():
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] == 40 // 8
-    assert "| BatchEnsemble |" in (out / "index.md").read_text()
+    assert res["batch_passes"]["parameters"] == res["batch"]["parameters"]
+    for head, r in res.items():  # the paper recipe: batch // members images a step
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["steps"] == (40 // 4 if head == "batch_paper" else 40 // 8)
+        assert r["batch_size"] == (4 if head == "batch_paper" else 8)
+        assert r["step_cost_vs_single"] == pytest.approx(
+            r["seconds_per_step"] / res["single"]["seconds_per_step"])
+    assert res["batch_passes"]["members_per_pass"] == 1
+    page = (out / "index.md").read_text()
+    for name in ("BatchEnsemble, full batch tiled", "BatchEnsemble, full batch member by member",
+                 "BatchEnsemble, paper recipe"):
+        assert f"| {name} |" in page
+    assert "| train cost | step cost | eval cost |" in page
+
+
+def test_bench_cifar10_batch_heads_train_the_same_function():
+    """batch_passes differs from batch only in how the members are run."""
+    torch.manual_seed(0)
+    tiled = ImageClassifier(SmallCNN(4), "batch", members=3)
+    torch.manual_seed(0)
+    passes = ImageClassifier(SmallCNN(4), "batch", members=3, members_per_pass=1)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (4,))
+    torch.testing.assert_close(passes(x, y), tiled(x, y))
+    with pytest.raises(ValueError, match="members_per_pass is an option of head='batch'"):
+        ImageClassifier(SmallCNN(4), "deep", members=3, members_per_pass=1)
 
 
 @pytest.mark.parametrize(
@@ -200,6 +223,8 @@ def test_bench_cifar10_on_tiny_images(tmp_path):
         (["bench", "synthetic", "--seeds", "0"], "--seeds must be >= 1, got 0"),
         (["bench", "synthetic", "--heads", "deep,forest"], "--heads must be a comma-separated"),
         (["bench", "cifar10", "--data-root", "/nonexistent/x"], "CIFAR-10 not found"),
+        (["bench", "cifar10", "--heads", "batch_paper", "--batch-size", "3"],
+         "--batch-size must be >= --members (4) for the batch_paper head"),
         (["bench", "mnist"], "invalid choice: 'mnist'"),
     ],
 )

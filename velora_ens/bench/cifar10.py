@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from velora_ens.bench.classifiers import CLASSIFIER_HEADS, ImageClassifier, build_network
+from velora_ens.bench.classifiers import ImageClassifier, build_network
 from velora_ens.bench.report import (
     Timer,
     environment,
@@ -27,15 +27,36 @@ from velora_ens.bench.report import (
 )
 from velora_ens.metrics import accuracy, classification_nll, expected_calibration_error
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["BENCH_HEADS", "add_arguments", "run"]
 
-NAMES = {"single": "single model", "deep": "Deep Ensemble", "batch": "BatchEnsemble",
-         "liquid": "Liquid Ensemble", "moe": "stochastic MoE"}
+#: benchmark head -> (``ImageClassifier`` head, its ``members_per_pass``, whether each step
+#: takes ``batch_size // members`` images: the BatchEnsemble paper's recipe, which tiles
+#: them so that a step processes as many rows as the single model's)
+BENCH_HEADS: dict[str, tuple[str, int | None, bool]] = {
+    "single": ("single", None, False),
+    "deep": ("deep", None, False),
+    "batch": ("batch", None, False),
+    "batch_passes": ("batch", 1, False),
+    "batch_paper": ("batch", None, True),
+    "liquid": ("liquid", None, False),
+    "moe": ("moe", None, False),
+}
+
+NAMES = {"single": "single model", "deep": "Deep Ensemble",
+         "batch": "BatchEnsemble, full batch tiled",
+         "batch_passes": "BatchEnsemble, full batch member by member",
+         "batch_paper": "BatchEnsemble, paper recipe", "liquid": "Liquid Ensemble",
+         "moe": "stochastic MoE"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heads", default=",".join(CLASSIFIER_HEADS),
-                   help=f"comma-separated heads among {', '.join(CLASSIFIER_HEADS)}")
+    p.add_argument("--heads", default=None,
+                   help=f"comma-separated heads among {', '.join(BENCH_HEADS)}; default all "
+                        "(without batch_passes for resnet18, whose BatchNorm needs the "
+                        "members in one pass). batch: the full batch tiled per member in one "
+                        "pass; batch_passes: the same function run one member at a time "
+                        "(members_per_pass=1); batch_paper: batch-size // members images a "
+                        "step, tiled, as in the BatchEnsemble paper")
     p.add_argument("--model", choices=("cnn", "resnet18"), default="cnn",
                    help="network: a small CNN (default) or a pre-activation ResNet-18")
     p.add_argument("--width", type=int, default=None,
@@ -79,13 +100,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from velora_ens.data import CropFlip, load_cifar10
     from velora_ens.training import TensorDataset, Trainer
 
-    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-    if not heads or any(h not in CLASSIFIER_HEADS for h in heads):
+    if args.heads is None:
+        heads = [h for h in BENCH_HEADS if not (h == "batch_passes" and args.model == "resnet18")]
+    else:
+        heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if not heads or any(h not in BENCH_HEADS for h in heads):
         raise ValueError(f"--heads must be a comma-separated list of "
-                         f"{', '.join(CLASSIFIER_HEADS)}, got {args.heads!r}")
+                         f"{', '.join(BENCH_HEADS)}, got {args.heads!r}")
     for name in ("members", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if "batch_paper" in heads and args.batch_size < args.members:
+        raise ValueError(f"--batch-size must be >= --members ({args.members}) for the "
+                         f"batch_paper head (batch-size // members images a step), got "
+                         f"{args.batch_size}")
     width = args.width or (16 if args.model == "cnn" else 64)
     with Timer() as load_t:
         data = load_cifar10(args.data_root, cache_dir=args.cache_dir)
@@ -103,12 +131,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     device = "cpu"
     for head in heads:
+        kind, members_per_pass, split_batch = BENCH_HEADS[head]
+        batch_size = args.batch_size // args.members if split_batch else args.batch_size
         torch.manual_seed(args.seed)
         net = build_network(args.model, width)
-        model = ImageClassifier(net, head, members=args.members, num_train=n_train,
-                                label_smoothing=args.label_smoothing)
+        model = ImageClassifier(net, kind, members=args.members, num_train=n_train,
+                                label_smoothing=args.label_smoothing,
+                                members_per_pass=members_per_pass)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(model, train, train_batch_size=args.batch_size,
+            trainer = Trainer(model, train, train_batch_size=batch_size,
                               train_lr=args.lr, epochs=args.epochs, ema_decay=None,
                               optimizer=args.optimizer, weight_decay=args.weight_decay,
                               warmup_steps=args.warmup_steps, batch_transform=CropFlip(),
@@ -120,7 +151,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 trainer.train()
         scores, eval_ips = _evaluate(model, x_test, y_test, trainer.device, trainer.amp_dtype)
         images = trainer.train_num_steps * trainer.global_batch
-        results[head] = {**scores, "train_seconds": t.seconds,
+        results[head] = {**scores, "batch_size": batch_size,
+                         "members_per_pass": members_per_pass, "train_seconds": t.seconds,
+                         "seconds_per_step": t.seconds / trainer.train_num_steps,
                          "train_images_per_s": images / t.seconds,
                          "eval_images_per_s": eval_ips,
                          "parameters": sum(p.numel() for p in model.parameters()),
@@ -132,8 +165,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "single" in results:
         ref = results["single"]["train_images_per_s"]
         ref_eval = results["single"]["eval_images_per_s"]
+        ref_step = results["single"]["seconds_per_step"]
         for r in results.values():
             r["train_cost_vs_single"] = ref / r["train_images_per_s"]
+            r["step_cost_vs_single"] = r["seconds_per_step"] / ref_step
             r["eval_cost_vs_single"] = ref_eval / r["eval_images_per_s"]
     env = environment(device)
     settings = {k: getattr(args, k) for k in ("model", "members", "epochs", "batch_size",
@@ -166,21 +201,30 @@ def _markdown(report: dict[str, Any]) -> str:
         f"(peak lr {s['lr']}, weight decay {s['weight_decay']}, cosine decay), label "
         f"smoothing {s['label_smoothing']}, seed {s['seed']}, one `Trainer` per head. Heads "
         f"with {m} members: Deep Ensemble = {m} independent networks; BatchEnsemble = "
-        f"`batchensemble(network, {m})` on the full batch tiled {m} times; Liquid Ensemble "
-        f"and MoE = {m} MLP experts on the network's pooled features.", "",
-        "Images per second count input images (a BatchEnsemble step processes each image "
-        f"{m} times); the cost columns are the single model's throughput over the head's, "
+        f"`batchensemble(network, {m})`, trained in three ways: *full batch tiled*, every "
+        f"member on the whole batch of {s['batch_size']}, tiled to {m * s['batch_size']} "
+        f"rows in one pass; *full batch member by member*, the same function run one member "
+        f"at a time (`members_per_pass=1`, {m} passes of {s['batch_size']} rows); *paper "
+        f"recipe*, {s['batch_size'] // m} images a step tiled {m} times, so that a step has "
+        f"as many rows as the single model's (the BatchEnsemble paper's and "
+        f"uncertainty-baselines' setting), for the same epochs ({m} times as many steps); "
+        f"Liquid Ensemble and MoE = {m} MLP experts on the network's pooled features.", "",
+        "Images per second count input images (a full-batch BatchEnsemble step processes "
+        f"each image {m} times). Train cost: the single model's training images per second "
+        "over the head's; step cost: the head's seconds per optimisation step over the "
+        "single model's; eval cost: the same ratio as train cost for evaluation; all "
         "measured in this run.", "",
     ]
     rows = []
     for head, r in res.items():
-        rows.append([NAMES[head], f"{r['accuracy']:.4f}", f"{r['nll']:.3f}", f"{r['ece']:.3f}",
-                     f"{r['parameters']:,}", f"{r['train_images_per_s']:.0f}",
-                     f"{r['eval_images_per_s']:.0f}",
+        rows.append([NAMES[head], r.get("batch_size", s["batch_size"]), f"{r['accuracy']:.4f}",
+                     f"{r['nll']:.3f}", f"{r['ece']:.3f}", f"{r['parameters']:,}",
+                     f"{r['train_images_per_s']:.0f}", f"{r['eval_images_per_s']:.0f}",
                      f"{r.get('train_cost_vs_single', float('nan')):.2f}x",
+                     f"{r.get('step_cost_vs_single', float('nan')):.2f}x",
                      f"{r.get('eval_cost_vs_single', float('nan')):.2f}x",
                      mean_std([r["train_seconds"]], 0)])
-    lines.append(markdown_table(["head", "accuracy", "NLL", "ECE", "parameters",
-                                 "train img/s", "eval img/s", "train cost", "eval cost",
-                                 "train time (s)"], rows))
+    lines.append(markdown_table(["head", "images / step", "accuracy", "NLL", "ECE",
+                                 "parameters", "train img/s", "eval img/s", "train cost",
+                                 "step cost", "eval cost", "train time (s)"], rows))
     return "\n".join(lines) + "\n"
