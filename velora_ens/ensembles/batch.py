@@ -188,10 +188,12 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         e = r.shape[0]
         weights = self.member_weights(r, s)
         biases = bias if bias is not None else (None,) * e
+        if e == 1:  # no split: its backward would copy the input's gradient
+            return F.conv2d(x, weights[0], biases[0], **self.conv_kwargs)
         rows = x.split(b, 0) if b else (x,) * e
         outs = [F.conv2d(xi, wi, bi, **self.conv_kwargs)
                 for xi, wi, bi in zip(rows, weights, biases, strict=True)]
-        return outs[0] if e == 1 else torch.cat(outs, 0)
+        return torch.cat(outs, 0)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
