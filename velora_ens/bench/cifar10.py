@@ -79,10 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="decoded-image cache (default $VELORA_ENS_CACHE or ~/.cache/velora_ens)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--timing-rounds", type=int, default=7,
+    p.add_argument("--timing-rounds", type=int, default=15,
                    help="rounds of interleaved training steps (each head in turn, "
                         "--timing-steps each) for the step cost column, after training; "
-                        "0: none (default 7)")
+                        "0: none (default 15)")
     p.add_argument("--timing-steps", type=int, default=3,
                    help="training steps per head per timing round (default 3)")
 
