@@ -203,6 +203,10 @@ def test_bench_cifar10_on_tiny_images(tmp_path):
         assert f"| {name} |" in page
     assert "| train cost | eval cost | step (ms) | step cost |" in page
     assert "2 rounds of 1 steps of every head in turn" in page
+    paper = res["batch_paper"]["step_cost_vs_single"]
+    assert (f"| BatchEnsemble, paper recipe: at most 1.6x | {paper:.2f}x | "
+            f"{'yes' if paper <= 1.6 else 'no'} |") in page
+    assert "| BatchEnsemble, full batch tiled: at most the Deep Ensemble's" in page
     assert res["single"]["step_cost_vs_single"] == 1.0
     assert main(["bench", "cifar10", "--data-root", str(tmp_path / "data"), "--cache-dir",
                  str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "8", "--width", "4",

@@ -300,7 +300,10 @@ def _markdown(report: dict[str, Any]) -> str:
         "head in turn (after one untimed step at each turn); the step cost is the median "
         "over the rounds of the head's step time over the single model's in the same "
         "round, so that a change of load on a shared machine meets every head alike. The "
-        "paper recipe's step has as many rows as the single model's.", "",
+        "paper recipe's step has as many rows as the single model's. On a CPU the tiled "
+        f"full batch ({m} x {s['batch_size']} rows in every shared layer) pays for fresh "
+        "memory pages on its large activations, which member-by-member passes avoid "
+        "(`docs/ensembles/batch.md`).", "",
     ]
     load = env.get("load_average")
     if load:
@@ -322,4 +325,25 @@ def _markdown(report: dict[str, Any]) -> str:
                                  "parameters", "train img/s", "eval img/s", "train cost",
                                  "eval cost", "step (ms)", "step cost", "train time (s)"],
                                 rows))
+    targets = _targets(res)
+    if targets:
+        lines += ["", "Targets (issue 13), on the step cost:", "",
+                  markdown_table(["target", "measured", "met"], targets, align="lrl")]
     return "\n".join(lines) + "\n"
+
+
+def _targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The BatchEnsemble speed targets this run can judge: a full-batch step at most the
+    Deep Ensemble's and at most 4.4x the single model's; a paper-recipe step at most
+    1.6x."""
+    cost = {h: r["step_cost_vs_single"] for h, r in res.items() if "step_cost_vs_single" in r}
+    rows = []
+    for head in ("batch", "batch_passes"):
+        if head in cost and "deep" in cost:
+            ok = cost[head] <= cost["deep"] and cost[head] <= 4.4
+            rows.append([f"{NAMES[head]}: at most the Deep Ensemble's ({cost['deep']:.2f}x) "
+                         "and at most 4.4x", f"{cost[head]:.2f}x", "yes" if ok else "no"])
+    if "batch_paper" in cost:
+        rows.append([f"{NAMES['batch_paper']}: at most 1.6x", f"{cost['batch_paper']:.2f}x",
+                     "yes" if cost["batch_paper"] <= 1.6 else "no"])
+    return rows
