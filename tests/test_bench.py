@@ -179,17 +179,55 @@ def test_bench_cifar10_on_tiny_images(tmp_path):
     out = tmp_path / "out"
     assert main(["bench", "cifar10", "--data-root", str(tmp_path / "data"), "--cache-dir",
                  str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "8", "--width", "4",
-                 "--train-size", "0", "--test-size", "0", "--members", "2", "--out",
-                 str(out)]) == 0
+                 "--train-size", "0", "--test-size", "0", "--members", "2",
+                 "--timing-rounds", "2", "--timing-steps", "1", "--out", str(out)]) == 0
     report = json.loads((out / "results.json").read_text())
     res = report["results"]
     assert report["settings"]["train_size"] == 40 and report["settings"]["test_size"] == 20
     assert res["single"]["train_cost_vs_single"] == 1.0
     assert res["deep"]["parameters"] == 2 * res["single"]["parameters"]
     assert res["single"]["parameters"] < res["batch"]["parameters"] < res["deep"]["parameters"]
-    for r in res.values():
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] == 40 // 8
-    assert "| BatchEnsemble |" in (out / "index.md").read_text()
+    assert res["batch_passes"]["parameters"] == res["batch"]["parameters"]
+    for head, r in res.items():  # the paper recipe: batch // members images a step
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["steps"] == (40 // 4 if head == "batch_paper" else 40 // 8)
+        assert r["batch_size"] == (4 if head == "batch_paper" else 8)
+        assert len(r["step_seconds"]) == 2 and r["step_seconds_median"] > 0
+        ratios = [a / b for a, b in zip(r["step_seconds"], res["single"]["step_seconds"],
+                                        strict=True)]
+        assert r["step_cost_vs_single"] == pytest.approx(sum(ratios) / 2)
+    assert res["batch_passes"]["members_per_pass"] == 1
+    page = (out / "index.md").read_text()
+    for name in ("BatchEnsemble, full batch tiled", "BatchEnsemble, full batch member by member",
+                 "BatchEnsemble, paper recipe"):
+        assert f"| {name} |" in page
+    assert "| train cost | eval cost | step (ms) | step cost |" in page
+    assert "2 rounds of 1 steps of every head in turn" in page
+    paper = res["batch_paper"]["step_cost_vs_single"]
+    assert (f"| BatchEnsemble, paper recipe: at most 1.6x | {paper:.2f}x | "
+            f"{'yes' if paper <= 1.6 else 'no'} |") in page
+    assert "| BatchEnsemble, full batch tiled: at most the Deep Ensemble's" in page
+    assert res["single"]["step_cost_vs_single"] == 1.0
+    assert main(["bench", "cifar10", "--data-root", str(tmp_path / "data"), "--cache-dir",
+                 str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "8", "--width", "4",
+                 "--train-size", "0", "--test-size", "0", "--heads", "single,batch_paper",
+                 "--members", "2", "--timing-rounds", "0", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert "step_cost_vs_single" not in res["batch_paper"]
+    assert "| n/a | n/a |" in (out / "index.md").read_text()
+
+
+def test_bench_cifar10_batch_heads_train_the_same_function():
+    """batch_passes differs from batch only in how the members are run."""
+    torch.manual_seed(0)
+    tiled = ImageClassifier(SmallCNN(4), "batch", members=3)
+    torch.manual_seed(0)
+    passes = ImageClassifier(SmallCNN(4), "batch", members=3, members_per_pass=1)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (4,))
+    torch.testing.assert_close(passes(x, y), tiled(x, y))
+    with pytest.raises(ValueError, match="members_per_pass is an option of head='batch'"):
+        ImageClassifier(SmallCNN(4), "deep", members=3, members_per_pass=1)
 
 
 @pytest.mark.parametrize(
@@ -200,6 +238,9 @@ def test_bench_cifar10_on_tiny_images(tmp_path):
         (["bench", "synthetic", "--seeds", "0"], "--seeds must be >= 1, got 0"),
         (["bench", "synthetic", "--heads", "deep,forest"], "--heads must be a comma-separated"),
         (["bench", "cifar10", "--data-root", "/nonexistent/x"], "CIFAR-10 not found"),
+        (["bench", "cifar10", "--heads", "batch_paper", "--batch-size", "3"],
+         "--batch-size must be >= --members (4) for the batch_paper head"),
+        (["bench", "cifar10", "--timing-rounds", "-1"], "--timing-rounds must be >= 0, got -1"),
         (["bench", "mnist"], "invalid choice: 'mnist'"),
     ],
 )

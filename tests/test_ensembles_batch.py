@@ -163,3 +163,134 @@ def test_ensemble_copies_are_reinitialised_and_the_base_untouched():
     out = ensemble_outputs(members, x)
     assert out.shape == (3, 4, 3)
     torch.testing.assert_close(out[1], members[1](x))
+
+
+# --- convolutions: one kernel W * (s_i r_i^T) per member ---------------------------------
+def rank1_reference(layer: BatchEnsembleConv2d, x: torch.Tensor) -> torch.Tensor:
+    """The paper's vectorised form ``s * conv(x * r) + bias`` with member-major rows."""
+    b = x.shape[0] // layer.num_members
+    r = layer.r.repeat_interleave(b, 0)[:, :, None, None]
+    s = layer.s.repeat_interleave(b, 0)[:, :, None, None]
+    y = F.conv2d(x * r, layer.weight, None, **layer.conv_kwargs) * s
+    if layer.bias is not None:
+        y = y + layer.bias.repeat_interleave(b, 0)[:, :, None, None]
+    return y
+
+
+@pytest.mark.parametrize("groups, bias", [(1, True), (2, True), (2, False)])
+def test_conv2d_values_and_gradients_match_the_rank1_form(groups, bias):
+    torch.manual_seed(0)
+    base = nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=groups, bias=bias)
+    layer = BatchEnsembleConv2d(base, num_members=3)
+    if bias:
+        with torch.no_grad():
+            layer.bias.normal_()
+    x = torch.randn(3 * 2, 4, 7, 7, requires_grad=True)
+    g = torch.randn(3 * 2, 6, 7, 7)
+    params = [x] + list(layer.parameters())
+    grads = torch.autograd.grad((layer(x) * g).sum(), params)
+    expected = torch.autograd.grad((rank1_reference(layer, x) * g).sum(), params)
+    torch.testing.assert_close(layer(x), rank1_reference(layer, x), atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    if groups == 1:  # and each member is a plain conv with its own kernel
+        for i in range(3):
+            rows = slice(2 * i, 2 * (i + 1))
+            torch.testing.assert_close(
+                layer(x)[rows], F.conv2d(x[rows], member_weight(layer, i),
+                                         layer.bias[i] if bias else None, padding=2,
+                                         dilation=2), atol=1e-5, rtol=1e-5)
+
+
+def test_conv2d_grouped_member_weights_scale_each_groups_own_input_channels():
+    layer = BatchEnsembleConv2d(nn.Conv2d(4, 6, 1, groups=2), num_members=2)
+    w = layer.member_weights()  # (E, C_out, C_in / groups, 1, 1)
+    for i in range(2):
+        for o in range(6):
+            group_inputs = slice(0, 2) if o < 3 else slice(2, 4)
+            torch.testing.assert_close(
+                w[i, o, :, 0, 0], layer.weight[o, :, 0, 0] * layer.s[i, o] *
+                layer.r[i, group_inputs])
+
+
+def test_conv2d_keeps_channels_last_and_refuses_wrong_channels():
+    layer = BatchEnsembleConv2d(nn.Conv2d(3, 5, 3, padding=1), num_members=2)
+    x = torch.randn(4, 3, 6, 6)
+    y = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, layer(x))
+    with pytest.raises(ValueError, match="expects 3 input channels, got 4"):
+        layer(torch.randn(4, 4, 6, 6))
+    with pytest.raises(ValueError, match="expects \\(E\\*B, C, H, W\\)"):
+        layer(torch.randn(4, 3, 6))
+
+
+# --- members_per_pass: the same function, member groups in separate passes --------------
+class ConvNet(nn.Module):
+    """Conv -> ReLU -> pool -> Linear, returning (logits, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x, scale: float = 1.0):
+        h = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1) * scale
+        return self.fc(h), h
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_members_per_pass_is_the_same_function_with_the_same_gradients(k):
+    torch.manual_seed(0)
+    tiled = batchensemble(ConvNet(), 4)
+    passes = batchensemble(ConvNet(), 4, members_per_pass=k)
+    passes.load_state_dict(tiled.state_dict())
+    x = torch.randn(5, 3, 6, 6)
+    (ya, ha), (yb, hb) = tiled(x, scale=2.0), passes(x, scale=2.0)
+    assert ya.shape == yb.shape == (4, 5, 2) and hb.shape == (4, 5, 4)
+    torch.testing.assert_close(yb, ya)
+    torch.testing.assert_close(hb, ha)
+    target = torch.randn(4, 5, 2)
+    ga = torch.autograd.grad((ya * target).sum(), list(tiled.parameters()))
+    gb = torch.autograd.grad((yb * target).sum(), list(passes.parameters()))
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(b, a)
+    assert all(m._active is None for m in passes.modules()
+               if isinstance(m, (BatchEnsembleLinear, BatchEnsembleConv2d)))
+
+
+def test_members_per_pass_copies_run_their_own_weights():
+    import copy
+
+    model = batchensemble(ConvNet(), 2, members_per_pass=1)
+    twin = copy.deepcopy(model)
+    x = torch.randn(3, 3, 6, 6)
+    before = model(x)[0]
+    with torch.no_grad():
+        twin.fc.weight.mul_(2.0)
+    torch.testing.assert_close(model(x)[0], before)
+    assert not torch.allclose(twin(x)[0], before)
+
+
+def test_members_per_pass_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="members_per_pass must be an integer >= 1, got 0"):
+        batchensemble(ConvNet(), 2, members_per_pass=0)
+    with pytest.raises(ValueError, match="members_per_pass must be in \\[1, num_members = 2\\]"):
+        batchensemble(ConvNet(), 2, members_per_pass=3)
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="batch statistics of 1 \\(BatchNorm2d\\)"):
+        batchensemble(bn, 4, members_per_pass=2)
+    assert batchensemble(bn, 4, members_per_pass=4)(torch.randn(2, 3, 5, 5)).shape[:2] == (4, 2)
+
+    class Scalar(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x).sum()
+
+    model = batchensemble(Scalar(), 2, members_per_pass=1)
+    with pytest.raises(ValueError, match="every output tensor must have"):
+        model(torch.randn(4, 3))
+    assert all(m._active is None for m in model.modules() if isinstance(m, BatchEnsembleLinear))

@@ -10,13 +10,15 @@ command).
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from velora_ens.bench.classifiers import CLASSIFIER_HEADS, ImageClassifier, build_network
+from velora_ens.bench.classifiers import ImageClassifier, build_network
 from velora_ens.bench.report import (
     Timer,
     environment,
@@ -27,15 +29,36 @@ from velora_ens.bench.report import (
 )
 from velora_ens.metrics import accuracy, classification_nll, expected_calibration_error
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["BENCH_HEADS", "add_arguments", "run"]
 
-NAMES = {"single": "single model", "deep": "Deep Ensemble", "batch": "BatchEnsemble",
-         "liquid": "Liquid Ensemble", "moe": "stochastic MoE"}
+#: benchmark head -> (``ImageClassifier`` head, its ``members_per_pass``, whether each step
+#: takes ``batch_size // members`` images: the BatchEnsemble paper's recipe, which tiles
+#: them so that a step processes as many rows as the single model's)
+BENCH_HEADS: dict[str, tuple[str, int | None, bool]] = {
+    "single": ("single", None, False),
+    "deep": ("deep", None, False),
+    "batch": ("batch", None, False),
+    "batch_passes": ("batch", 1, False),
+    "batch_paper": ("batch", None, True),
+    "liquid": ("liquid", None, False),
+    "moe": ("moe", None, False),
+}
+
+NAMES = {"single": "single model", "deep": "Deep Ensemble",
+         "batch": "BatchEnsemble, full batch tiled",
+         "batch_passes": "BatchEnsemble, full batch member by member",
+         "batch_paper": "BatchEnsemble, paper recipe", "liquid": "Liquid Ensemble",
+         "moe": "stochastic MoE"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heads", default=",".join(CLASSIFIER_HEADS),
-                   help=f"comma-separated heads among {', '.join(CLASSIFIER_HEADS)}")
+    p.add_argument("--heads", default=None,
+                   help=f"comma-separated heads among {', '.join(BENCH_HEADS)}; default all "
+                        "(without batch_passes for resnet18, whose BatchNorm needs the "
+                        "members in one pass). batch: the full batch tiled per member in one "
+                        "pass; batch_passes: the same function run one member at a time "
+                        "(members_per_pass=1); batch_paper: batch-size // members images a "
+                        "step, tiled, as in the BatchEnsemble paper")
     p.add_argument("--model", choices=("cnn", "resnet18"), default="cnn",
                    help="network: a small CNN (default) or a pre-activation ResNet-18")
     p.add_argument("--width", type=int, default=None,
@@ -56,6 +79,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="decoded-image cache (default $VELORA_ENS_CACHE or ~/.cache/velora_ens)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--timing-rounds", type=int, default=15,
+                   help="rounds of interleaved training steps (each head in turn, "
+                        "--timing-steps each) for the step cost column, after training; "
+                        "0: none (default 15)")
+    p.add_argument("--timing-steps", type=int, default=3,
+                   help="training steps per head per timing round (default 3)")
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (other jobs on a shared machine), if known."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -74,18 +111,69 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
             "ece": expected_calibration_error(p, y)}, len(x) / t.seconds
 
 
+def _interleaved_step_seconds(trainers: dict[str, Any], images: torch.Tensor,
+                              labels: torch.Tensor, rounds: int, steps: int) -> dict[str, list]:
+    """Seconds per training step of every head, measured in ``rounds`` rounds that run
+    ``steps`` steps of each head in turn (after one warm-up round, and one untimed step
+    at each turn), so that every head meets the same load on a shared machine. A step is
+    the trainer's: augmentation, forward under the trainer's autocast, backward,
+    optimizer step."""
+    from velora_ens.data import CropFlip
+
+    crop = CropFlip()
+
+    def step(tr, x: torch.Tensor, y: torch.Tensor) -> None:
+        xb, yb = crop((x, y))
+        with torch.autocast(tr.device.type, dtype=tr.amp_dtype,
+                            enabled=tr.amp_dtype is not None):
+            loss = tr.forward_model(xb, yb)
+        loss.backward()
+        tr.opt.step()
+        tr.opt.zero_grad(set_to_none=True)
+
+    feeds = {}
+    for head, tr in trainers.items():
+        n = tr.train_batch_size
+        feeds[head] = (images[:n].to(tr.device), labels[:n].to(tr.device))
+    seconds: dict[str, list] = {head: [] for head in trainers}
+    for r in range(rounds + 1):
+        for head, tr in trainers.items():
+            x, y = feeds[head]
+            tr.model.train()
+            step(tr, x, y)  # untimed: the previous head left the allocator in its state
+            if tr.device.type == "cuda":
+                torch.cuda.synchronize(tr.device)
+            with Timer() as t:
+                for _ in range(steps):
+                    step(tr, x, y)
+                if tr.device.type == "cuda":
+                    torch.cuda.synchronize(tr.device)
+            if r > 0:  # round 0 warms up
+                seconds[head].append(t.seconds / steps)
+    return seconds
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark described by ``args`` and write its JSON and Markdown."""
     from velora_ens.data import CropFlip, load_cifar10
     from velora_ens.training import TensorDataset, Trainer
 
-    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-    if not heads or any(h not in CLASSIFIER_HEADS for h in heads):
+    if args.heads is None:
+        heads = [h for h in BENCH_HEADS if not (h == "batch_passes" and args.model == "resnet18")]
+    else:
+        heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if not heads or any(h not in BENCH_HEADS for h in heads):
         raise ValueError(f"--heads must be a comma-separated list of "
-                         f"{', '.join(CLASSIFIER_HEADS)}, got {args.heads!r}")
-    for name in ("members", "epochs", "batch_size"):
+                         f"{', '.join(BENCH_HEADS)}, got {args.heads!r}")
+    for name in ("members", "epochs", "batch_size", "timing_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.timing_rounds < 0:
+        raise ValueError(f"--timing-rounds must be >= 0, got {args.timing_rounds}")
+    if "batch_paper" in heads and args.batch_size < args.members:
+        raise ValueError(f"--batch-size must be >= --members ({args.members}) for the "
+                         f"batch_paper head (batch-size // members images a step), got "
+                         f"{args.batch_size}")
     width = args.width or (16 if args.model == "cnn" else 64)
     with Timer() as load_t:
         data = load_cifar10(args.data_root, cache_dir=args.cache_dir)
@@ -102,25 +190,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x_test, y_test = data.x_test[pick], data.y_test[pick]
     results: dict[str, dict[str, Any]] = {}
     device = "cpu"
-    for head in heads:
+
+    def make_trainer(head: str, folder: str) -> tuple[Any, int, int | None]:
+        kind, members_per_pass, split_batch = BENCH_HEADS[head]
+        batch_size = args.batch_size // args.members if split_batch else args.batch_size
         torch.manual_seed(args.seed)
         net = build_network(args.model, width)
-        model = ImageClassifier(net, head, members=args.members, num_train=n_train,
-                                label_smoothing=args.label_smoothing)
+        model = ImageClassifier(net, kind, members=args.members, num_train=n_train,
+                                label_smoothing=args.label_smoothing,
+                                members_per_pass=members_per_pass)
+        trainer = Trainer(model, train, train_batch_size=batch_size,
+                          train_lr=args.lr, epochs=args.epochs, ema_decay=None,
+                          optimizer=args.optimizer, weight_decay=args.weight_decay,
+                          warmup_steps=args.warmup_steps, batch_transform=CropFlip(),
+                          results_folder=folder, save_every=0, progress_bar=False,
+                          seed=args.seed, device=args.device, amp=args.amp,
+                          compile=args.compile)
+        return trainer, batch_size, members_per_pass
+
+    load_before = _load_average()
+    for head in heads:
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(model, train, train_batch_size=args.batch_size,
-                              train_lr=args.lr, epochs=args.epochs, ema_decay=None,
-                              optimizer=args.optimizer, weight_decay=args.weight_decay,
-                              warmup_steps=args.warmup_steps, batch_transform=CropFlip(),
-                              results_folder=tmp, save_every=0, progress_bar=False,
-                              seed=args.seed, device=args.device, amp=args.amp,
-                              compile=args.compile)
+            trainer, batch_size, members_per_pass = make_trainer(head, tmp)
+            model = trainer.model
             device = str(trainer.device)
             with Timer() as t:
                 trainer.train()
         scores, eval_ips = _evaluate(model, x_test, y_test, trainer.device, trainer.amp_dtype)
         images = trainer.train_num_steps * trainer.global_batch
-        results[head] = {**scores, "train_seconds": t.seconds,
+        results[head] = {**scores, "batch_size": batch_size,
+                         "members_per_pass": members_per_pass, "train_seconds": t.seconds,
+                         "seconds_per_step": t.seconds / trainer.train_num_steps,
                          "train_images_per_s": images / t.seconds,
                          "eval_images_per_s": eval_ips,
                          "parameters": sum(p.numel() for p in model.parameters()),
@@ -129,17 +229,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"train {images / t.seconds:.0f} img/s eval {eval_ips:.0f} img/s "
               f"({t.seconds:.0f} s)", flush=True)
         model.cpu()
+        del trainer, model
+    if args.timing_rounds:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainers = {h: make_trainer(h, tmp)[0] for h in heads}
+            step_seconds = _interleaved_step_seconds(trainers, train.tensors[0],
+                                                     train.tensors[1], args.timing_rounds,
+                                                     args.timing_steps)
+            del trainers
+        for head, secs in step_seconds.items():
+            results[head]["step_seconds"] = secs
+            results[head]["step_seconds_median"] = statistics.median(secs)
     if "single" in results:
         ref = results["single"]["train_images_per_s"]
         ref_eval = results["single"]["eval_images_per_s"]
         for r in results.values():
             r["train_cost_vs_single"] = ref / r["train_images_per_s"]
             r["eval_cost_vs_single"] = ref_eval / r["eval_images_per_s"]
+            if args.timing_rounds:  # median over rounds of the ratio within a round
+                ref_steps = results["single"]["step_seconds"]
+                r["step_cost_vs_single"] = statistics.median(
+                    a / b for a, b in zip(r["step_seconds"], ref_steps, strict=True))
     env = environment(device)
     settings = {k: getattr(args, k) for k in ("model", "members", "epochs", "batch_size",
                                                "optimizer", "lr", "weight_decay",
                                                "label_smoothing", "seed", "amp")}
-    settings.update({"width": width, "train_size": n_train, "test_size": n_test})
+    settings.update({"width": width, "train_size": n_train, "test_size": n_test,
+                     "timing_rounds": args.timing_rounds, "timing_steps": args.timing_steps})
+    env["load_average"] = [load_before, _load_average()]
     report = {"benchmark": "cifar10", "command": args.command_line, "environment": env,
               "settings": settings, "data_source": data.source,
               "load_seconds": load_t.seconds, "results": results}
@@ -166,21 +283,67 @@ def _markdown(report: dict[str, Any]) -> str:
         f"(peak lr {s['lr']}, weight decay {s['weight_decay']}, cosine decay), label "
         f"smoothing {s['label_smoothing']}, seed {s['seed']}, one `Trainer` per head. Heads "
         f"with {m} members: Deep Ensemble = {m} independent networks; BatchEnsemble = "
-        f"`batchensemble(network, {m})` on the full batch tiled {m} times; Liquid Ensemble "
-        f"and MoE = {m} MLP experts on the network's pooled features.", "",
-        "Images per second count input images (a BatchEnsemble step processes each image "
-        f"{m} times); the cost columns are the single model's throughput over the head's, "
-        "measured in this run.", "",
+        f"`batchensemble(network, {m})`, trained in three ways: *full batch tiled*, every "
+        f"member on the whole batch of {s['batch_size']}, tiled to {m * s['batch_size']} "
+        f"rows in one pass; *full batch member by member*, the same function run one member "
+        f"at a time (`members_per_pass=1`, {m} passes of {s['batch_size']} rows); *paper "
+        f"recipe*, {s['batch_size'] // m} images a step tiled {m} times, so that a step has "
+        f"as many rows as the single model's (the BatchEnsemble paper's and "
+        f"uncertainty-baselines' setting), for the same epochs ({m} times as many steps); "
+        f"Liquid Ensemble and MoE = {m} MLP experts on the network's pooled features.", "",
+        "Images per second count input images (a full-batch BatchEnsemble step processes "
+        f"each image {m} times). Train cost and eval cost: the single model's training "
+        "(evaluation) images per second over the head's, from the training runs above, "
+        "one head after the other. Step (ms) and step cost: seconds per optimisation step "
+        f"(augmentation, forward, backward, optimizer step) measured after training in "
+        f"{s.get('timing_rounds', 0)} rounds of {s.get('timing_steps', 0)} steps of every "
+        "head in turn (after one untimed step at each turn); the step cost is the median "
+        "over the rounds of the head's step time over the single model's in the same "
+        "round, so that a change of load on a shared machine meets every head alike. The "
+        "paper recipe's step has as many rows as the single model's. On a CPU the tiled "
+        f"full batch ({m} x {s['batch_size']} rows in every shared layer) pays for fresh "
+        "memory pages on its large activations, which member-by-member passes avoid "
+        "(`docs/ensembles/batch.md`).", "",
     ]
+    load = env.get("load_average")
+    if load:
+        lines[6:6] = [f"Load average (1 min) at the start and the end: {load[0]} and "
+                      f"{load[1]}.", ""]
     rows = []
     for head, r in res.items():
-        rows.append([NAMES[head], f"{r['accuracy']:.4f}", f"{r['nll']:.3f}", f"{r['ece']:.3f}",
-                     f"{r['parameters']:,}", f"{r['train_images_per_s']:.0f}",
-                     f"{r['eval_images_per_s']:.0f}",
+        step = r.get("step_seconds_median")
+        rows.append([NAMES[head], r.get("batch_size", s["batch_size"]), f"{r['accuracy']:.4f}",
+                     f"{r['nll']:.3f}", f"{r['ece']:.3f}", f"{r['parameters']:,}",
+                     f"{r['train_images_per_s']:.0f}", f"{r['eval_images_per_s']:.0f}",
                      f"{r.get('train_cost_vs_single', float('nan')):.2f}x",
                      f"{r.get('eval_cost_vs_single', float('nan')):.2f}x",
+                     "n/a" if step is None else f"{1e3 * step:.1f}",
+                     (f"{r['step_cost_vs_single']:.2f}x" if "step_cost_vs_single" in r
+                      else "n/a"),
                      mean_std([r["train_seconds"]], 0)])
-    lines.append(markdown_table(["head", "accuracy", "NLL", "ECE", "parameters",
-                                 "train img/s", "eval img/s", "train cost", "eval cost",
-                                 "train time (s)"], rows))
+    lines.append(markdown_table(["head", "images / step", "accuracy", "NLL", "ECE",
+                                 "parameters", "train img/s", "eval img/s", "train cost",
+                                 "eval cost", "step (ms)", "step cost", "train time (s)"],
+                                rows))
+    targets = _targets(res)
+    if targets:
+        lines += ["", "Targets (issue 13), on the step cost:", "",
+                  markdown_table(["target", "measured", "met"], targets, align="lrl")]
     return "\n".join(lines) + "\n"
+
+
+def _targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The BatchEnsemble speed targets this run can judge: a full-batch step at most the
+    Deep Ensemble's and at most 4.4x the single model's; a paper-recipe step at most
+    1.6x."""
+    cost = {h: r["step_cost_vs_single"] for h, r in res.items() if "step_cost_vs_single" in r}
+    rows = []
+    for head in ("batch", "batch_passes"):
+        if head in cost and "deep" in cost:
+            ok = cost[head] <= cost["deep"] and cost[head] <= 4.4
+            rows.append([f"{NAMES[head]}: at most the Deep Ensemble's ({cost['deep']:.2f}x) "
+                         "and at most 4.4x", f"{cost[head]:.2f}x", "yes" if ok else "no"])
+    if "batch_paper" in cost:
+        rows.append([f"{NAMES['batch_paper']}: at most 1.6x", f"{cost['batch_paper']:.2f}x",
+                     "yes" if cost["batch_paper"] <= 1.6 else "no"])
+    return rows

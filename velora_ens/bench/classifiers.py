@@ -115,7 +115,8 @@ class ImageClassifier(nn.Module):
 
     * ``single``: the network;
     * ``deep``: ``members`` independently initialised copies (``ensemble``);
-    * ``batch``: ``batchensemble(network, members)``, the batch tiled per member;
+    * ``batch``: ``batchensemble(network, members, members_per_pass=members_per_pass)``,
+      the batch tiled per member (by default all members in one pass);
     * ``liquid``: the network's features -> a Liquid Ensemble of ``members`` delegating
       MLP experts over the class logits (cross-entropy of the power-weighted logits plus
       the auxiliary loss);
@@ -128,10 +129,12 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, network: nn.Module, head: str, members: int = 4, num_train: int = 50000,
                  num_classes: int = 10, num_samples: int = 4,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, members_per_pass: int | None = None) -> None:
         super().__init__()
         if head not in CLASSIFIER_HEADS:
             raise ValueError(f"head must be one of {CLASSIFIER_HEADS}, got {head!r}")
+        if members_per_pass is not None and head != "batch":
+            raise ValueError(f"members_per_pass is an option of head='batch', got head={head!r}")
         self.head, self.num_train, self.num_samples = head, int(num_train), int(num_samples)
         self.label_smoothing = float(label_smoothing)
         if head == "single":
@@ -139,7 +142,7 @@ class ImageClassifier(nn.Module):
         elif head == "deep":
             self.members = ensemble(network, members)
         elif head == "batch":
-            self.net = batchensemble(network, members)
+            self.net = batchensemble(network, members, members_per_pass=members_per_pass)
         elif head == "liquid":
             self.net = network
             experts = DelegatingMLPExperts(network.num_features, num_classes, members,

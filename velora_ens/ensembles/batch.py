@@ -9,6 +9,7 @@ tiles: rows ``[i B, (i + 1) B)`` of an ``(E B, ...)`` batch belong to member ``i
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterable
 
@@ -39,9 +40,14 @@ def _check_options(init: str, r_std: float, s_std: float) -> None:
 
 
 class _BatchEnsembleBase(nn.Module):
-    """Fast weights ``r (E, in)``, ``s (E, out)``, per-member bias ``(E, out)``."""
+    """Fast weights ``r (E, in)``, ``s (E, out)``, per-member bias ``(E, out)``.
+
+    ``_active`` (``None``: all members) is the ``[start, stop)`` range of members that the
+    input's rows belong to, set by a ``batchensemble`` model that runs its members in
+    several passes."""
 
     weight: nn.Parameter
+    _active: tuple[int, int] | None = None
 
     def _setup(self, base: nn.Module, num_members: int, in_size: int, out_size: int,
                use_base_weights: bool, init: str, r_mean: float, r_std: float,
@@ -76,11 +82,20 @@ class _BatchEnsembleBase(nn.Module):
                     p.bernoulli_(0.5).mul_(2.0).sub_(1.0)
 
     def _members(self, x: torch.Tensor) -> int:
-        if x.shape[0] % self.num_members:
+        e = self.num_members if self._active is None else self._active[1] - self._active[0]
+        if x.shape[0] % e:
+            what = ("num_members" if self._active is None
+                    else f"the members {self._active[0]}..{self._active[1] - 1} of this pass")
             raise ValueError(f"{type(self).__name__} expects a member-major batch of "
-                             f"num_members * B = {self.num_members} * B rows, got "
-                             f"{x.shape[0]} rows")
-        return x.shape[0] // self.num_members
+                             f"{what} * B = {e} * B rows, got {x.shape[0]} rows")
+        return x.shape[0] // e
+
+    def _fast_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``r``, ``s`` and bias of the active members."""
+        if self._active is None:
+            return self.r, self.s, self.bias
+        a, b = self._active
+        return self.r[a:b], self.s[a:b], None if self.bias is None else self.bias[a:b]
 
     def fast_parameters(self) -> list[nn.Parameter]:
         """The per-member parameters ``r``, ``s`` and bias."""
@@ -110,13 +125,14 @@ class BatchEnsembleLinear(_BatchEnsembleBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self._members(x)
-        e = self.num_members
+        r, s, bias = self._fast_weights()
+        e = r.shape[0]
         xe = x.reshape(e, -1, self.in_features)  # (E, B * ..., in)
-        y = F.linear(xe * self.r.unsqueeze(1), self.weight)
-        if self.bias is not None:  # y * s + bias in one fused op
-            y = torch.addcmul(self.bias.unsqueeze(1), y, self.s.unsqueeze(1))
+        y = F.linear(xe * r.unsqueeze(1), self.weight)
+        if bias is not None:  # y * s + bias in one fused op
+            y = torch.addcmul(bias.unsqueeze(1), y, s.unsqueeze(1))
         else:
-            y = y * self.s.unsqueeze(1)
+            y = y * s.unsqueeze(1)
         return y.reshape((e * b,) + x.shape[1:-1] + (self.out_features,))
 
     def extra_repr(self) -> str:
@@ -142,30 +158,64 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         self._setup(base_layer, num_members, self.in_channels, self.out_channels,
                     use_base_weights, init, r_mean, r_std, s_mean, s_std)
 
+    def member_weights(self, r: torch.Tensor | None = None,
+                       s: torch.Tensor | None = None) -> torch.Tensor:
+        """``(E, C_out, C_in / groups, kH, kW)``: member ``i``'s kernel ``W * (s_i r_i^T)``
+        (of the members whose ``r`` and ``s`` rows are given; default all).
+
+        With ``groups > 1``, output channel ``o`` of group ``g`` sees input channels
+        ``[g C_in / groups, (g + 1) C_in / groups)``, so ``r`` is laid out per group."""
+        r = self.r if r is None else r
+        s = self.s if s is None else s
+        e, g = r.shape[0], self.conv_kwargs["groups"]
+        co, ci = self.out_channels, self.in_channels
+        r = r.view(e, g, 1, ci // g).expand(e, g, co // g, ci // g).reshape(e, co, ci // g)
+        scale = s.unsqueeze(-1) * r  # (E, C_out, C_in / groups)
+        return self.weight.unsqueeze(0) * scale[..., None, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One convolution per member with its own kernel ``W * (s_i r_i^T)`` and bias, on
+        that member's rows (views of ``x``): the same function as ``s * conv(x * r) + bias``
+        without the three passes over the activations (and their backward) that the
+        rank-1 scalings cost; only the member outputs are concatenated."""
         if x.dim() != 4:
             raise ValueError(f"BatchEnsembleConv2d expects (E*B, C, H, W), got {tuple(x.shape)}")
         b = self._members(x)
-        r = self.r.repeat_interleave(b, 0)[:, :, None, None]
-        s = self.s.repeat_interleave(b, 0)[:, :, None, None]
-        y = F.conv2d(x * r, self.weight, None, **self.conv_kwargs) * s
-        if self.bias is not None:
-            y = y + self.bias.repeat_interleave(b, 0)[:, :, None, None]
-        return y
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"BatchEnsembleConv2d expects {self.in_channels} input channels, "
+                             f"got {x.shape[1]} (input shape {tuple(x.shape)})")
+        r, s, bias = self._fast_weights()
+        e = r.shape[0]
+        weights = self.member_weights(r, s)
+        biases = bias if bias is not None else (None,) * e
+        if e == 1:  # no split: its backward would copy the input's gradient
+            return F.conv2d(x, weights[0], biases[0], **self.conv_kwargs)
+        rows = x.split(b, 0) if b else (x,) * e
+        outs = [F.conv2d(xi, wi, bi, **self.conv_kwargs)
+                for xi, wi, bi in zip(rows, weights, biases, strict=True)]
+        return torch.cat(outs, 0)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
                 f"num_members={self.num_members}, bias={self.bias is not None}")
 
 
-def _tile_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook: tile the first argument ``(B, ...) -> (E B, ...)`` member-major."""
+def _tile(x: torch.Tensor, e: int) -> torch.Tensor:
+    """``(B, ...) -> (e B, ...)``, member-major."""
+    return x if e == 1 else x.repeat((e,) + (1,) * (x.dim() - 1))
+
+
+def _batch_argument(args: tuple) -> torch.Tensor:
     if not args or not isinstance(args[0], torch.Tensor):
         raise ValueError("a batchensemble model takes the batch tensor as its first argument")
-    x = args[0]
-    e = int(module.num_members)
+    return args[0]
+
+
+def _tile_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: tile the first argument ``(B, ...) -> (E B, ...)`` member-major."""
+    x = _batch_argument(args)
     module._be_batch = x.shape[0]
-    return (x.repeat((e,) + (1,) * (x.dim() - 1)),) + tuple(args[1:]), kwargs
+    return (_tile(x, int(module.num_members)),) + tuple(args[1:]), kwargs
 
 
 def _split_output(module: nn.Module, args: tuple, kwargs: dict, output):
@@ -184,6 +234,48 @@ def _split_output(module: nn.Module, args: tuple, kwargs: dict, output):
     return split(output)
 
 
+def _merge_passes(outs: list, sizes: list[int], b: int):
+    """Join the passes' outputs (``(k_j B, ...)`` tensors, possibly in tuples / lists) into
+    ``(E, B, ...)`` tensors."""
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        if not all(isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[0] == k * b
+                   for o, k in zip(outs, sizes, strict=True)):
+            shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+                      for o in outs]
+            raise ValueError(f"members_per_pass: every output tensor must have the pass's "
+                             f"members_in_pass * B rows (B = {b}, members in the passes "
+                             f"{sizes}) to be joined, got shapes {shapes}")
+        return torch.cat([o.reshape((k, b) + o.shape[1:])
+                          for o, k in zip(outs, sizes, strict=True)], 0)
+    if isinstance(first, (tuple, list)) and all(len(o) == len(first) for o in outs):
+        merged = [_merge_passes([o[i] for o in outs], sizes, b) for i in range(len(first))]
+        return merged if isinstance(first, list) else tuple(merged)
+    raise ValueError(f"members_per_pass: cannot join outputs of type {type(first).__name__} "
+                     f"across passes; return tensors (or tuples / lists of tensors)")
+
+
+def _forward_in_passes(model: nn.Module, *args, **kwargs):
+    """``model.forward`` when ``members_per_pass < num_members``: run the class's forward
+    once per group of members on that group's tiles and join the outputs to
+    ``(E, B, ...)``."""
+    x = _batch_argument(args)
+    e, k, b = int(model.num_members), model._be_members_per_pass, x.shape[0]
+    layers = [m for m in model.modules() if isinstance(m, _BatchEnsembleBase)]
+    outs, sizes = [], []
+    try:
+        for start in range(0, e, k):
+            stop = min(start + k, e)
+            for layer in layers:
+                layer._active = (start, stop)
+            outs.append(type(model).forward(model, _tile(x, stop - start), *args[1:], **kwargs))
+            sizes.append(stop - start)
+    finally:
+        for layer in layers:
+            layer._active = None
+    return _merge_passes(outs, sizes, b)
+
+
 def batchensemble(
     base: nn.Module,
     num_members: int = 1,
@@ -193,6 +285,7 @@ def batchensemble(
     r_std: float = 0.5,
     s_mean: float = 1.0,
     s_std: float = 0.5,
+    members_per_pass: int | None = None,
 ) -> nn.Module:
     """A BatchEnsemble copy of ``base`` (the base is not modified).
 
@@ -203,11 +296,32 @@ def batchensemble(
     in training and in evaluation alike; ``num_members`` is kept as a buffer in the
     state dict. Other layers (normalisation, liquid cells, ...) are shared and see the
     tiled batch. Arguments as in :class:`BatchEnsembleLinear`.
+
+    ``members_per_pass=k < num_members`` runs the network ``ceil(E / k)`` times, each
+    time on ``k`` members' tiles (``k B`` rows), and joins the outputs: the same function
+    when the network treats rows independently, with activations ``E / k`` times smaller
+    (on a CPU, large tiled activations cost more per row; see the docs). Networks with
+    ``BatchNorm`` are refused (their batch statistics would change), random layers such
+    as dropout draw in another order, and every output tensor must have the rows of the
+    members. ``None`` (default): all members in one tiled pass.
     """
     num_members = check_int("num_members", num_members, 1)
     _check_options(init, r_std, s_std)
+    if members_per_pass is not None:
+        members_per_pass = check_int("members_per_pass", members_per_pass, 1)
+        if members_per_pass > num_members:
+            raise ValueError(f"members_per_pass must be in [1, num_members = {num_members}] "
+                             f"or None, got {members_per_pass}")
     if not isinstance(base, nn.Module):
         raise ValueError(f"base must be an nn.Module, got {type(base).__name__}")
+    passes = members_per_pass is not None and members_per_pass < num_members
+    if passes:
+        for name, m in base.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                raise ValueError(f"members_per_pass={members_per_pass} < num_members="
+                                 f"{num_members} would change the batch statistics of "
+                                 f"{name or 'the model'} ({type(m).__name__}); use "
+                                 "members_per_pass=None (one tiled pass)")
     model = copy.deepcopy(base)
     kw = {"num_members": num_members, "use_base_weights": use_base_weights, "init": init,
           "r_mean": r_mean, "r_std": r_std, "s_mean": s_mean, "s_std": s_std}
@@ -235,8 +349,12 @@ def batchensemble(
         raise ValueError(f"{type(base).__name__} has no nn.Linear or nn.Conv2d layer to turn "
                          "into a BatchEnsemble layer")
     model.register_buffer("num_members", torch.tensor(num_members))
-    model.register_forward_pre_hook(_tile_input, with_kwargs=True)
-    model.register_forward_hook(_split_output, with_kwargs=True)
+    if passes:
+        model._be_members_per_pass = members_per_pass
+        model.forward = functools.partial(_forward_in_passes, model)
+    else:
+        model.register_forward_pre_hook(_tile_input, with_kwargs=True)
+        model.register_forward_hook(_split_output, with_kwargs=True)
     return model
 
 
