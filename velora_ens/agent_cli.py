@@ -13,31 +13,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from velora_ens.cli import integer_option
+
 __all__ = ["add_agent_commands", "run_agent_command"]
 
 # the run's own options, which a --config file may also set (the command line wins)
 _RUN_OPTIONS = {"env": "Pendulum-v1", "seed": 0, "n_envs": 1}
 
 
-def _integer(name: str, low: int):
-    """An argparse type: an integer >= ``low``, with errors naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {value}")
-        return value
-    return parse
-
-
 def _positive(name: str):
-    return _integer(name, 1)
+    return integer_option(name, 1)
 
 
 def _seed(name: str = "--seed"):
-    return _integer(name, 0)
+    return integer_option(name, 0)
 
 
 def add_agent_commands(sub: Any) -> None:

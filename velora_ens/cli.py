@@ -26,14 +26,15 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
-def _non_negative(name: str):
+def integer_option(name: str, low: int):
+    """An argparse ``type``: an integer >= ``low``, with errors naming the option."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {value}")
         return value
     return parse
 
@@ -53,7 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "and print its test error next to a persistence baseline.")
     demo.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     demo.add_argument("--cell", choices=("cfc", "ltc"), default="cfc", help="liquid cell")
-    demo.add_argument("--seed", type=_non_negative("--seed"), default=0,
+    demo.add_argument("--seed", type=integer_option("--seed", 0), default=0,
                       help="random seed (default 0)")
     demo.add_argument("--neurons", type=int, default=16, help="inter + command neurons")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
