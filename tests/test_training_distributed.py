@@ -133,6 +133,8 @@ if __name__ == "__main__":  # a torchrun worker
         pass
     resumed = dropout_trainer(out.parent / "crash", resume=True)
     assert not resumed.dist.started_here  # it joined the group the first trainer made
+    resumed.close()  # leaves the group to the trainer that made it
+    assert dist.is_initialized()
 
     trainer.close()
     if trainer.dist.is_main:

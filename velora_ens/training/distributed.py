@@ -80,9 +80,11 @@ def _destroy_if_initialized() -> None:
 
 def close_distributed(info: DistInfo) -> None:
     """Tear the process group down if ``info`` says this process created it (a group the
-    caller set up is left for the caller to close)."""
-    if info.started_here:
-        _destroy_if_initialized()
+    caller set up is left for the caller to close). The ranks meet at a barrier first, so
+    that none tears its connections down while another still uses them."""
+    if info.started_here and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard_indices(global_batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
