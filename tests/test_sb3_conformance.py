@@ -18,6 +18,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from rl_envs import CounterEnv
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -169,7 +170,7 @@ def test_every_sb3_callback_runs(tmp_path, capsys):
 # ------------------------------------------------------------------ SB3 vector envs
 @pytest.mark.parametrize("terminate", [True, False])
 def test_sb3_vec_env_transitions_never_mix_episodes(terminate):
-    venv = DummyVecEnv([lambda: CounterEnv(5, terminate=terminate) for _ in range(2)])
+    venv = DummyVecEnv([lambda: Monitor(CounterEnv(5, terminate=terminate)) for _ in range(2)])
     agent = small(venv, learning_starts=10_000, buffer_size=3000)
     agent.learn(100)
     buf = agent.buffer
@@ -183,7 +184,8 @@ def test_sb3_vec_env_transitions_never_mix_episodes(terminate):
         # DummyVecEnv's TimeLimit.truncated becomes truncated: only terminations stop
         # bootstrapping
         np.testing.assert_array_equal(buf.terminated[e, :n], last if terminate else 0 * last)
-    assert len(agent.ep_info_buffer) == 0 or agent.ep_info_buffer[0]["l"] == 5
+    # Monitor's episode statistics: 50 steps per copy, episodes of 5 steps and reward 5
+    assert [(e["l"], e["r"]) for e in agent.ep_info_buffer] == [(5, 5.0)] * 20
 
 
 def test_sb3_make_vec_env_episode_statistics_and_exact_resume(tmp_path):
@@ -426,3 +428,69 @@ def test_importing_velora_ens_loads_no_agent_or_env_module():
                          check=True).stdout
     assert out.strip() == "[]"
 
+
+
+# ------------------------------------------------------------------ small pieces
+def test_schedules_spellings_and_checks():
+    from agents.schedules import as_schedule, progress_remaining
+
+    lin = as_schedule("lin_1e-3", "learning_rate")
+    assert (lin(1.0), lin(0.25), lin.constant) == (1e-3, 2.5e-4, False)
+    const = as_schedule(3e-4, "learning_rate")
+    assert (const(0.0), const.constant) == (3e-4, True)
+    assert as_schedule(lambda p: 2 * p, "clip_range")(0.5) == 1.0
+    for bad, fragment in ((0, "must be a number > 0"), ("fast", "not a schedule"),
+                          ("lin_-1", "initial value must be > 0"), (True, "must be")):
+        with pytest.raises(ValueError, match=fragment):
+            as_schedule(bad, "learning_rate")
+    with pytest.raises(ValueError, match=r"the clip_range schedule returned -1 at progress "
+                                         r"remaining 0.500"):
+        as_schedule(lambda p: -1, "clip_range")(0.5)
+    assert progress_remaining(130, 100, 60) == pytest.approx(0.5)
+    assert progress_remaining(200, 100, 60) == 0.0
+
+
+@pytest.mark.parametrize("kwargs, rate", [
+    ({"train_freq": 1, "gradient_steps": 2}, 1.0),  # 2 updates per step of 2 copies
+    ({"train_freq": (4, "step")}, 1 / 8),            # 1 update every 4 steps of 2 copies
+    ({"gradient_steps": -1}, 1.0),                   # one per transition collected
+    ({}, 1.0),                                       # NeuroFlow's utd_ratio default
+])
+def test_sb3_train_freq_and_gradient_steps_give_the_update_rate(kwargs, rate):
+    assert small(n_envs=2, **kwargs).utd_ratio == rate
+
+
+def test_sb3_update_rate_mistakes_are_named():
+    with pytest.raises(ValueError, match="utd_ratio or Stable-Baselines3's train_freq"):
+        small(utd_ratio=2.0, gradient_steps=2)
+    with pytest.raises(ValueError, match="does not train per episode"):
+        small(train_freq=(1, "episode"))
+    with pytest.raises(ValueError, match="gradient_steps must be an integer >= 1, got 0"):
+        small(gradient_steps=0)
+
+
+def test_a_replay_buffer_from_another_step_restores_the_data_only(tmp_path):
+    agent = small(seed=0)
+    agent.learn(50)
+    path = agent.save_replay_buffer(tmp_path / "buffer")
+    agent.learn(10)
+    with pytest.warns(UserWarning, match="saved at step 50, the agent is at step 60"):
+        agent.load_replay_buffer(path)
+    assert len(agent.replay_buffer) == 50 and agent.driver.obs is None
+    other = small("Pendulum-v1")
+    with pytest.raises(ValueError, match="has format 'velora_ens.training_state/1'"):
+        NeuroFlow.load(path)
+    with pytest.raises(ValueError, match="replay buffer's obs has shape"):
+        other.load_replay_buffer(path)
+
+
+def test_a_saved_policy_is_refused_where_an_agent_is_expected(tmp_path):
+    from agents import LiquidPolicy
+
+    agent = small()
+    path = agent.policy.save(tmp_path / "policy")
+    assert path == tmp_path / "policy.safetensors"
+    with pytest.raises(ValueError, match="expected 'velora_ens.agent/1'"):
+        NeuroFlow.load(path)
+    with pytest.raises(ValueError, match="expected 'velora_ens.policy/1'"):
+        LiquidPolicy.load(agent.save(tmp_path / "agent"))
