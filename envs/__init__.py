@@ -2,18 +2,28 @@
 
 Importing this package registers the velocity-masked ids ``CartPoleNoVel-v1``,
 ``PendulumNoVel-v1``, ``MountainCarContinuousNoVel-v0`` and
-``LunarLanderContinuousNoVel-v3`` (the last needs ``gymnasium[box2d]``).
+``LunarLanderContinuousNoVel-v3`` (the last needs ``gymnasium[box2d]``), and their
+irregularly timed variants ``PendulumNoVelIrregular-v1`` and ``CartPoleNoVelIrregular-v1``:
+:class:`IrregularTiming` repeats each action for a random number of simulator steps
+(uniform in 1..4 by default) and reports the time since the previous observation in
+``info[ELAPSED_TIME_KEY]`` (seconds of simulated time).
 """
 
 from envs.factory import make_env, make_vec_env
-from envs.registration import NOVEL_IDS, register_envs
+from envs.registration import IRREGULAR_IDS, NOVEL_IDS, register_envs
+from envs.timing import DROPPED_KEY, ELAPSED_STEPS_KEY, ELAPSED_TIME_KEY, IrregularTiming
 from envs.wrappers import VELOCITY_INDICES, MaskVelocityWrapper, ObservationNoiseWrapper
 
 register_envs()
 
 __all__ = [
+    "DROPPED_KEY",
+    "ELAPSED_STEPS_KEY",
+    "ELAPSED_TIME_KEY",
+    "IRREGULAR_IDS",
     "NOVEL_IDS",
     "VELOCITY_INDICES",
+    "IrregularTiming",
     "MaskVelocityWrapper",
     "ObservationNoiseWrapper",
     "make_env",
