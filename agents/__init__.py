@@ -9,8 +9,9 @@ from agents.buffers import SequenceBatch, SequenceReplayBuffer
 from agents.critics import CriticEnsemble
 from agents.neuroflow import NeuroFlow
 from agents.policies import LiquidActor
+from agents.ppo import LiquidPPO
 
 load_agent = BaseAgent.load
 
-__all__ = ["BaseAgent", "CriticEnsemble", "LiquidActor", "LiquidPolicy", "NeuroFlow",
+__all__ = ["BaseAgent", "CriticEnsemble", "LiquidActor", "LiquidPPO", "LiquidPolicy", "NeuroFlow",
            "NonFiniteTrainingError", "SequenceBatch", "SequenceReplayBuffer", "load_agent"]

@@ -1,12 +1,12 @@
-"""NeuroFlow settings tuned per task: the benchmarks' settings (``benchmarks/bench_rl.py``
-reads them from here) and ``velora-ens train``'s defaults for these ids. Other tasks use
-NeuroFlow's defaults."""
+"""Settings tuned per task: the benchmarks' settings (``benchmarks/bench_rl.py`` and
+``benchmarks/bench_ppo.py`` read them from here) and ``velora-ens train``'s defaults for
+these ids. Other tasks use the agent's defaults."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TUNED_HYPERPARAMS"]
+__all__ = ["TUNED_HYPERPARAMS", "TUNED_PPO_HYPERPARAMS", "tuned_hyperparams"]
 
 TUNED_HYPERPARAMS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"learning_rate": 1e-3},
@@ -15,3 +15,22 @@ TUNED_HYPERPARAMS: dict[str, dict[str, Any]] = {
     "CartPoleNoVel-v1": {"target_entropy_scale": 0.3, "learning_rate": "lin_1e-3",
                          "critic_trains_state": True, "n_step": 3, "gamma": 0.98},
 }
+
+# LiquidPPO: RL Zoo's ppo_lstm.yml settings for these ids (n_envs included), with its
+# ``normalize: true`` as observation and reward normalisation
+TUNED_PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
+    "CartPoleNoVel-v1": {"n_envs": 8, "n_steps": 32, "batch_size": 256, "n_epochs": 20,
+                         "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": "lin_1e-3",
+                         "clip_range": "lin_0.2", "ent_coef": 0.0,
+                         "normalize_observations": True, "normalize_rewards": True},
+    "PendulumNoVel-v1": {"n_envs": 4, "n_steps": 1024, "batch_size": 128, "seq_len": 32,
+                         "n_epochs": 10, "gamma": 0.9, "gae_lambda": 0.95,
+                         "learning_rate": 1e-3, "normalize_observations": True,
+                         "normalize_rewards": True},
+}
+
+
+def tuned_hyperparams(agent: str, env_id: str) -> dict[str, Any]:
+    """A copy of the tuned settings of ``agent`` (a class name) for ``env_id``, or ``{}``."""
+    table = TUNED_PPO_HYPERPARAMS if agent == "LiquidPPO" else TUNED_HYPERPARAMS
+    return dict(table.get(env_id, {}))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ObservationNormalizer"]
+__all__ = ["ObservationNormalizer", "RewardNormalizer"]
 
 
 class ObservationNormalizer(nn.Module):
@@ -50,3 +50,37 @@ class ObservationNormalizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = (self.var + self.eps).rsqrt().to(x.dtype)
         return ((x - self.mean.to(x.dtype)) * scale).clamp(-self.clip, self.clip)
+
+
+class RewardNormalizer(nn.Module):
+    """Stable-Baselines3's ``VecNormalize(norm_reward=True)``: rewards divided by the
+    running standard deviation of the discounted return, clipped at ``clip``.
+
+    Each environment copy keeps its discounted return ``R <- gamma R + r`` (reset where
+    an episode ends); the variance of those returns (Chan et al.'s running update, as
+    :class:`ObservationNormalizer`) scales the rewards, which are not centred. The
+    statistics and the per-copy returns are buffers, so they travel with ``state_dict``.
+    """
+
+    def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8
+                 ) -> None:
+        super().__init__()
+        self.gamma, self.clip, self.eps = float(gamma), float(clip), float(eps)
+        self.stats = ObservationNormalizer(1, clip=clip, eps=eps)
+        self.register_buffer("returns", torch.zeros(n_envs, dtype=torch.float64))
+
+    @torch.no_grad()
+    def scale(self, rewards: np.ndarray, dones: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The scaled rewards of the copies ``rows`` (the transitions of a step), after
+        merging their returns into the statistics; ``dones`` end their returns."""
+        r = torch.as_tensor(np.asarray(rewards, dtype=np.float64)[rows],
+                            device=self.returns.device)
+        ret = self.returns[rows] * self.gamma + r
+        self.stats.update(ret.reshape(-1, 1))
+        self.returns[rows] = ret * torch.as_tensor(~np.asarray(dones)[rows],
+                                                   dtype=torch.float64,
+                                                   device=self.returns.device)
+        scale = (self.stats.var + self.eps).rsqrt()
+        out = np.zeros(len(rewards), np.float32)
+        out[rows] = (r * scale).clamp(-self.clip, self.clip).cpu().numpy()
+        return out

@@ -274,3 +274,109 @@ def test_liquid_expert_loss_adds_each_experts_own_nll():
     own = torch.stack([0.5 * (var[k].log() + (y - mean[k]).pow(2) / var[k]).mean()
                        for k in range(3)]).mean()
     torch.testing.assert_close(extra(x, y), plain(x, y) + 0.5 * own)
+
+
+# --- benchmarks/bench_ppo.py: LiquidPPO against RecurrentPPO and frame-stacked PPO ---------
+@pytest.fixture
+def bench_ppo(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_ppo
+
+    return bench_ppo
+
+
+def ppo_run(algo, seed, curve, threshold=475.0, sps=100.0, params=10):
+    from bench_ppo import steps_to_threshold
+
+    return {"algo": algo, "seed": seed, "curve": curve, "steps_per_second": sps,
+            "parameters": params, "steps_to_threshold": steps_to_threshold(curve, threshold)}
+
+
+def test_bench_ppo_steps_to_threshold_and_targets(bench_ppo):
+    assert bench_ppo.steps_to_threshold([(10, 400.0), (20, 475.0), (30, 500.0)], 475) == 20
+    assert bench_ppo.steps_to_threshold([(10, 400.0)], 475) is None
+    assert bench_ppo.steps_to_threshold([(10, -300.0), (20, -210.0)], -218) == 20
+    ours = bench_ppo.summarize([ppo_run("liquid_ppo", 0, [(10, 480.0), (20, 500.0)]),
+                                ppo_run("liquid_ppo", 1, [(10, 300.0), (20, 490.0)])])
+    assert ours["finals"] == [500.0, 490.0] and ours["mean"] == 495.0 and ours["std"] == 5.0
+    assert (ours["reached"], ours["seeds"], ours["mean_steps"]) == (2, 2, 15.0)
+    theirs = bench_ppo.summarize([ppo_run("recurrent_ppo", 0, [(10, 100.0), (20, 476.0)]),
+                                  ppo_run("recurrent_ppo", 1, [(10, 100.0), (20, 200.0)])])
+    assert (theirs["reached"], theirs["mean_steps"]) == (1, 20.0)
+    assert bench_ppo.reach_text(theirs) == "20 (1/2 seeds)"
+    assert bench_ppo.faster(ours, theirs) and not bench_ppo.faster(theirs, ours)
+    never = bench_ppo.summarize([ppo_run("ppo_stacked", 0, [(10, 9.0), (20, 20.0)])])
+    assert bench_ppo.reach_text(never) == "never (0/1 seeds)"
+    assert bench_ppo.faster(theirs, never) and not bench_ppo.faster(never, never)
+    # fewer steps but in fewer seeds is not faster
+    one = bench_ppo.summarize([ppo_run("liquid_ppo", 0, [(10, 480.0)]),
+                               ppo_run("liquid_ppo", 1, [(10, 100.0)])])
+    both = bench_ppo.summarize([ppo_run("recurrent_ppo", s, [(20, 480.0)]) for s in (0, 1)])
+    assert not bench_ppo.faster(one, both)
+
+    cartpole, pendulum = bench_ppo.TASKS["cartpole-novel"], bench_ppo.TASKS["pendulum-novel"]
+    checks = bench_ppo.targets(cartpole, {"liquid_ppo": ours, "recurrent_ppo": theirs})
+    assert [met for _, met in checks] == [True, True]
+    assert "**met** (495.0)" in checks[0][0]
+    assert "(15 (2/2 seeds) against 20 (1/2 seeds))" in checks[1][0]
+    assert bench_ppo.targets(cartpole, {"recurrent_ppo": theirs}) == []
+    low = bench_ppo.summarize([ppo_run("liquid_ppo", 0, [(10, -200.0)], threshold=-218.0)])
+    checks = bench_ppo.targets(pendulum, {"liquid_ppo": low})
+    assert [met for _, met in checks] == [True, False]
+    assert checks[1][0].startswith("stretch, LiquidPPO final return >= -175: **not met**")
+
+    lines = bench_ppo.table({"liquid_ppo": ours, "ppo_stacked": never}, 475.0)
+    assert lines[2] == "| LiquidPPO | 495.0 ± 5.0 | 500.0, 490.0 | 15 (2/2 seeds) | 100 | 10 |"
+    assert lines[3].startswith("| SB3 PPO (MlpPolicy, 4 stacked frames) | 20.0 ± 0.0 | 20.0 |")
+
+
+def test_bench_ppo_settings_follow_rl_zoo(bench_ppo):
+    task = bench_ppo.TASKS["cartpole-novel"]
+    kwargs = bench_ppo.sb3_kwargs(bench_ppo.settings("recurrent_ppo", task))
+    assert kwargs["learning_rate"](0.5) == pytest.approx(5e-4)
+    assert kwargs["clip_range"](1.0) == pytest.approx(0.2)
+    assert kwargs["policy_kwargs"]["activation_fn"] is torch.nn.ReLU
+    assert "n_envs" not in kwargs and "normalize" not in kwargs
+    stacked = bench_ppo.settings("ppo_stacked", bench_ppo.TASKS["pendulum-novel"])
+    assert stacked["frame_stack"] == 4 and stacked["use_sde"] and "batch_size" not in stacked
+
+
+def test_bench_ppo_baselines_end_to_end(bench_ppo, tmp_path):
+    pytest.importorskip("sb3_contrib")
+    out = tmp_path / "ppo"
+    argv = ["cartpole-novel", "--steps", "256", "--eval-every", "128", "--seeds", "0",
+            "--jobs", "1", "--algos", "recurrent_ppo", "ppo_stacked", "--out", str(out)]
+    assert bench_ppo.main(argv) == 0
+    report = json.loads((out / "ppo-cartpole-novel.json").read_text())
+    assert report["command"] == "python benchmarks/bench_ppo.py " + " ".join(
+        argv[:1] + ["--seeds", "0", "--jobs", "1", "--algos", "recurrent_ppo", "ppo_stacked",
+                    "--steps", "256", "--eval-every", "128", "--out", str(out)])
+    runs = {r["algo"]: r for r in report["results"]}
+    assert set(runs) == {"recurrent_ppo", "ppo_stacked"}
+    for r in runs.values():  # 8 envs: an evaluation at 128 steps, the final one at 256
+        assert [step for step, _ in r["curve"]] == [128, 256] and r["steps"] == 256
+        assert r["steps_per_second"] > 0 and r["parameters"] > 0
+    page = (out / "ppo-cartpole-novel.md").read_text()
+    stacked = runs["ppo_stacked"]
+    assert (f"| SB3 PPO (MlpPolicy, 4 stacked frames) | {stacked['curve'][-1][1]:.1f} ± 0.0 |"
+            in page)
+    assert report["command"] in page and (out / "ppo-cartpole-novel.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["mountaincar"], "invalid choice: 'mountaincar'"),
+    (["cartpole-novel", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["cartpole-novel", "--algos", "dqn"], "invalid choice: 'dqn'"),
+    (["cartpole-novel"], "agents.LiquidPPO is not available"),
+    (["throughput"], "agents.LiquidPPO is not available"),
+])
+def test_bench_ppo_mistakes_exit_2(bench_ppo, monkeypatch, capsys, argv, fragment):
+    import agents
+
+    monkeypatch.delattr(agents, "LiquidPPO", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        bench_ppo.main(argv)
+    assert exit_.value.code == 2
+    assert fragment in capsys.readouterr().err

@@ -156,3 +156,22 @@ def test_train_takes_an_env_id_with_its_module(tmp_path, capsys, monkeypatch):
     assert NeuroFlow.load(run / "final_model").env_id == "my_cli_tasks:ShortCartPole-v0"
     assert main(["evaluate", str(run / "final_model"), "--episodes", "1"]) == 0
     assert "my_cli_tasks:ShortCartPole-v0" in capsys.readouterr().out
+
+
+def test_train_ppo_uses_its_tuned_settings_and_evaluate_loads_it(tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--no-progress", "--no-video", "--eval-episodes", "1", "--eval-freq", "256"]
+    assert main(["train", "--algo", "ppo", "--env", "CartPoleNoVel-v1", "--timesteps", "256",
+                 *common]) == 0
+    run = tmp_path / "runs" / "CartPoleNoVel-v1_seed0_1"
+    saved = json.loads((run / "config.json").read_text())
+    # the tuned settings (RL Zoo's ppo_lstm ones) set the number of copies too
+    assert (saved["algo"], saved["n_envs"], saved["ppo"]["n_steps"]) == ("ppo", 8, 32)
+    assert "LiquidPPO on CartPoleNoVel-v1" in capsys.readouterr().out
+    assert main(["evaluate", str(run / "final_model"), "--episodes", "1"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"burn_in": 4}))  # a NeuroFlow option
+    assert main(["train", "--algo", "ppo", "--config", str(config), *common]) == 2
+    assert "unknown LiquidPPO option(s) ['burn_in']" in capsys.readouterr().err

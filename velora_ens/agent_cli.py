@@ -1,4 +1,5 @@
-"""``velora-ens train | evaluate | record``: NeuroFlow agents from the command line.
+"""``velora-ens train | evaluate | record``: NeuroFlow and LiquidPPO agents from the command
+line.
 
 The only part of ``velora_ens`` that imports the ``agents`` and ``envs`` packages (lazily,
 inside the handlers), as DESIGN.md allows for the command line.
@@ -19,6 +20,8 @@ __all__ = ["add_agent_commands", "run_agent_command"]
 
 # the run's own options, which a --config file may also set (the command line wins)
 _RUN_OPTIONS = {"env": "Pendulum-v1", "seed": 0, "n_envs": 1}
+# --algo: the agent class's name in ``agents``
+ALGOS = {"neuroflow": "NeuroFlow", "ppo": "LiquidPPO"}
 
 
 def _positive(name: str):
@@ -31,9 +34,13 @@ def _seed(name: str = "--seed"):
 
 def add_agent_commands(sub: Any) -> None:
     train = sub.add_parser(
-        "train", help="train a NeuroFlow agent (default: Pendulum-v1, a few minutes)",
-        description="Train NeuroFlow on a Gymnasium task, evaluate it periodically, keep the "
-                    "best model, write TensorBoard logs and a video of the final policy.")
+        "train", help="train an agent (default: NeuroFlow on Pendulum-v1, a few minutes)",
+        description="Train NeuroFlow (liquid SAC) or LiquidPPO (liquid recurrent PPO) on a "
+                    "Gymnasium task, evaluate it periodically, keep the best model, write "
+                    "TensorBoard logs and a video of the final policy.")
+    train.add_argument("--algo", choices=sorted(ALGOS), default="neuroflow",
+                       help="neuroflow (liquid SAC, default) or ppo (LiquidPPO); each has "
+                            "tuned settings for some tasks")
     train.add_argument("--env", default=None,
                        help="Gymnasium id, or 'module:EnvId' to import the module that "
                             "registers it (default Pendulum-v1)")
@@ -45,7 +52,8 @@ def add_agent_commands(sub: Any) -> None:
     train.add_argument("--log-dir", default="runs",
                        help="folder for the run's folder (default runs)")
     train.add_argument("--config", default=None,
-                       help="JSON file of NeuroFlow arguments (replace the defaults for --env); "
+                       help="JSON file of the agent's arguments (replace the tuned ones for "
+                            "--env); "
                             "it may also set env, seed and n_envs, which the command line "
                             "overrides")
     train.add_argument("--eval-freq", type=_positive("--eval-freq"), default=2_500,
@@ -88,14 +96,20 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--config {path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"--config {path} must hold a JSON object of NeuroFlow arguments")
+        raise ValueError(f"--config {path} must hold a JSON object of agent arguments")
     return config
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's options (env, seed, n_envs: command line, else config, else default) and
-    NeuroFlow's arguments (the config's, else the tuned ones for the env)."""
+    the agent's arguments (the config's, else the tuned ones for the env and algorithm;
+    the tuned ones may set n_envs)."""
     config = {} if args.config is None else _read_config(Path(args.config))
+    if args.config is None:
+        from agents.hyperparams import tuned_hyperparams
+
+        env = args.env if args.env is not None else _RUN_OPTIONS["env"]
+        config = tuned_hyperparams(ALGOS[args.algo], env)
     run = {}
     for key, default in _RUN_OPTIONS.items():
         value = getattr(args, key)
@@ -110,37 +124,37 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
                          f"{run['env']!r}")
     for key in _RUN_OPTIONS:
         config.pop(key, None)  # given on the command line as well: the command line wins
-    if args.config is None:
-        from agents.hyperparams import TUNED_HYPERPARAMS
-
-        config = dict(TUNED_HYPERPARAMS.get(run["env"], {}))
     return run, config
 
 
-def _check_options(hyper: dict[str, Any]) -> None:
+def _agent_class(algo: str) -> type:
+    import agents
+
+    return getattr(agents, ALGOS[algo])
+
+
+def _check_options(algo: str, hyper: dict[str, Any]) -> None:
     import inspect
 
-    from agents import NeuroFlow
-
+    cls = _agent_class(algo)
     if "tensorboard_log" in hyper:
         raise ValueError("--config: tensorboard_log is set by velora-ens train (the run "
                          "folder's tensorboard/); use --log-dir to choose where runs go")
-    allowed = set(inspect.signature(NeuroFlow.__init__).parameters) - {
+    allowed = set(inspect.signature(cls.__init__).parameters) - {
         "self", "env", "policy", "seed", "n_envs", "tensorboard_log"}
     unknown = sorted(set(hyper) - allowed)
     if unknown:
-        raise ValueError(f"unknown NeuroFlow option(s) {unknown}; expected some of "
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; expected some of "
                          f"{sorted(allowed | set(_RUN_OPTIONS))}")
 
 
-def _make_agent(env_id: str, seed: int, n_envs: int, hyper: dict[str, Any], log_dir: Path):
-    from agents import NeuroFlow
-
+def _make_agent(algo: str, env_id: str, seed: int, n_envs: int, hyper: dict[str, Any],
+                log_dir: Path):
+    cls = _agent_class(algo)
     try:
-        return NeuroFlow(env_id, seed=seed, n_envs=n_envs, tensorboard_log=str(log_dir),
-                         **hyper)
+        return cls(env_id, seed=seed, n_envs=n_envs, tensorboard_log=str(log_dir), **hyper)
     except TypeError as exc:  # a value of the wrong type deep inside
-        raise ValueError(f"bad NeuroFlow option value ({exc})") from None
+        raise ValueError(f"bad {cls.__name__} option value ({exc})") from None
 
 
 def _run_folder(log_dir: str, env_id: str, seed: int) -> Path:
@@ -182,13 +196,14 @@ def _train(args: argparse.Namespace) -> int:
     _check_env_id(env_id)
     if args.save_freq < 0:
         raise ValueError(f"--save-freq must be >= 0, got {args.save_freq}")
-    _check_options(hyper)
+    _check_options(args.algo, hyper)
     run = _run_folder(args.log_dir, env_id, seed)
-    agent = _make_agent(env_id, seed, n_envs, hyper, run / "tensorboard")
+    agent = _make_agent(args.algo, env_id, seed, n_envs, hyper, run / "tensorboard")
+    name = type(agent).__name__
     (run / "config.json").write_text(json.dumps(
-        {"env": env_id, "timesteps": args.timesteps, "seed": seed,
-         "n_envs": n_envs, "neuroflow": hyper}, indent=1))
-    print(f"velora-ens train: NeuroFlow on {env_id}, {args.timesteps} steps, seed "
+        {"env": env_id, "timesteps": args.timesteps, "seed": seed, "n_envs": n_envs,
+         "algo": args.algo, args.algo: hyper}, indent=1))
+    print(f"velora-ens train: {name} on {env_id}, {args.timesteps} steps, seed "
           f"{seed}, {args.threads} thread(s); run folder {run}", flush=True)
     if hyper:
         print(f"  settings: {json.dumps(hyper)}", flush=True)
@@ -229,13 +244,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from agents import NeuroFlow
+    from agents import load_agent
 
     env = None
     if args.env is not None:
         _check_env_id(args.env)
         env = args.env
-    agent = NeuroFlow.load(args.path, env=env)
+    agent = load_agent(args.path, env=env)  # the class the file names
     return agent, args.env or agent.env_id
 
 

@@ -1,0 +1,426 @@
+"""LiquidPPO: recurrent proximal policy optimisation with a liquid policy.
+
+The actor is a :class:`~velora_ens.models.LiquidNCPNetwork` (CfC by default, LTC as an
+option) with a categorical head (Discrete actions) or a Gaussian one (Box actions: the
+mean from the network, a learned state-independent log-std, actions clipped to the
+bounds when sent, as Stable-Baselines3's PPO); the critic is a liquid network of its own
+by default (:mod:`agents.values`).
+
+A rollout of ``n_steps`` rows per environment copy is stored with the recurrent states
+the networks had before each row (:class:`~agents.rollout_buffer.RolloutBuffer`).
+Training cuts it into windows of ``seq_len`` consecutive rows of one copy (whole columns
+by default) and re-runs the networks over each window from its start state, with the
+states reset inside the networks wherever an episode starts: no padding, no masks over
+padded steps, and no stale states. Before every epoch after the first, the windows'
+start states are recomputed over the whole rollout with the current weights (CleanRL's
+``ppo_atari_lstm.py`` re-runs whole columns from the rollout's start; windows keep
+minibatches small when the rollout is long).
+
+Targets: GAE(lambda) that bootstraps a truncated episode from the value of its final
+observation, read with the critic's state after the last step (a time limit is not a
+terminal state); Gymnasium's NEXT_STEP reset rows are not transitions and are masked out.
+
+The plumbing (environments, ``learn``'s loop, ``predict``, saving, callbacks, logs) is
+:class:`~agents.base.BaseAgent`'s; this module holds the rollout and the update
+(:meth:`LiquidPPO.train`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.acting import LiquidPolicy
+from agents.base import BaseAgent
+from agents.normalization import RewardNormalizer
+from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
+from agents.policies import LiquidActor
+from agents.rollout_buffer import RolloutBuffer
+from agents.schedules import as_schedule, progress_remaining
+from agents.targets import gae_advantages
+from agents.values import make_value
+from velora_ens._validation import check_int
+
+__all__ = ["LiquidPPO"]
+
+
+def _check_fraction(name: str, value: Any, *, upper: float = 1.0, zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not ((0.0 <= value) if zero else (0.0 < value)) or not value <= upper:
+        low = "0 <=" if zero else "0 <"
+        raise ValueError(f"{name} must be a number with {low} {name} <= {upper:g}, got "
+                         f"{value!r}")
+    return float(value)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / count
+
+
+class LiquidPPO(BaseAgent):
+    """Recurrent PPO with liquid networks, for Box and Discrete actions.
+
+    ``LiquidPPO(env, ...)``, or Stable-Baselines3's spelling ``LiquidPPO("MlpPolicy",
+    env, ...)``. The argument names and defaults follow sb3-contrib's ``RecurrentPPO``.
+
+    Args:
+        env: a Gymnasium id (``"module:EnvId"`` imports ``module`` first), a
+            ``gymnasium.Env``, a Gymnasium vector env or a Stable-Baselines3 ``VecEnv``.
+            Observations as :class:`~agents.neuroflow.NeuroFlow`'s; actions ``Box`` or
+            ``Discrete``.
+        actor_neurons: inter + command neurons of the actor's NCP wiring.
+        critic_neurons: the same for the critic's own network.
+        cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
+        shared_critic: a linear value head on the actor's liquid state instead of a
+            separate liquid critic.
+        learning_rate: Adam step size: a number, ``"lin_<x>"`` or a schedule of the
+            progress remaining (as SB3).
+        n_steps: rows collected per environment copy before each update.
+        batch_size: rows per minibatch (``batch_size // seq_len`` windows).
+        n_epochs: passes over the rollout per update.
+        seq_len: rows per training window; it must divide ``n_steps`` and
+            ``batch_size``. ``None``: ``min(n_steps, batch_size)`` (whole columns when a
+            minibatch holds one).
+        gamma: discount.
+        gae_lambda: GAE's lambda.
+        clip_range: PPO's ratio clip: a number, ``"lin_<x>"`` or a schedule.
+        clip_range_vf: clip the value prediction's change around the rollout's (``None``:
+            no clipping; note it is in return units).
+        normalize_advantage: normalise the advantages per minibatch.
+        ent_coef: entropy bonus weight.
+        vf_coef: value loss weight.
+        max_grad_norm: gradient-norm clip over all parameters.
+        target_kl: stop an update's epochs early when a minibatch's approximate KL
+            divergence exceeds ``1.5 * target_kl`` (SB3's rule); ``None``: never.
+        log_std_init: initial log-std of the Gaussian (Box actions).
+        normalize_observations: normalise observations by running statistics (SB3's
+            ``VecNormalize``, clipped at 10); the rollout stores them normalised as acted on.
+        normalize_rewards: divide rewards by the running standard deviation of the
+            discounted return (``VecNormalize(norm_reward=True)``, clipped at 10). With
+            both, RL Zoo's ``normalize: true``.
+        n_envs: environment copies when ``env`` is an id.
+        vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
+        seed: seeds torch, the minibatch shuffling, the environments and action spaces.
+        device: ``"auto"`` (CUDA where available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        tensorboard_log: folder for TensorBoard runs, with SB3 PPO's keys
+            (``train/approx_kl``, ``train/clip_fraction``, ``train/entropy_loss``,
+            ``train/explained_variance``, ``train/value_loss``,
+            ``train/policy_gradient_loss``, ...).
+        verbose: 1 prints SB3's log table every ``log_interval`` episodes.
+
+    >>> agent = LiquidPPO("CartPoleNoVel-v1", n_envs=8, n_steps=32, batch_size=256,
+    ...                   seed=0)                                     # doctest: +SKIP
+    >>> agent.learn(100_000)                                          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        policy: Any = None,
+        env: Any = None,
+        *,
+        actor_neurons: int = 32,
+        critic_neurons: int = 32,
+        cell: str = "cfc",
+        shared_critic: bool = False,
+        learning_rate: float | str | Callable[[float], float] = 3e-4,
+        n_steps: int = 128,
+        batch_size: int = 128,
+        n_epochs: int = 10,
+        seq_len: int | None = None,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | str | Callable[[float], float] = 0.2,
+        clip_range_vf: float | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        log_std_init: float = 0.0,
+        normalize_observations: bool = False,
+        normalize_rewards: bool = False,
+        n_envs: int = 1,
+        vectorization: str = "sync",
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        config = dict(locals())  # the JSON-able arguments are what ``save`` records
+        for name, value, low in (("actor_neurons", actor_neurons, 2),
+                                 ("critic_neurons", critic_neurons, 2),
+                                 ("n_steps", n_steps, 1), ("batch_size", batch_size, 1),
+                                 ("n_epochs", n_epochs, 1)):
+            check_int(name, value, low)
+        seq_len = min(n_steps, batch_size) if seq_len is None else check_int("seq_len",
+                                                                             seq_len, 1)
+        if n_steps % seq_len:
+            raise ValueError(f"seq_len={seq_len} must divide n_steps={n_steps} (windows "
+                             "tile each copy's rollout)")
+        if batch_size % seq_len:
+            raise ValueError(f"seq_len={seq_len} must divide batch_size={batch_size} "
+                             "(a minibatch is whole windows)")
+        self.gamma = _check_fraction("gamma", gamma)
+        self.gae_lambda = _check_fraction("gae_lambda", gae_lambda)
+        for name, value in (("ent_coef", ent_coef), ("vf_coef", vf_coef)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name, value in (("clip_range_vf", clip_range_vf), ("target_kl", target_kl)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{name} must be None or a number > 0, got {value!r}")
+        if not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+        self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
+                    vectorization=vectorization, learning_rate=learning_rate,
+                    normalize_observations=normalize_observations, device=device,
+                    tensorboard_log=tensorboard_log, verbose=verbose)
+        rollout_rows = n_steps * self.n_envs
+        if batch_size > rollout_rows:
+            raise ValueError(f"batch_size={batch_size} is larger than the rollout "
+                             f"(n_steps * n_envs = {n_steps} * {self.n_envs} = "
+                             f"{rollout_rows} rows)")
+        self.clip_range = as_schedule(clip_range, "clip_range")
+        self.n_steps, self.batch_size, self.n_epochs = n_steps, batch_size, n_epochs
+        self.seq_len = seq_len
+        self.clip_range_vf, self.target_kl = clip_range_vf, target_kl
+        self.normalize_advantage = normalize_advantage
+        self.ent_coef, self.vf_coef = float(ent_coef), float(vf_coef)
+        self.max_grad_norm = float(max_grad_norm)
+
+        self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
+                                 seed=seed, distribution="gaussian",
+                                 log_std_init=log_std_init).to(self.device)
+        self.discrete = self.actor.discrete
+        self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
+                                   self.obs_normalizer)
+        self.value = make_value(shared_critic, self.actor, self.obs_dim, critic_neurons, cell,
+                                0 if seed is None else seed + 1)
+        for module in self.value.modules().values():
+            module.to(self.device)
+        self.reward_normalizer = (RewardNormalizer(self.n_envs, self.gamma).to(self.device)
+                                  if normalize_rewards else None)
+        self._params = list(self.actor.parameters()) + [
+            p for m in self.value.modules().values() for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(self._params, lr=self.lr_schedule(1.0), eps=1e-5,
+                                          fused=True)
+        action_shape = () if self.discrete else (self.actor.action_dim,)
+        self.rollout = RolloutBuffer(n_steps, self.n_envs, self.obs_dim, action_shape,
+                                     (self.actor.state_dim, self.value.state_size),
+                                     self.device)
+        self._states: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ collection
+    def _start_rollout(self, obs: np.ndarray) -> None:
+        self._states = [torch.zeros(self.n_envs, size, device=self.device)
+                        for size in (self.actor.state_dim, self.value.state_size)]
+        self.rollout.reset()
+
+    def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
+                         log_interval: int) -> bool:
+        """One step of every copy into the rollout; when it is full, the update."""
+        if self.rollout.pos == 0:
+            callback.on_rollout_start()
+        driver, device = self.driver, self.device
+        with torch.no_grad():
+            obs = self._normalized(torch.as_tensor(driver.obs, dtype=torch.float32,
+                                                   device=device))
+            start = torch.as_tensor(driver.episode_start, device=device)
+            actor_state, critic_state = self._states
+            if driver.episode_start.any():
+                keep = (~start).float().unsqueeze(1)
+                actor_state, critic_state = actor_state * keep, critic_state * keep
+            out, next_actor = self.actor(obs, actor_state)
+            value, next_critic = self.value.step(obs, next_actor, critic_state)
+            action, log_prob = self.actor.sample(out)
+        sent = action if self.discrete else action.clamp(-1.0, 1.0)
+        step = self._env_step(sent.cpu().numpy())
+        rows = np.flatnonzero(step.valid)
+        rewards = (step.rewards.astype(np.float32) if self.reward_normalizer is None
+                   else self.reward_normalizer.scale(step.rewards, step.dones, rows))
+        tensor = lambda x: torch.as_tensor(x, device=device)  # noqa: E731
+        row = {"obs": obs, "actions": action, "rewards": tensor(rewards),
+               "episode_start": start, "valid": tensor(step.valid),
+               "terminated": tensor(step.terminated), "dones": tensor(step.dones),
+               "values": value, "log_probs": log_prob}
+        truncated = step.valid & step.truncated & ~step.terminated
+        if truncated.any():  # bootstrap from the final observation, the states after the row
+            idx = np.flatnonzero(truncated)
+            with torch.no_grad():
+                final = self._normalized(torch.as_tensor(step.real_next_obs[idx],
+                                                         dtype=torch.float32, device=device))
+                bootstrap = torch.zeros(self.n_envs, device=device)
+                bootstrap[idx] = self.value.successor(final, next_actor[idx], next_critic[idx])
+            row["next_values"] = bootstrap
+        self.rollout.add(row, [actor_state, critic_state])
+        self._states = [next_actor, next_critic]
+        if not self._callback_step(callback, step, log_interval, rollout_buffer=self.rollout,
+                                   n_steps=self.rollout.pos):
+            return False
+        if self.rollout.full:
+            callback.on_rollout_end()
+            self._finish_rollout()
+            progress = progress_remaining(self.num_timesteps, first_step, total_timesteps)
+            if not self.lr_schedule.constant:
+                self._update_learning_rate(first_step, total_timesteps)
+            self.train(self.clip_range(progress))
+            self.rollout.reset()
+        return True
+
+    def _finish_rollout(self) -> None:
+        """Advantages and returns of the full rollout (GAE with the rollout's values)."""
+        buf = self.rollout
+        with torch.no_grad():
+            obs = self._normalized(torch.as_tensor(self.driver.obs, dtype=torch.float32,
+                                                   device=self.device))
+            last = self.value.successor(obs, *self._states)
+        next_values = torch.where(buf.dones, buf.next_values,
+                                  torch.cat([buf.values[1:], last.unsqueeze(0)]))
+        buf.advantages = gae_advantages(buf.rewards, buf.values, next_values, buf.terminated,
+                                        buf.dones, buf.valid, self.gamma, self.gae_lambda)
+        buf.returns = buf.advantages + buf.values
+
+    # ------------------------------------------------------------------ the update
+    def window_start_states(self) -> list[torch.Tensor]:
+        """The actor's and critic's states at the start of every training window,
+        recomputed over the whole rollout with the current weights (zero where a window
+        starts an episode): ``[(n_windows, actor_state), (n_windows, critic_state)]``."""
+        buf, L = self.rollout, self.seq_len
+        obs, start = buf.obs.transpose(0, 1), buf.episode_start.transpose(0, 1)
+        first = [s[0] for s in buf.states]
+        with torch.no_grad():
+            actor_states = self.actor(obs, first[0], episode_start=start,
+                                      return_states=True)[1]
+            critic_states = self.value.states(obs, start, first[1])
+        keep = (~buf.window_starts(buf.episode_start, L)).float().unsqueeze(1)
+        starts = []
+        for states, h0 in ((actor_states, first[0]), (critic_states, first[1])):
+            before = torch.cat([h0.unsqueeze(1), states[:, :-1]], 1)  # state before each row
+            starts.append(buf.window_starts(before.transpose(0, 1), L) * keep)
+        return starts
+
+    def train(self, clip_range: float) -> dict[str, float]:
+        """``n_epochs`` passes of minibatch updates over the rollout; returns the logged
+        means (SB3 PPO's ``train/`` keys)."""
+        buf, L = self.rollout, self.seq_len
+        win = {name: buf.windows(getattr(buf, name), L)
+               for name in ("obs", "actions", "log_probs", "advantages", "returns", "values",
+                            "valid", "episode_start")}
+        starts = [buf.window_starts(s, L) for s in buf.states]
+        n_windows, per_batch = win["obs"].shape[0], self.batch_size // L
+        logs: dict[str, list[float]] = {}
+        epochs = 0
+        for epoch in range(self.n_epochs):
+            if epoch and L < self.n_steps:
+                starts = self.window_start_states()
+            stop = False
+            for idx in torch.from_numpy(self.rng.permutation(n_windows)).split(per_batch):
+                batch = {k: v[idx.to(v.device)] for k, v in win.items()}
+                values = self._minibatch_step(batch, [s[idx] for s in starts], clip_range)
+                for key, value in values.items():
+                    logs.setdefault(key, []).append(value)
+                if self.target_kl is not None and values["approx_kl"] > 1.5 * self.target_kl:
+                    stop = True
+                    break
+            epochs += 1
+            if stop:
+                break
+        means = {k: float(np.mean(v)) for k, v in logs.items()}
+        means["loss"] = logs["loss"][-1]
+        means["clip_range"] = clip_range
+        means["explained_variance"] = self._explained_variance()
+        if not self.discrete:
+            means["std"] = float(self.actor.log_std.detach().exp().mean())
+        self._log_update(means)
+        self.n_updates += epochs - 1  # SB3 counts epochs
+        return means
+
+    def window_outputs(self, b: dict[str, torch.Tensor], starts: list[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the stored actions, entropies and values ``(W, L)`` of
+        windows ``b`` (``obs``, ``actions``, ``episode_start``), run from their start
+        states; the networks reset their states at every episode start inside."""
+        out, actor_states = self.actor(b["obs"], starts[0], episode_start=b["episode_start"],
+                                       return_states=True)
+        values = self.value.sequence(b["obs"], b["episode_start"], actor_states, starts[1])
+        log_prob, entropy = self.actor.log_prob_entropy(out, b["actions"])
+        return log_prob, entropy, values
+
+    def _minibatch_step(self, b: dict[str, torch.Tensor], starts: list[torch.Tensor],
+                        clip_range: float) -> dict[str, float]:
+        """One gradient step on a minibatch of windows: forward from the windows' start
+        states, clipped surrogate, value and entropy losses, step."""
+        log_prob, entropy, values = self.window_outputs(b, starts)
+        mask = b["valid"].float()
+        count = mask.sum().clamp(min=1.0)
+        advantages = b["advantages"]
+        if self.normalize_advantage and count > 1:
+            mean = _masked_mean(advantages, mask, count)
+            std = (_masked_mean((advantages - mean).square(), mask, count)
+                   * count / (count - 1)).sqrt()
+            advantages = (advantages - mean) / (std + 1e-8)
+        log_ratio = log_prob - b["log_probs"]
+        ratio = log_ratio.exp()
+        surrogate = torch.min(advantages * ratio,
+                              advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+        policy_loss = -_masked_mean(surrogate, mask, count)
+        if self.clip_range_vf is not None:
+            values = b["values"] + (values - b["values"]).clamp(-self.clip_range_vf,
+                                                                self.clip_range_vf)
+        value_loss = _masked_mean((b["returns"] - values).square(), mask, count)
+        entropy_loss = -_masked_mean(entropy, mask, count)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+        zero_grad(self._params)
+        loss.backward()
+        grad_norm = clip_grad_norm(self._params, self.max_grad_norm)
+        with torch.no_grad():
+            approx_kl = _masked_mean((ratio - 1) - log_ratio, mask, count)
+            clip_fraction = _masked_mean(((ratio - 1).abs() > clip_range).float(), mask, count)
+        checked = torch.stack([loss.detach(), policy_loss.detach(), value_loss.detach(),
+                               entropy_loss.detach(), approx_kl, clip_fraction,
+                               grad_norm]).tolist()
+        self._check_losses({"loss": checked[0], "gradient norm": checked[6]})
+        fused_adam_step(self.optimizer)
+        return dict(zip(("loss", "policy_gradient_loss", "value_loss", "entropy_loss",
+                         "approx_kl", "clip_fraction"), checked[:6], strict=True))
+
+    def _explained_variance(self) -> float:
+        """``1 - Var(returns - values) / Var(returns)`` over the rollout's transitions."""
+        buf = self.rollout
+        valid = buf.valid
+        returns, values = buf.returns[valid], buf.values[valid]
+        var = returns.var(unbiased=False) if returns.numel() > 1 else returns.new_zeros(())
+        if not var > 0:
+            return float("nan")
+        return float(1 - (returns - values).var(unbiased=False) / var)
+
+    # ------------------------------------------------------------------ saving
+    def _persistent_modules(self) -> dict[str, torch.nn.Module]:
+        modules = {"actor": self.actor, **self.value.modules()}
+        if self.obs_normalizer is not None:
+            modules["obs_normalizer"] = self.obs_normalizer
+        if self.reward_normalizer is not None:
+            modules["reward_normalizer"] = self.reward_normalizer
+        return modules
+
+    def _persistent_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": self.optimizer}
+
+    def _training_tensors(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return self.rollout.state_tensors()
+
+    def _restore_training_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                                  path: Any) -> None:
+        self.rollout.load_state_tensors(meta, tensors, path)
+
+    def _rollout_tensors(self) -> dict[str, torch.Tensor]:
+        return {"rollout.actor_state": self._states[0],
+                "rollout.critic_state": self._states[1]}
+
+    def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._states = [tensors[f"rollout.{name}_state"].clone().to(self.device)
+                        for name in ("actor", "critic")]

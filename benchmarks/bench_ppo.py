@@ -1,0 +1,478 @@
+"""LiquidPPO against RecurrentPPO and frame-stacked PPO on partially observed tasks, in one run.
+
+Each task trains, on the same budget and for several seeds, LiquidPPO (``agents.LiquidPPO``
+with ``agents.hyperparams.TUNED_PPO_HYPERPARAMS``), sb3-contrib's RecurrentPPO
+(``MlpLstmPolicy``) with RL Zoo's ``hyperparams/ppo_lstm.yml`` settings, and SB3 PPO
+(``MlpPolicy``, memory-free) on 4 stacked frames with RL Zoo's ``hyperparams/ppo.yml``
+settings of the fully observed task. Every run evaluates its deterministic policy on 10
+episodes every 10,000 steps (20 at the end) and the script writes a Markdown page, a JSON
+file and a learning-curve PNG:
+
+    python benchmarks/bench_ppo.py cartpole-novel     # CartPoleNoVel-v1, 100k steps, 5 seeds
+    python benchmarks/bench_ppo.py pendulum-novel     # PendulumNoVel-v1, 100k steps, 5 seeds
+    python benchmarks/bench_ppo.py throughput         # steps/s, LiquidPPO vs RecurrentPPO
+    python benchmarks/bench_ppo.py cartpole-novel --steps 4096 --seeds 0 --jobs 1 \\
+        --algos recurrent_ppo ppo_stacked --out /tmp/ppo_smoke          # a smoke run
+
+Runs go two at a time (``--jobs``), each process with one torch thread. Install the
+baselines with ``pip install -e ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from report import machine, write_atomic
+
+from velora_ens.cli import integer_option
+
+OUT = Path("docs/benchmarks/rl")
+Predict = Callable[..., tuple[np.ndarray, Any]]
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    base_id: str  # the fully observed task whose ppo.yml entry the stacked PPO uses
+    threshold: float
+    reference: str
+    stretch: float | None = None
+    steps: int = 100_000
+    eval_every: int = 10_000
+
+
+TASKS = {
+    "cartpole-novel": Task("CartPoleNoVel-v1", "CartPole-v1", 475.0,
+                           "RL Zoo RecurrentPPO: 500 at 100k"),
+    "pendulum-novel": Task("PendulumNoVel-v1", "Pendulum-v1", -218.0,
+                           "RL Zoo RecurrentPPO: -218 at 100k", stretch=-175.0),
+}
+
+# RL Zoo's settings, in its spelling ("lin_X": linear from X to 0; "nn.ReLU": torch.nn.ReLU).
+# Keys the file leaves out take the algorithm's defaults (batch_size: RecurrentPPO 128,
+# PPO 64).
+LSTM_POLICY = dict(ortho_init=False, activation_fn="nn.ReLU", lstm_hidden_size=64,
+                   enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64]))
+PPO_LSTM_YML = {  # hyperparams/ppo_lstm.yml
+    "CartPoleNoVel-v1": dict(normalize=True, n_envs=8, n_steps=32, batch_size=256,
+                             gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+                             learning_rate="lin_0.001", clip_range="lin_0.2",
+                             policy_kwargs=LSTM_POLICY),
+    "PendulumNoVel-v1": dict(normalize=True, n_envs=4, n_steps=1024, gae_lambda=0.95,
+                             gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
+                             clip_range=0.2, use_sde=True, sde_sample_freq=4,
+                             policy_kwargs=LSTM_POLICY),
+}
+PPO_YML = {  # hyperparams/ppo.yml (no policy_kwargs: SB3's default net_arch, 64-64 tanh)
+    "CartPole-v1": dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
+                        n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001",
+                        clip_range="lin_0.2"),
+    "Pendulum-v1": dict(n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10,
+                        ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, use_sde=True,
+                        sde_sample_freq=4),
+}
+# ppo.yml's base-task entries do not normalise; the stacked baseline does, like the others.
+STACKED = dict(frame_stack=4, normalize=True)
+ENV_KEYS = ("n_envs", "normalize", "frame_stack")
+
+ALGOS = {"liquid_ppo": "LiquidPPO",
+         "recurrent_ppo": "sb3-contrib RecurrentPPO (MlpLstmPolicy)",
+         "ppo_stacked": "SB3 PPO (MlpPolicy, 4 stacked frames)"}
+COLORS = {"liquid_ppo": "tab:blue", "recurrent_ppo": "tab:orange", "ppo_stacked": "tab:green"}
+
+
+def settings(algo: str, task: Task) -> dict:
+    """The algorithm's settings for the task (RL Zoo's spelling for the baselines)."""
+    if algo == "liquid_ppo":
+        from agents.hyperparams import TUNED_PPO_HYPERPARAMS
+
+        return dict(TUNED_PPO_HYPERPARAMS[task.env_id])
+    if algo == "recurrent_ppo":
+        return dict(PPO_LSTM_YML[task.env_id])
+    return {**PPO_YML[task.base_id], **STACKED}
+
+
+def sb3_kwargs(zoo: dict) -> dict:
+    """RL Zoo's settings as keyword arguments of the SB3 class (env keys dropped)."""
+    import torch
+
+    def value(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith("lin_"):
+            start = float(v.removeprefix("lin_"))
+            return lambda progress_remaining: progress_remaining * start
+        return v
+
+    kwargs = {k: value(v) for k, v in zoo.items() if k not in ENV_KEYS}
+    if "policy_kwargs" in kwargs:
+        policy = dict(kwargs["policy_kwargs"])
+        policy["activation_fn"] = getattr(torch.nn, policy["activation_fn"].removeprefix("nn."))
+        kwargs["policy_kwargs"] = policy
+    return kwargs
+
+
+def sb3_env(env_id: str, zoo: dict, seed: int | None = None, train: Any = None) -> Any:
+    """The VecEnv of RL Zoo's settings: ``n_envs`` copies (one for evaluation, with
+    ``train``'s frozen observation statistics), frames stacked, then ``VecNormalize``."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize
+
+    import envs
+
+    evaluation = train is not None
+    venv = (DummyVecEnv([lambda: envs.make_env(env_id)]) if evaluation
+            else make_vec_env(env_id, zoo["n_envs"], seed=seed))
+    if zoo.get("frame_stack"):
+        venv = VecFrameStack(venv, n_stack=zoo["frame_stack"])
+    if zoo.get("normalize"):
+        if evaluation:
+            venv = VecNormalize(venv, training=False, norm_reward=False, clip_obs=train.clip_obs)
+            venv.obs_rms = copy.deepcopy(train.obs_rms)
+        else:
+            venv = VecNormalize(venv, gamma=zoo["gamma"])
+    return venv
+
+
+def build(algo: str, task: Task, seed: int, config: dict) -> tuple[Any, Callable[[], Any]]:
+    """The model and a builder of its evaluation env (a fresh single-copy VecEnv)."""
+    if algo == "liquid_ppo":
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        import envs
+        from agents import LiquidPPO
+
+        model = LiquidPPO(task.env_id, seed=seed, **config)  # normalises inside
+        return model, lambda: DummyVecEnv([lambda: envs.make_env(task.env_id)])
+    import sb3_contrib
+    import stable_baselines3 as sb3
+
+    cls, policy = ((sb3_contrib.RecurrentPPO, "MlpLstmPolicy") if algo == "recurrent_ppo"
+                   else (sb3.PPO, "MlpPolicy"))
+    model = cls(policy, sb3_env(task.env_id, config, seed), seed=seed, verbose=0,
+                **sb3_kwargs(config))
+    return model, lambda: sb3_env(task.env_id, config, train=model.get_vec_normalize_env())
+
+
+def parameter_count(model: Any) -> int:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    if isinstance(model, BaseAlgorithm):
+        return sum(p.numel() for p in model.policy.parameters())
+    return sum(p.numel() for m in model._persistent_modules().values() for p in m.parameters())
+
+
+def evaluate(predict: Predict, make_env: Callable[[], Any], episodes: int, seed: int) -> float:
+    """Mean return of the deterministic policy on a fresh single-copy VecEnv, episode ``ep``
+    seeded ``10_000 * (seed + 1) + ep``; the recurrent state is carried and reset."""
+    env = make_env()
+    returns = []
+    for ep in range(episodes):
+        env.seed(10_000 * (seed + 1) + ep)
+        obs = env.reset()
+        state, start, done, total = None, np.ones(1, bool), False, 0.0
+        while not done:
+            action, state = predict(obs, state=state, episode_start=start, deterministic=True)
+            obs, reward, dones, _ = env.step(action)
+            total += float(reward[0])
+            start, done = np.zeros(1, bool), bool(dones[0])
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """The first evaluation step whose mean return reaches ``threshold``, else None."""
+    return next((step for step, value in curve if value >= threshold), None)
+
+
+def run_one(job: tuple[str, str, int, int, int]) -> dict:
+    """Train one (algorithm, seed) in one ``learn`` call (so schedules see the whole budget),
+    evaluating every ``eval_every`` steps from the callback and once more at the end; the
+    training time excludes the evaluations."""
+    task_name, algo, seed, steps, eval_every = job
+    import torch
+
+    torch.set_num_threads(1)
+    task = TASKS[task_name]
+    model, make_eval_env = build(algo, task, seed, settings(algo, task))
+    curve: list[tuple[int, float]] = []
+    eval_seconds = 0.0
+
+    def record(episodes: int) -> None:
+        nonlocal eval_seconds
+        t0 = time.perf_counter()
+        curve.append((model.num_timesteps,
+                      evaluate(model.predict, make_eval_env, episodes, seed)))
+        eval_seconds += time.perf_counter() - t0
+        print(f"  {algo:13s} seed {seed}  {model.num_timesteps:>7d} steps  "
+              f"eval {curve[-1][1]:8.1f}", file=sys.stderr, flush=True)
+
+    def on_step(_locals: dict, _globals: dict) -> bool:
+        if steps > model.num_timesteps >= (len(curve) + 1) * eval_every:
+            record(10)
+        return True
+
+    started = time.perf_counter()
+    model.learn(steps, callback=on_step)
+    train_seconds = time.perf_counter() - started - eval_seconds
+    record(20)
+    return {"algo": algo, "seed": seed, "curve": curve, "steps": model.num_timesteps,
+            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+            "steps_per_second": model.num_timesteps / train_seconds,
+            "steps_to_threshold": steps_to_threshold(curve, task.threshold),
+            "parameters": parameter_count(model)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One agent's numbers over its seeds."""
+    finals = [r["curve"][-1][1] for r in runs]
+    reached = [r["steps_to_threshold"] for r in runs if r["steps_to_threshold"] is not None]
+    return {"finals": finals, "mean": float(np.mean(finals)), "std": float(np.std(finals)),
+            "reached": len(reached), "seeds": len(runs),
+            "mean_steps": float(np.mean(reached)) if reached else None,
+            "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
+            "parameters": runs[0]["parameters"]}
+
+
+def reach_text(row: dict) -> str:
+    steps = "never" if row["mean_steps"] is None else f"{row['mean_steps']:,.0f}"
+    return f"{steps} ({row['reached']}/{row['seeds']} seeds)"
+
+
+def table(rows: dict[str, dict], threshold: float) -> list[str]:
+    lines = [f"| agent | final return (mean ± std over seeds) | per seed | steps to "
+             f"{threshold:g} (mean over the seeds that reach it) | train steps/s | parameters |",
+             "|---|---:|---|---:|---:|---:|"]
+    for algo, row in rows.items():
+        lines.append(f"| {ALGOS[algo]} | {row['mean']:.1f} ± {row['std']:.1f} | "
+                     f"{', '.join(f'{f:.1f}' for f in row['finals'])} | {reach_text(row)} | "
+                     f"{row['steps_per_second']:.0f} | {row['parameters']:,} |")
+    return lines
+
+
+def faster(ours: dict, theirs: dict) -> bool:
+    """Reaches the threshold in fewer steps: in at least as many seeds, and with a lower
+    mean over the seeds that reach it (or the other never does)."""
+    if ours["mean_steps"] is None or ours["reached"] < theirs["reached"]:
+        return False
+    return theirs["mean_steps"] is None or ours["mean_steps"] < theirs["mean_steps"]
+
+
+def targets(task: Task, rows: dict[str, dict]) -> list[tuple[str, bool]]:
+    """(line, met) for each target that the agents run allow to check."""
+    if "liquid_ppo" not in rows:
+        return []
+    ours = rows["liquid_ppo"]
+    checks = [(f"LiquidPPO final return >= {task.threshold:g} ({task.reference}): "
+               f"**{{}}** ({ours['mean']:.1f})", ours["mean"] >= task.threshold)]
+    if task.stretch is not None:
+        checks.append((f"stretch, LiquidPPO final return >= {task.stretch:g}: **{{}}** "
+                       f"({ours['mean']:.1f})", ours["mean"] >= task.stretch))
+    if task.env_id.startswith("CartPole") and "recurrent_ppo" in rows:
+        theirs = rows["recurrent_ppo"]
+        checks.append((f"LiquidPPO reaches {task.threshold:g} in fewer steps than "
+                       f"RecurrentPPO: **{{}}** ({reach_text(ours)} against "
+                       f"{reach_text(theirs)})", faster(ours, theirs)))
+    return [(text.format("met" if met else "not met"), met) for text, met in checks]
+
+
+def command(args: argparse.Namespace, task: Task) -> str:
+    parts = ["python benchmarks/bench_ppo.py", args.task, "--seeds", *map(str, args.seeds),
+             "--jobs", str(args.jobs)]
+    if args.algos != list(ALGOS):
+        parts += ["--algos", *args.algos]
+    if args.steps != task.steps:
+        parts += ["--steps", str(args.steps)]
+    if args.eval_every != task.eval_every:
+        parts += ["--eval-every", str(args.eval_every)]
+    if args.out != OUT:
+        parts += ["--out", str(args.out)]
+    return " ".join(parts)
+
+
+def learning(args: argparse.Namespace) -> int:
+    import torch
+
+    task = TASKS[args.task]
+    work = [(args.task, a, s, args.steps, args.eval_every) for s in args.seeds for a in args.algos]
+    started = time.time()
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        results = pool.map(run_one, work, chunksize=1)
+    minutes = (time.time() - started) / 60
+    config = {a: settings(a, task) for a in args.algos}
+    rows = {a: summarize([r for r in results if r["algo"] == a]) for a in args.algos}
+    checks = targets(task, rows)
+    stem = args.out / f"ppo-{args.task}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(stem.with_suffix(".json"), json.dumps(
+        {"task": args.task, "env_id": task.env_id, "steps": args.steps,
+         "eval_every": args.eval_every, "threshold": task.threshold, "seeds": args.seeds,
+         "algos": args.algos, "command": command(args, task), "date": time.strftime("%Y-%m-%d"),
+         "minutes": minutes, "settings": config, "summary": rows,
+         "targets": [{"target": text, "met": met} for text, met in checks],
+         "results": results}, indent=1, default=str))
+    lines = [
+        f"## {task.env_id}, {args.steps:,} steps, seeds {args.seeds}",
+        "",
+        f"Command: `{command(args, task)}`. Machine: {machine()}; torch {torch.__version__}, "
+        f"one thread per run, {args.jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
+        f"{minutes:.0f} min in all. Deterministic evaluation every {args.eval_every:,} steps "
+        f"on 10 episodes (20 at the end) of a fresh environment, the SB3 baselines' through "
+        f"a frozen copy of their VecNormalize statistics; training steps/s exclude it.",
+        "",
+        "Settings (RL Zoo's spelling for the baselines: `ppo_lstm.yml` for RecurrentPPO, "
+        f"`ppo.yml`'s {task.base_id} for the stacked PPO, which also normalises):",
+        "",
+        *[f"- {ALGOS[a]}: `{config[a]}`" for a in args.algos],
+        "",
+        *table(rows, task.threshold),
+        "",
+        *([f"Target: {text}." for text, _ in checks]
+          or ["Targets: none checked (they are LiquidPPO's; it was not run)."]),
+        "",
+        f"![learning curves](ppo-{args.task}.png)",
+        "",
+    ]
+    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
+    plot(results, args.algos, task, stem.with_suffix(".png"))
+    print("\n".join(lines))
+    return 0 if all(met for text, met in checks if not text.startswith("stretch")) else 1
+
+
+def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for algo in algos:
+        curves = [r["curve"] for r in results if r["algo"] == algo]
+        n = min(len(c) for c in curves)
+        steps = [s for s, _ in curves[0][:n]]
+        values = np.array([[v for _, v in c[:n]] for c in curves])
+        ax.plot(steps, values.mean(0), marker=".", color=COLORS[algo], label=ALGOS[algo])
+        ax.fill_between(steps, values.min(0), values.max(0), color=COLORS[algo], alpha=0.2)
+    ax.axhline(task.threshold, color="gray", ls="--", lw=1, label=f"threshold {task.threshold:g}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("deterministic return")
+    ax.set_title(f"{task.env_id} (mean, min-max over seeds)")
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def throughput(rounds: int, chunk: int, out: Path) -> int:
+    """Interleaved chunks of training, LiquidPPO vs RecurrentPPO, with the same settings
+    (RL Zoo's CartPoleNoVel-v1 ones), one thread."""
+    import torch
+
+    from agents import LiquidPPO
+    from agents.hyperparams import tuned_hyperparams
+
+    torch.set_num_threads(1)
+    task = TASKS["cartpole-novel"]
+    zoo = PPO_LSTM_YML[task.env_id]
+    models = {
+        "LiquidPPO": LiquidPPO(task.env_id, seed=0,
+                               **tuned_hyperparams("LiquidPPO", task.env_id)),
+        "RecurrentPPO": build("recurrent_ppo", task, 0, zoo)[0],
+    }
+    for model in models.values():  # warm-up
+        model.learn(chunk)
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            before, start = model.num_timesteps, time.perf_counter()
+            model.learn(chunk, reset_num_timesteps=False)
+            rates[name].append((model.num_timesteps - before) / (time.perf_counter() - start))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    ratio = med["LiquidPPO"] / med["RecurrentPPO"]
+    met = ratio >= 2.0
+    params = {name: parameter_count(m) for name, m in models.items()}
+    lines = [
+        f"## Training throughput, {task.env_id}: LiquidPPO and RecurrentPPO",
+        "",
+        f"Command: `python benchmarks/bench_ppo.py throughput --rounds {rounds} --chunk {chunk}`."
+        f" Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread; "
+        f"{time.strftime('%Y-%m-%d')}. Environment steps per second including acting and the "
+        f"PPO updates, with the same settings (RL Zoo's {task.env_id} ones: 8 envs, n_steps "
+        f"32, batch 256, 20 epochs, gamma 0.98, lambda 0.8, linear lr and clip schedules, "
+        f"observations and rewards normalised; LiquidPPO's tuned settings are these); "
+        f"medians of {rounds} interleaved chunks of {chunk} steps after a warm-up chunk.",
+        "",
+        "| agent | parameters | steps/s |",
+        "|---|---:|---:|",
+        f"| LiquidPPO | {params['LiquidPPO']:,} | {med['LiquidPPO']:.0f} |",
+        f"| {ALGOS['recurrent_ppo']}, lstm 64 | {params['RecurrentPPO']:,} | "
+        f"{med['RecurrentPPO']:.0f} |",
+        "",
+        f"LiquidPPO / RecurrentPPO: **{ratio:.2f}x** (target >= 2x: "
+        f"{'met' if met else 'not met'}).",
+        "",
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "ppo-throughput.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0 if met else 1
+
+
+def liquid_missing(env_id: str | None) -> str | None:
+    """Why LiquidPPO cannot run here (it is written elsewhere), or None."""
+    import agents
+    import agents.hyperparams as hp
+
+    if not hasattr(agents, "LiquidPPO"):
+        return "agents.LiquidPPO is not available; pass --algos recurrent_ppo ppo_stacked"
+    if env_id is not None and env_id not in getattr(hp, "TUNED_PPO_HYPERPARAMS", {}):
+        return (f"agents.hyperparams.TUNED_PPO_HYPERPARAMS has no {env_id!r} entry; pass "
+                "--algos recurrent_ppo ppo_stacked")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", choices=[*TASKS, "throughput"])
+    parser.add_argument("--algos", nargs="+", choices=list(ALGOS), default=list(ALGOS),
+                        help="agents to run (default: all three)")
+    parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+",
+                        default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=integer_option("--steps", 1),
+                        help="training steps per run (default: the task's, 100,000)")
+    parser.add_argument("--eval-every", type=integer_option("--eval-every", 1),
+                        help="steps between evaluations (default: the task's, 10,000)")
+    parser.add_argument("--jobs", type=integer_option("--jobs", 1), default=2,
+                        help="runs at a time (default 2)")
+    parser.add_argument("--rounds", type=integer_option("--rounds", 1), default=7,
+                        help="throughput: chunks per agent")
+    parser.add_argument("--chunk", type=integer_option("--chunk", 1), default=2048,
+                        help="throughput: steps per chunk")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    args = parser.parse_args(argv)
+    args.algos = list(dict.fromkeys(args.algos))
+    args.seeds = list(dict.fromkeys(args.seeds))
+    if args.task == "throughput":
+        if missing := liquid_missing(None):
+            parser.error(missing.split(";")[0])
+        return throughput(args.rounds, args.chunk, args.out)
+    task = TASKS[args.task]
+    if "liquid_ppo" in args.algos and (missing := liquid_missing(task.env_id)):
+        parser.error(missing)
+    args.steps = args.steps or task.steps
+    args.eval_every = args.eval_every or task.eval_every
+    return learning(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""LiquidPPO: recurrent PPO with liquid networks on the shared agent base."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+from rl_envs import CounterEnv, CueEnv
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from agents import LiquidPolicy, LiquidPPO, load_agent
+from agents.targets import gae_advantages
+from envs import make_vec_env
+
+
+def small(env, **kw):
+    defaults = dict(seed=0, n_steps=16, batch_size=16, n_epochs=2, actor_neurons=8,
+                    critic_neurons=8)
+    defaults.update(kw)
+    return LiquidPPO(env, **defaults)
+
+
+def params(agent):
+    return [p.detach().clone() for m in agent._persistent_modules().values()
+            for p in m.state_dict().values()]
+
+
+def stop_before_training(agent):
+    """Replace ``train`` by a recorder of the rollout it would train on."""
+    seen = []
+
+    def record(clip_range):
+        seen.append(clip_range)
+        raise StopIteration
+
+    agent.train = record
+    return seen
+
+
+def collect_one_rollout(agent):
+    stop_before_training(agent)
+    with pytest.raises(StopIteration):
+        agent.learn(10 * agent.n_steps * agent.n_envs)
+    assert agent.rollout.full
+    return agent.rollout
+
+
+# ------------------------------------------------------------------------------ GAE
+def test_gae_matches_a_hand_computed_example():
+    """One copy, gamma 0.5, lambda 0.5. Rows: 0, 1 (terminated), 2 (NEXT_STEP reset row),
+    3, 4 (truncated, final observation worth 4), 5 (last row, bootstrapped from 2)."""
+    g, lam = 0.5, 0.5
+    rewards = torch.tensor([1.0, 2.0, 0.0, 1.0, 1.0, 3.0]).unsqueeze(1)
+    values = torch.tensor([0.5, 1.0, 9.0, 0.0, 2.0, 1.0]).unsqueeze(1)
+    terminated = torch.tensor([0, 1, 0, 0, 0, 0], dtype=torch.bool).unsqueeze(1)
+    dones = torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool).unsqueeze(1)
+    valid = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool).unsqueeze(1)
+    # the successor values: next row, or the truncated step's final observation (4), or
+    # the value after the rollout (2); a terminal step's is ignored (put 100 there)
+    next_values = torch.tensor([1.0, 100.0, 0.0, 2.0, 4.0, 2.0]).unsqueeze(1)
+    adv = gae_advantages(rewards, values, next_values, terminated, dones, valid, g, lam)
+    # by hand, backwards
+    a5 = 3 + g * 2 - 1                       # 3.0
+    a4 = 1 + g * 4 - 2                       # truncated: bootstraps, does not chain: 1.0
+    a3 = (1 + g * 2 - 0) + g * lam * a4      # 2.0 + 0.25 = 2.25
+    a2 = 0.0                                  # reset row: not a transition
+    a1 = 2 - 1.0                              # terminal: 1.0
+    a0 = (1 + g * 1.0 - 0.5) + g * lam * a1   # 1.0 + 0.25 = 1.25
+    expected = torch.tensor([a0, a1, a2, a3, a4, a5]).unsqueeze(1)
+    torch.testing.assert_close(adv, expected)
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_rollout_bootstraps_truncations_from_the_final_observation(mode):
+    """A truncated step's successor value is the critic's value of the real final
+    observation with the critic state after that step; NEXT_STEP reset rows are marked."""
+    venv = make_vec_env(lambda: CounterEnv(5, terminate=False), 2, autoreset_mode=mode)
+    agent = small(venv, n_steps=16, batch_size=16)
+    buf = collect_one_rollout(agent)
+    truncated = buf.dones & buf.valid & ~buf.terminated
+    assert truncated.sum() >= 4
+    # replay the critic over each column from the rollout's start
+    obs, start = buf.obs.transpose(0, 1), buf.episode_start.transpose(0, 1)
+    states = agent.value.states(obs, start, buf.states[1][0])  # (n_envs, T, H) after each row
+    for t, i in truncated.nonzero().tolist():
+        final = torch.tensor([[5.0, obs[i, t, 1]]])  # CounterEnv's last observation
+        expected = agent.value.net(final, states[i, t].unsqueeze(0))[0].item()
+        assert buf.next_values[t, i].item() == pytest.approx(expected, abs=1e-5)
+    if mode == AutoresetMode.NEXT_STEP:
+        assert (~buf.valid).sum() > 0
+        # a reset row follows every episode end, and the row after it starts an episode
+        for t, i in (~buf.valid).nonzero().tolist():
+            assert buf.dones[t - 1, i] and (t + 1 == buf.n_steps or buf.episode_start[t + 1, i])
+    else:
+        assert buf.valid.all()
+
+
+# ------------------------------------------------------------------------------ windows
+def test_recomputed_window_start_states_equal_the_rollout_states_before_any_update():
+    agent = small("CartPole-v1", n_envs=2, n_steps=32, batch_size=16, seq_len=8)
+    buf = collect_one_rollout(agent)
+    assert buf.episode_start[1:].any()  # episodes end inside the rollout
+    recomputed = agent.window_start_states()
+    for stored, again in zip(buf.states, recomputed, strict=True):
+        torch.testing.assert_close(again, buf.window_starts(stored, agent.seq_len),
+                                   atol=1e-6, rtol=1e-5)
+
+
+def test_windows_reset_the_state_at_every_episode_start():
+    """Inside a training window, every row from an episode start on sees only its own
+    episode: the outputs equal a fresh run from a zero state over those rows."""
+    agent = small("CartPole-v1", n_envs=2, n_steps=64, batch_size=64, seq_len=32)
+    buf = collect_one_rollout(agent)
+    L = agent.seq_len
+    win = {k: buf.windows(getattr(buf, k), L) for k in ("obs", "actions", "episode_start")}
+    starts = [buf.window_starts(s, L) for s in buf.states]
+    with torch.no_grad():
+        log_prob, _, values = agent.window_outputs(win, starts)
+    checked = 0
+    for w, k in win["episode_start"][:, 1:].nonzero().tolist():
+        k += 1
+        fresh = {"obs": win["obs"][w:w + 1, k:], "actions": win["actions"][w:w + 1, k:],
+                 "episode_start": torch.zeros(1, L - k, dtype=torch.bool)}
+        zeros = [torch.zeros(1, s.shape[1]) for s in starts]
+        with torch.no_grad():
+            lp, _, v = agent.window_outputs(fresh, zeros)
+        end = k + 1 + int(win["episode_start"][w, k + 1:].nonzero()[0]) \
+            if win["episode_start"][w, k + 1:].any() else L
+        torch.testing.assert_close(log_prob[w, k:end], lp[0, :end - k], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values[w, k:end], v[0, :end - k], atol=1e-5, rtol=1e-5)
+        checked += 1
+    assert checked >= 2
+
+
+def test_clip_fraction_and_approx_kl_match_a_direct_computation():
+    agent = small("CartPole-v1", n_envs=2, n_steps=16, batch_size=32, seq_len=16)
+    buf = collect_one_rollout(agent)
+    agent._finish_rollout()
+    L = agent.seq_len
+    names = ("obs", "actions", "log_probs", "advantages", "returns", "values", "valid",
+             "episode_start")
+    batch = {k: buf.windows(getattr(buf, k), L) for k in names}
+    starts = [buf.window_starts(s, L) for s in buf.states]
+    with torch.no_grad():
+        log_prob = agent.window_outputs(batch, starts)[0]
+    # pretend the rollout's policy had other log-probabilities: known ratios
+    shift = torch.linspace(-0.4, 0.4, log_prob.numel()).reshape(log_prob.shape)
+    batch["log_probs"] = log_prob + shift  # ratio = exp(-shift)
+    logged = agent._minibatch_step(batch, starts, clip_range=0.2)
+    valid = batch["valid"].numpy()
+    ratio = np.exp(-shift.numpy())[valid]
+    expected_kl = np.mean((ratio - 1) - np.log(ratio))
+    expected_clip = np.mean(np.abs(ratio - 1) > 0.2)
+    assert logged["approx_kl"] == pytest.approx(expected_kl, rel=1e-4)
+    assert logged["clip_fraction"] == pytest.approx(expected_clip, abs=1e-6)
+    assert 0 < expected_clip < 1
+
+
+# ------------------------------------------------------------------------------ learning
+@pytest.mark.parametrize("env_id,extra", [
+    ("CartPole-v1", {}),
+    ("Pendulum-v1", {"shared_critic": True, "normalize_observations": True,
+                     "normalize_rewards": True}),
+    ("CartPoleNoVel-v1", {"cell": "ltc", "n_envs": 2, "seq_len": 8, "target_kl": 0.01}),
+])
+def test_short_learning_run_per_action_kind(env_id, extra):
+    agent = small(env_id, **extra)
+    before = params(agent)
+    agent.learn(4 * agent.n_steps * agent.n_envs)
+    assert agent.num_timesteps >= 4 * agent.n_steps * agent.n_envs
+    assert agent.n_updates >= 4
+    keys = {"loss", "policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl",
+            "clip_fraction", "clip_range", "explained_variance"}
+    assert keys <= set(agent.last_losses)
+    assert ("std" in agent.last_losses) == (not agent.discrete)
+    assert all(math.isfinite(v) for k, v in agent.last_losses.items()
+               if k != "explained_variance")
+    assert any(not torch.equal(a, b) for a, b in zip(before, params(agent), strict=True))
+    mean, _ = evaluate_policy(agent, agent.get_env(), n_eval_episodes=2)
+    assert math.isfinite(mean)
+
+
+def test_the_value_loss_falls_on_a_fixed_rollout():
+    """Training epochs on one rollout fit the critic to its returns."""
+    agent = small("CartPole-v1", n_steps=64, batch_size=64, n_epochs=1, learning_rate=1e-2,
+                  normalize_rewards=True)
+    collect_one_rollout(agent)
+    del agent.train  # the class's method again
+    agent._finish_rollout()
+    first = agent.train(0.2)["value_loss"]
+    for _ in range(150):
+        last = agent.train(0.2)["value_loss"]
+    assert last < 0.5 * first
+
+
+def evaluate_cue(agent, episodes):
+    env = CueEnv(delay=2)
+    total = 0.0
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep)
+        state, start, done = None, np.ones(1, bool), False
+        while not done:
+            action, state = agent.predict(obs, state, start, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += reward
+            start = np.zeros(1, bool)
+            done = terminated or truncated
+    return total / episodes
+
+
+@pytest.mark.slow
+def test_learns_a_memory_task_that_needs_recurrence():
+    """CueEnv: act on a cue seen two steps earlier. Chance is 0.5; memory gives 1."""
+    agent = LiquidPPO(CueEnv(delay=2), seed=0, n_steps=128, batch_size=128, n_epochs=10,
+                      actor_neurons=16, critic_neurons=16, learning_rate=3e-3, gamma=0.9)
+    agent.learn(15_000)
+    assert evaluate_cue(agent, 100) >= 0.95
+
+
+def test_same_seed_same_run():
+    a = small("CartPole-v1", seed=3)
+    a.learn(100)
+    b = small("CartPole-v1", seed=3)  # acting draws from torch's generator, as in SB3
+    b.learn(100)
+    for x, y in zip(params(a), params(b), strict=True):
+        assert torch.equal(x, y)
+    assert a.last_losses == b.last_losses
+    c = small("CartPole-v1", seed=4)
+    c.learn(100)
+    assert any(not torch.equal(x, y) for x, y in zip(params(a), params(c), strict=True))
+
+
+# ------------------------------------------------------------------------------ saving
+@pytest.mark.parametrize("env_id,extra", [
+    ("CartPole-v1", {"n_envs": 2}),
+    ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True,
+                     "seq_len": 8, "shared_critic": True}),
+])
+def test_resume_is_exact_mid_rollout(tmp_path, env_id, extra):
+    """Stop in the middle of a rollout, save with the rollout, load, continue: the same
+    parameters, losses and actions as the uninterrupted run."""
+    steps = 40  # a rollout is 16 rows per copy: 40 steps stop inside one
+    uninterrupted = small(env_id, **extra)
+    uninterrupted.learn(steps)
+    uninterrupted.learn(steps)
+
+    first = small(env_id, **extra)
+    first.learn(steps)
+    assert 0 < first.rollout.pos < first.n_steps
+    path = first.save(tmp_path / "ckpt", include_buffer=True)
+    del first
+    torch.manual_seed(99)
+    np.random.seed(99)
+    resumed = load_agent(path)
+    assert isinstance(resumed, LiquidPPO)
+    resumed.learn(steps)
+    for a, b in zip(params(uninterrupted), params(resumed), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.last_losses == uninterrupted.last_losses
+    assert resumed.num_timesteps == uninterrupted.num_timesteps
+    np.testing.assert_array_equal(resumed.driver.action_log.array(),
+                                  uninterrupted.driver.action_log.array())
+
+
+def test_save_load_round_trip_and_the_policy_file(tmp_path):
+    agent = small("Pendulum-v1")
+    agent.learn(64)
+    loaded = LiquidPPO.load(agent.save(tmp_path / "agent"))
+    for a, b in zip(params(agent), params(loaded), strict=True):
+        assert torch.equal(a, b)
+    obs = np.array([[0.5, -0.5, 0.1], [1.0, 0.0, -2.0]], np.float32)
+    expected, state = agent.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], expected)
+    policy = LiquidPolicy.load(agent.policy.save(tmp_path / "policy"))
+    action, state2 = policy.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(action, expected)
+    np.testing.assert_array_equal(state2, state)
+    assert np.all(np.abs(action) <= 2.0)  # clipped to Pendulum's bounds
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("kw,match", [
+    ({"batch_size": 64, "n_steps": 16}, "larger than the rollout"),
+    ({"n_steps": 24, "seq_len": 16, "batch_size": 16}, "must divide n_steps"),
+    ({"n_steps": 32, "seq_len": 16, "batch_size": 24}, "must divide batch_size"),
+    ({"gamma": 1.5}, "gamma"),
+    ({"n_epochs": 0}, "n_epochs"),
+    ({"target_kl": -1.0}, "target_kl"),
+    ({"clip_range": "fast"}, "clip_range"),
+    ({"cell": "lstm"}, "cell"),
+])
+def test_bad_options_raise_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        small("CartPole-v1", **kw)
+
+
+def test_unsupported_action_spaces_are_refused():
+    class MultiDiscreteEnv(CounterEnv):
+        def __init__(self):
+            super().__init__()
+            self.action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    with pytest.raises(ValueError, match="MultiDiscrete"):
+        small(MultiDiscreteEnv())
