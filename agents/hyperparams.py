@@ -23,10 +23,13 @@ TUNED_PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
                          "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": "lin_1e-3",
                          "clip_range": "lin_0.2", "ent_coef": 0.0,
                          "normalize_observations": True, "normalize_rewards": True},
+    # RL Zoo's rollout, discount and normalisation; 20 epochs at a 3x larger step size and
+    # 64-neuron networks (RL Zoo's 10 epochs at 1e-3 moved the policy little per update:
+    # approximate KL about 0.004; screened on seed 0 at 60k steps: -470 against -840)
     "PendulumNoVel-v1": {"n_envs": 4, "n_steps": 1024, "batch_size": 128, "seq_len": 32,
-                         "n_epochs": 10, "gamma": 0.9, "gae_lambda": 0.95,
-                         "learning_rate": 1e-3, "normalize_observations": True,
-                         "normalize_rewards": True},
+                         "n_epochs": 20, "gamma": 0.9, "gae_lambda": 0.95,
+                         "learning_rate": 3e-3, "actor_neurons": 64, "critic_neurons": 64,
+                         "normalize_observations": True, "normalize_rewards": True},
 }
 
 

@@ -91,15 +91,19 @@ class LiquidActor(nn.Module):
         return log_probs.exp(), log_probs
 
     # ---------------------------------------------------------- on-policy use
-    def sample(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, out: torch.Tensor, noise: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """A stochastic action (an index, or an unclipped Gaussian vector) and its
-        log-probability, for on-policy agents (``distribution="gaussian"`` for Box)."""
+        log-probability, for on-policy agents (``distribution="gaussian"`` for Box).
+        ``noise``: the standard-normal draw of a Gaussian action (fresh by default)."""
         if self.discrete:
             action = torch.multinomial(F.softmax(out, -1), 1).squeeze(-1)
             return action, self.log_prob_entropy(out, action)[0]
         if not self.gaussian:
             raise ValueError("sample() needs distribution='gaussian' for Box actions")
-        action = torch.addcmul(out, self.log_std.exp(), torch.randn_like(out))
+        if noise is None:
+            noise = torch.randn_like(out)
+        action = torch.addcmul(out, self.log_std.exp(), noise)
         return action, self.log_prob_entropy(out, action)[0]
 
     def log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor

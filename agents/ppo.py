@@ -96,6 +96,11 @@ class LiquidPPO(BaseAgent):
         target_kl: stop an update's epochs early when a minibatch's approximate KL
             divergence exceeds ``1.5 * target_kl`` (SB3's rule); ``None``: never.
         log_std_init: initial log-std of the Gaussian (Box actions).
+        noise_hold_steps: Box actions: draw the Gaussian's standard-normal noise every this
+            many steps of each copy (and at episode starts) and keep it in between, for
+            temporally correlated exploration (the role of SB3's gSDE with
+            ``sde_sample_freq``); the log-probabilities stay the per-step Gaussian's. 1
+            (default): a fresh draw every step.
         normalize_observations: normalise observations by running statistics (SB3's
             ``VecNormalize``, clipped at 10); the rollout stores them normalised as acted on.
         normalize_rewards: divide rewards by the running standard deviation of the
@@ -140,6 +145,7 @@ class LiquidPPO(BaseAgent):
         max_grad_norm: float = 0.5,
         target_kl: float | None = None,
         log_std_init: float = 0.0,
+        noise_hold_steps: int = 1,
         normalize_observations: bool = False,
         normalize_rewards: bool = False,
         n_envs: int = 1,
@@ -153,7 +159,8 @@ class LiquidPPO(BaseAgent):
         for name, value, low in (("actor_neurons", actor_neurons, 2),
                                  ("critic_neurons", critic_neurons, 2),
                                  ("n_steps", n_steps, 1), ("batch_size", batch_size, 1),
-                                 ("n_epochs", n_epochs, 1)):
+                                 ("n_epochs", n_epochs, 1),
+                                 ("noise_hold_steps", noise_hold_steps, 1)):
             check_int(name, value, low)
         seq_len = min(n_steps, batch_size) if seq_len is None else check_int("seq_len",
                                                                              seq_len, 1)
@@ -190,6 +197,7 @@ class LiquidPPO(BaseAgent):
         self.normalize_advantage = normalize_advantage
         self.ent_coef, self.vf_coef = float(ent_coef), float(vf_coef)
         self.max_grad_norm = float(max_grad_norm)
+        self.noise_hold_steps = noise_hold_steps
 
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed, distribution="gaussian",
@@ -212,12 +220,29 @@ class LiquidPPO(BaseAgent):
                                      (self.actor.state_dim, self.value.state_size),
                                      self.device)
         self._states: list[torch.Tensor] = []
+        self._noise = torch.zeros(0)      # the held Gaussian noise per copy
+        self._noise_age = torch.zeros(0)  # steps since it was drawn
 
     # ------------------------------------------------------------------ collection
     def _start_rollout(self, obs: np.ndarray) -> None:
         self._states = [torch.zeros(self.n_envs, size, device=self.device)
                         for size in (self.actor.state_dim, self.value.state_size)]
         self.rollout.reset()
+        self._noise = torch.zeros(self.n_envs, self.actor.action_dim, device=self.device)
+        self._noise_age = torch.zeros(self.n_envs, dtype=torch.int64, device=self.device)
+
+    def _exploration_noise(self, start: torch.Tensor) -> torch.Tensor | None:
+        """The Gaussian noise of this step (``None``: a fresh draw, the default)."""
+        if self.discrete or self.noise_hold_steps == 1:
+            return None
+        redraw = start | (self._noise_age % self.noise_hold_steps == 0)
+        if redraw.any():
+            fresh = torch.randn_like(self._noise)
+            self._noise = torch.where(redraw.unsqueeze(1), fresh, self._noise)
+            self._noise_age = torch.where(redraw, torch.zeros_like(self._noise_age),
+                                          self._noise_age)
+        self._noise_age = self._noise_age + 1
+        return self._noise
 
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:
@@ -235,7 +260,7 @@ class LiquidPPO(BaseAgent):
                 actor_state, critic_state = actor_state * keep, critic_state * keep
             out, next_actor = self.actor(obs, actor_state)
             value, next_critic = self.value.step(obs, next_actor, critic_state)
-            action, log_prob = self.actor.sample(out)
+            action, log_prob = self.actor.sample(out, self._exploration_noise(start))
         sent = action if self.discrete else action.clamp(-1.0, 1.0)
         step = self._env_step(sent.cpu().numpy())
         rows = np.flatnonzero(step.valid)
@@ -419,8 +444,11 @@ class LiquidPPO(BaseAgent):
 
     def _rollout_tensors(self) -> dict[str, torch.Tensor]:
         return {"rollout.actor_state": self._states[0],
-                "rollout.critic_state": self._states[1]}
+                "rollout.critic_state": self._states[1],
+                "rollout.noise": self._noise, "rollout.noise_age": self._noise_age}
 
     def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._states = [tensors[f"rollout.{name}_state"].clone().to(self.device)
                         for name in ("actor", "critic")]
+        self._noise = tensors["rollout.noise"].clone().to(self.device)
+        self._noise_age = tensors["rollout.noise_age"].clone().to(self.device)

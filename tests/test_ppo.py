@@ -238,7 +238,7 @@ def test_same_seed_same_run():
 @pytest.mark.parametrize("env_id,extra", [
     ("CartPole-v1", {"n_envs": 2}),
     ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True,
-                     "seq_len": 8, "shared_critic": True}),
+                     "seq_len": 8, "shared_critic": True, "noise_hold_steps": 3}),
 ])
 def test_resume_is_exact_mid_rollout(tmp_path, env_id, extra):
     """Stop in the middle of a rollout, save with the rollout, load, continue: the same
@@ -306,3 +306,20 @@ def test_unsupported_action_spaces_are_refused():
 
     with pytest.raises(ValueError, match="MultiDiscrete"):
         small(MultiDiscreteEnv())
+
+
+def test_noise_hold_steps_keeps_the_exploration_noise_for_k_steps():
+    agent = small("Pendulum-v1", noise_hold_steps=3)
+    buf = collect_one_rollout(agent)
+    with torch.no_grad():
+        means = agent.actor(buf.obs.transpose(0, 1), buf.states[0][0],
+                            episode_start=buf.episode_start.transpose(0, 1))[0][0]
+    noise = (buf.actions[:, 0] - means) / agent.actor.log_std.exp()  # (n_steps, |A|)
+    for t in range(buf.n_steps):
+        if t % 3:
+            torch.testing.assert_close(noise[t], noise[t - 1], atol=1e-4, rtol=1e-4)
+        elif t:
+            assert not torch.allclose(noise[t], noise[t - 1], atol=1e-3)
+    # the stored log-probabilities are the per-step Gaussian's
+    log_prob = agent.actor.log_prob_entropy(means, buf.actions[:, 0])[0]
+    torch.testing.assert_close(log_prob, buf.log_probs[:, 0], atol=1e-5, rtol=1e-5)
