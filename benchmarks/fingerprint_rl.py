@@ -9,6 +9,7 @@ code after it.
     python benchmarks/fingerprint_rl.py                 # this checkout
     git worktree add /tmp/before <commit> && \\
         python benchmarks/fingerprint_rl.py --code /tmp/before   # an older one
+    python benchmarks/fingerprint_rl.py --algo ppo      # LiquidPPO's numerics instead
 """
 
 from __future__ import annotations
@@ -38,6 +39,38 @@ CONFIGS: dict[str, dict] = {
     "cartpole-novel-3-envs": {"env": "CartPoleNoVel-v1", "n_envs": 3, "burn_in": 5,
                               "n_step": 2},
 }
+
+# LiquidPPO: whole columns and windows, both action kinds, the shared critic, the LTC
+# cell, normalisation, schedules, target_kl and held exploration noise.
+PPO_CONFIGS: dict[str, dict] = {
+    "ppo-cartpole-novel-tuned": {"env": "CartPoleNoVel-v1", "n_envs": 8, "n_steps": 32,
+                                 "batch_size": 256, "n_epochs": 4, "gamma": 0.98,
+                                 "gae_lambda": 0.8, "learning_rate": "lin_1e-3",
+                                 "clip_range": "lin_0.2", "normalize_observations": True,
+                                 "normalize_rewards": True},
+    "ppo-pendulum-windows": {"env": "PendulumNoVel-v1", "n_envs": 2, "n_steps": 64,
+                             "batch_size": 32, "seq_len": 16, "n_epochs": 3,
+                             "normalize_observations": True, "normalize_rewards": True},
+    "ppo-pendulum-shared-noise": {"env": "Pendulum-v1", "shared_critic": True,
+                                  "noise_hold_steps": 4, "n_steps": 64, "batch_size": 32,
+                                  "clip_range_vf": 1.0},
+    "ppo-cartpole-ltc-kl": {"env": "CartPole-v1", "cell": "ltc", "n_steps": 64,
+                            "batch_size": 64, "target_kl": 0.005, "ent_coef": 0.01},
+}
+
+
+def ppo_fingerprint(agent) -> str:
+    """SHA-256 over every saved tensor of a LiquidPPO agent and its last logged values."""
+    import torch
+
+    digest = hashlib.sha256()
+    for prefix, module in agent._persistent_modules().items():
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{prefix}.{name}".encode())
+            digest.update(tensor.detach().contiguous().numpy().tobytes())
+    losses = [agent.last_losses[key] for key in sorted(agent.last_losses)]
+    digest.update(torch.tensor(losses, dtype=torch.float64).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def fingerprint(agent) -> str:
@@ -72,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkout whose agents/velora_ens/envs to run (default: the "
                              "installed ones)")
     parser.add_argument("--steps", type=int, default=300, help="environment steps per run")
+    parser.add_argument("--algo", choices=("neuroflow", "ppo"), default="neuroflow",
+                        help="which agent's numerics (default neuroflow; ppo runs 4x the "
+                             "steps, a few rollouts per configuration)")
     args = parser.parse_args(argv)
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
@@ -83,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     print(f"code: {Path(sys.modules['agents'].__file__).parent.parent}; torch "
           f"{torch.__version__}, 1 thread; {args.steps} steps per run, seed 3")
+    if args.algo == "ppo":
+        from agents import LiquidPPO
+
+        for name, config in PPO_CONFIGS.items():
+            config = dict(config)
+            agent = LiquidPPO(config.pop("env"), seed=3, **config)
+            agent.learn(4 * args.steps)
+            print(f"{name:26s} {ppo_fingerprint(agent)}")
+        return 0
     for name, config in CONFIGS.items():
         config = dict(config)
         agent = NeuroFlow(config.pop("env"), seed=3, learning_starts=100, **config)
