@@ -38,12 +38,15 @@ class LiquidPolicy(nn.Module):
         observation_space: the environment's (single-copy) observation space.
         action_space: the environment's (single-copy) action space.
         obs_normalizer: the observation statistics the actor reads through, if any.
+        elapsed_time_unit: the elapsed time the cells see as 1, for agents trained with
+            the elapsed time between observations (``predict(..., elapsed_time=)``).
     """
 
     def __init__(self, actor: LiquidActor, observation_space: gym.Space,
-                 action_space: gym.Space, obs_normalizer: ObservationNormalizer | None = None
-                 ) -> None:
+                 action_space: gym.Space, obs_normalizer: ObservationNormalizer | None = None,
+                 elapsed_time_unit: float | None = None) -> None:
         super().__init__()
+        self.elapsed_time_unit = elapsed_time_unit
         self.actor = actor
         self.obs_normalizer = obs_normalizer
         self.observation_space, self.action_space = observation_space, action_space
@@ -62,22 +65,28 @@ class LiquidPolicy(nn.Module):
     def normalized(self, obs: torch.Tensor) -> torch.Tensor:
         return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
 
-    def act(self, obs: torch.Tensor, state: torch.Tensor | None, deterministic: bool
-            ) -> tuple[np.ndarray, torch.Tensor]:
+    def act(self, obs: torch.Tensor, state: torch.Tensor | None, deterministic: bool,
+            dt: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """Policy-range actions (``[-1, 1]`` vectors or indices) and the next state for
-        encoded, normalised observations ``(n, obs_dim)``."""
-        out, state = self.actor(obs, state)
+        encoded, normalised observations ``(n, obs_dim)`` (``dt``: their elapsed times
+        ``(n, 1)`` in the cells' units)."""
+        out, state = self.actor(obs, state, dt=dt)
         return self.actor.act(out, deterministic).cpu().numpy(), state
 
     def predict(self, observation: Any, state: np.ndarray | None = None,
-                episode_start: np.ndarray | None = None, deterministic: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:
+                episode_start: np.ndarray | None = None, deterministic: bool = False,
+                elapsed_time: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Actions for one observation or a batch, and the next recurrent state
         ``(n, state_size)``: the sb3-contrib RecurrentPPO contract, so
         ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged.
 
         ``state=None`` starts from zeros; ``episode_start[i]`` resets sample ``i`` first.
         Observations are encoded as for training (see :mod:`agents.spaces`).
+        ``elapsed_time`` (optional): the time since each sample's previous observation,
+        as the environment reports it (``info["elapsed_time"]`` of
+        :class:`envs.IrregularTiming`), for agents trained with ``elapsed_time_key``; it
+        is divided by their ``elapsed_time_unit``. Left out, the cells take their default
+        of 1 (one nominal step).
         """
         encoder = self.encoder
         batched = encoder.is_batched(observation)
@@ -107,10 +116,23 @@ class LiquidPolicy(nn.Module):
                     keep = 1.0 - torch.as_tensor(np.asarray(episode_start),
                                                  dtype=torch.float32, device=device)
                     h = h * keep.reshape(-1, 1)
+            dt = self._elapsed(elapsed_time, len(obs), device)
             actions, h = self.act(self.normalized(torch.as_tensor(obs, device=device)), h,
-                                  deterministic)
+                                  deterministic, dt)
         action = self.actions.to_env(actions)
         return (action if batched else action[0]), h.cpu().numpy()
+
+    def _elapsed(self, elapsed_time: Any, n: int, device: torch.device) -> torch.Tensor | None:
+        if elapsed_time is None:
+            return None
+        dt = np.asarray(elapsed_time, dtype=np.float64).reshape(-1)
+        if dt.size == 1:
+            dt = np.repeat(dt, n)
+        if dt.shape != (n,) or not np.all(np.isfinite(dt)) or np.any(dt < 0):
+            raise ValueError(f"predict: elapsed_time must be one finite number >= 0 per "
+                             f"observation ({n}), got {elapsed_time!r:.80}")
+        dt = dt / (self.elapsed_time_unit or 1.0)
+        return torch.as_tensor(dt, dtype=torch.float32, device=device).reshape(n, 1)
 
     # ------------------------------------------------------------------ its own file
     def save(self, path: str | os.PathLike) -> Path:
@@ -122,6 +144,8 @@ class LiquidPolicy(nn.Module):
                 "observation_space": persistence.space_to_json(self.observation_space),
                 "action_space": persistence.space_to_json(self.action_space),
                 "normalizer": self.obs_normalizer is not None}
+        if self.elapsed_time_unit is not None:
+            meta["elapsed_time_unit"] = self.elapsed_time_unit
         tensors = {k: v for k, v in self.state_dict().items()}
         return persistence.write_document(persistence.resolve_save_path(path), meta, tensors)
 
@@ -140,6 +164,7 @@ class LiquidPolicy(nn.Module):
                             **config)
         normalizer = ObservationNormalizer(actor.config["obs_dim"]) if meta["normalizer"] \
             else None
-        policy = cls(actor, observation_space, action_space, normalizer)
+        policy = cls(actor, observation_space, action_space, normalizer,
+                     meta.get("elapsed_time_unit"))
         persistence.load_module(meta["path"], "policy", policy, tensors, {})
         return policy.to(get_device(device))

@@ -333,14 +333,17 @@ class BaseAgent:
 
     # ------------------------------------------------------------------ acting
     def predict(self, observation: Any, state: np.ndarray | None = None,
-                episode_start: np.ndarray | None = None, deterministic: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:
+                episode_start: np.ndarray | None = None, deterministic: bool = False,
+                elapsed_time: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Actions for one observation or a batch, and the next recurrent state
         ``(n, state_size)``: the sb3-contrib RecurrentPPO contract, so
         ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged
         (:meth:`agents.acting.LiquidPolicy.predict`: observation checks and encoding,
-        episode-start resets, then the policy's step)."""
-        return self.policy.predict(observation, state, episode_start, deterministic)
+        episode-start resets, then the policy's step). ``elapsed_time`` (optional): the
+        time since each observation's predecessor, for agents trained with
+        ``elapsed_time_key``."""
+        return self.policy.predict(observation, state, episode_start, deterministic,
+                                   elapsed_time)
 
     # ------------------------------------------------------------------ environments
     def get_env(self) -> Any:

@@ -57,14 +57,17 @@ class LiquidActor(nn.Module):
 
     def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None, *,
                 episode_start: torch.Tensor | None = None,
-                return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(obs, state, episode_start=episode_start, return_states=return_states)
+                return_states: bool = False, dt: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(obs, state, dt=dt, episode_start=episode_start,
+                        return_states=return_states)
 
     def final_state(self, obs: torch.Tensor, state: torch.Tensor | None = None, *,
-                    episode_start: torch.Tensor | None = None) -> torch.Tensor:
+                    episode_start: torch.Tensor | None = None,
+                    dt: torch.Tensor | None = None) -> torch.Tensor:
         """The state after ``obs`` without the policy outputs (see
         :meth:`LiquidNCPNetwork.final_state`)."""
-        return self.net.final_state(obs, state, episode_start=episode_start)
+        return self.net.final_state(obs, state, dt=dt, episode_start=episode_start)
 
     # ---------------------------------------------------------- Box actions
     def squashed_gaussian(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

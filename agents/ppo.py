@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 
 from agents.acting import LiquidPolicy
 from agents.base import BaseAgent
+from agents.elapsed import ElapsedTime
 from agents.normalization import RewardNormalizer
 from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
 from agents.policies import LiquidActor
@@ -101,6 +103,13 @@ class LiquidPPO(BaseAgent):
             temporally correlated exploration (the role of SB3's gSDE with
             ``sde_sample_freq``); the log-probabilities stay the per-step Gaussian's. 1
             (default): a fresh draw every step.
+        elapsed_time_key: read the time elapsed since the previous observation from
+            ``info[elapsed_time_key]`` at every step (``"elapsed_time"`` for
+            :class:`envs.IrregularTiming`), store it in the rollout beside the observation
+            and feed it to both liquid networks as ``dt`` when acting, for the successor
+            values and in training. ``None`` (default): evenly spaced observations.
+        elapsed_time_unit: the elapsed time the cells see as 1 (their default ``dt``),
+            e.g. the task's nominal step (0.05 s for Pendulum).
         normalize_observations: normalise observations by running statistics (SB3's
             ``VecNormalize``, clipped at 10); the rollout stores them normalised as acted on.
         normalize_rewards: divide rewards by the running standard deviation of the
@@ -146,6 +155,8 @@ class LiquidPPO(BaseAgent):
         target_kl: float | None = None,
         log_std_init: float = 0.0,
         noise_hold_steps: int = 1,
+        elapsed_time_key: str | None = None,
+        elapsed_time_unit: float = 1.0,
         normalize_observations: bool = False,
         normalize_rewards: bool = False,
         n_envs: int = 1,
@@ -198,13 +209,17 @@ class LiquidPPO(BaseAgent):
         self.ent_coef, self.vf_coef = float(ent_coef), float(vf_coef)
         self.max_grad_norm = float(max_grad_norm)
         self.noise_hold_steps = noise_hold_steps
+        self.elapsed = (None if elapsed_time_key is None
+                        else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))
+        self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
 
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed, distribution="gaussian",
                                  log_std_init=log_std_init).to(self.device)
         self.discrete = self.actor.discrete
         self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
-                                   self.obs_normalizer)
+                                   self.obs_normalizer,
+                                   None if elapsed_time_key is None else elapsed_time_unit)
         self.value = make_value(shared_critic, self.actor, self.obs_dim, critic_neurons, cell,
                                 0 if seed is None else seed + 1)
         for module in self.value.modules().values():
@@ -230,6 +245,14 @@ class LiquidPPO(BaseAgent):
         self.rollout.reset()
         self._noise = torch.zeros(self.n_envs, self.actor.action_dim, device=self.device)
         self._noise_age = torch.zeros(self.n_envs, dtype=torch.int64, device=self.device)
+        self._dt = np.ones(self.n_envs, np.float32)
+
+    def _dt_tensor(self, dt: np.ndarray) -> torch.Tensor | None:
+        """``dt`` as the cells take it, ``(n, 1)``; ``None`` without the option (the
+        cells' default, and their fast path)."""
+        if self.elapsed is None:
+            return None
+        return torch.as_tensor(dt, device=self.device).reshape(-1, 1)
 
     def _exploration_noise(self, start: torch.Tensor) -> torch.Tensor | None:
         """The Gaussian noise of this step (``None``: a fresh draw, the default)."""
@@ -258,8 +281,9 @@ class LiquidPPO(BaseAgent):
             if driver.episode_start.any():
                 keep = (~start).float().unsqueeze(1)
                 actor_state, critic_state = actor_state * keep, critic_state * keep
-            out, next_actor = self.actor(obs, actor_state)
-            value, next_critic = self.value.step(obs, next_actor, critic_state)
+            dt = self._dt_tensor(self._dt)
+            out, next_actor = self.actor(obs, actor_state, dt=dt)
+            value, next_critic = self.value.step(obs, next_actor, critic_state, dt)
             action, log_prob = self.actor.sample(out, self._exploration_noise(start))
         sent = action if self.discrete else action.clamp(-1.0, 1.0)
         step = self._env_step(sent.cpu().numpy())
@@ -271,17 +295,23 @@ class LiquidPPO(BaseAgent):
                "episode_start": start, "valid": tensor(step.valid),
                "terminated": tensor(step.terminated), "dones": tensor(step.dones),
                "values": value, "log_probs": log_prob}
+        if dt is not None:
+            row["dt"] = dt
+        next_dt = self._read_elapsed(step.info)
         truncated = step.valid & step.truncated & ~step.terminated
         if truncated.any():  # bootstrap from the final observation, the states after the row
             idx = np.flatnonzero(truncated)
+            final_dt = self._final_elapsed(step.info, next_dt, idx)
             with torch.no_grad():
                 final = self._normalized(torch.as_tensor(step.real_next_obs[idx],
                                                          dtype=torch.float32, device=device))
                 bootstrap = torch.zeros(self.n_envs, device=device)
-                bootstrap[idx] = self.value.successor(final, next_actor[idx], next_critic[idx])
+                bootstrap[idx] = self.value.successor(final, next_actor[idx], next_critic[idx],
+                                                      final_dt)
             row["next_values"] = bootstrap
         self.rollout.add(row, [actor_state, critic_state])
         self._states = [next_actor, next_critic]
+        self._dt = next_dt
         if not self._callback_step(callback, step, log_interval, rollout_buffer=self.rollout,
                                    n_steps=self.rollout.pos):
             return False
@@ -295,13 +325,33 @@ class LiquidPPO(BaseAgent):
             self.rollout.reset()
         return True
 
+    def _read_elapsed(self, info: dict[str, Any]) -> np.ndarray:
+        """The elapsed times of the observations the next step acts on (1 where one
+        starts an episode: the state is reset there anyway)."""
+        if self.elapsed is None:
+            return self._dt
+        continuing = np.flatnonzero(~self.driver.episode_start)
+        return self.elapsed.read(info, self.num_timesteps, continuing)
+
+    def _final_elapsed(self, info: dict[str, Any], next_dt: np.ndarray, idx: np.ndarray
+                       ) -> torch.Tensor | None:
+        """The elapsed times of truncated episodes' final observations (SAME_STEP: in
+        ``final_info``; NEXT_STEP: they are the next observations)."""
+        if self.elapsed is None:
+            return None
+        if self.driver.autoreset_mode == AutoresetMode.SAME_STEP:
+            final = self.elapsed.read(info.get("final_info", {}), self.num_timesteps, idx)
+        else:
+            final = next_dt
+        return self._dt_tensor(final[idx])
+
     def _finish_rollout(self) -> None:
         """Advantages and returns of the full rollout (GAE with the rollout's values)."""
         buf = self.rollout
         with torch.no_grad():
             obs = self._normalized(torch.as_tensor(self.driver.obs, dtype=torch.float32,
                                                    device=self.device))
-            last = self.value.successor(obs, *self._states)
+            last = self.value.successor(obs, *self._states, self._dt_tensor(self._dt))
         next_values = torch.where(buf.dones, buf.next_values,
                                   torch.cat([buf.values[1:], last.unsqueeze(0)]))
         buf.advantages = gae_advantages(buf.rewards, buf.values, next_values, buf.terminated,
@@ -315,11 +365,12 @@ class LiquidPPO(BaseAgent):
         starts an episode): ``[(n_windows, actor_state), (n_windows, critic_state)]``."""
         buf, L = self.rollout, self.seq_len
         obs, start = buf.obs.transpose(0, 1), buf.episode_start.transpose(0, 1)
+        dt = None if self.elapsed is None else buf.dt.transpose(0, 1)
         first = [s[0] for s in buf.states]
         with torch.no_grad():
-            actor_states = self.actor(obs, first[0], episode_start=start,
+            actor_states = self.actor(obs, first[0], episode_start=start, dt=dt,
                                       return_states=True)[1]
-            critic_states = self.value.states(obs, start, first[1])
+            critic_states = self.value.states(obs, start, first[1], dt)
         keep = (~buf.window_starts(buf.episode_start, L)).float().unsqueeze(1)
         starts = []
         for states, h0 in ((actor_states, first[0]), (critic_states, first[1])):
@@ -331,9 +382,9 @@ class LiquidPPO(BaseAgent):
         """``n_epochs`` passes of minibatch updates over the rollout; returns the logged
         means (SB3 PPO's ``train/`` keys)."""
         buf, L = self.rollout, self.seq_len
-        win = {name: buf.windows(getattr(buf, name), L)
-               for name in ("obs", "actions", "log_probs", "advantages", "returns", "values",
-                            "valid", "episode_start")}
+        names = ["obs", "actions", "log_probs", "advantages", "returns", "values", "valid",
+                 "episode_start"] + ([] if self.elapsed is None else ["dt"])
+        win = {name: buf.windows(getattr(buf, name), L) for name in names}
         starts = [buf.window_starts(s, L) for s in buf.states]
         n_windows, per_batch = win["obs"].shape[0], self.batch_size // L
         logs: dict[str, list[float]] = {}
@@ -366,11 +417,14 @@ class LiquidPPO(BaseAgent):
     def window_outputs(self, b: dict[str, torch.Tensor], starts: list[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities of the stored actions, entropies and values ``(W, L)`` of
-        windows ``b`` (``obs``, ``actions``, ``episode_start``), run from their start
-        states; the networks reset their states at every episode start inside."""
+        windows ``b`` (``obs``, ``actions``, ``episode_start`` and, with
+        ``elapsed_time_key``, ``dt``), run from their start states; the networks reset
+        their states at every episode start inside."""
+        dt = b.get("dt")
         out, actor_states = self.actor(b["obs"], starts[0], episode_start=b["episode_start"],
-                                       return_states=True)
-        values = self.value.sequence(b["obs"], b["episode_start"], actor_states, starts[1])
+                                       dt=dt, return_states=True)
+        values = self.value.sequence(b["obs"], b["episode_start"], actor_states, starts[1],
+                                     dt)
         log_prob, entropy = self.actor.log_prob_entropy(out, b["actions"])
         return log_prob, entropy, values
 
@@ -445,10 +499,12 @@ class LiquidPPO(BaseAgent):
     def _rollout_tensors(self) -> dict[str, torch.Tensor]:
         return {"rollout.actor_state": self._states[0],
                 "rollout.critic_state": self._states[1],
-                "rollout.noise": self._noise, "rollout.noise_age": self._noise_age}
+                "rollout.noise": self._noise, "rollout.noise_age": self._noise_age,
+                "rollout.dt": torch.from_numpy(self._dt.copy())}
 
     def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._states = [tensors[f"rollout.{name}_state"].clone().to(self.device)
                         for name in ("actor", "critic")]
         self._noise = tensors["rollout.noise"].clone().to(self.device)
         self._noise_age = tensors["rollout.noise_age"].clone().to(self.device)
+        self._dt = tensors["rollout.dt"].numpy().copy()

@@ -22,7 +22,7 @@ __all__ = ["RolloutBuffer"]
 
 # the tensors stored per row (shapes and dtypes are set in the constructor)
 _FIELDS = ("obs", "actions", "rewards", "episode_start", "valid", "terminated", "dones",
-           "values", "log_probs", "next_values")
+           "values", "log_probs", "next_values", "dt")
 
 
 class RolloutBuffer:
@@ -47,6 +47,7 @@ class RolloutBuffer:
                                    dtype=torch.int64 if action_shape == () else f32)
         for name in ("rewards", "values", "log_probs", "next_values"):
             setattr(self, name, torch.zeros(shape, dtype=f32, device=device))
+        self.dt = torch.ones(*shape, 1, dtype=f32, device=device)  # elapsed time per row
         for name in ("episode_start", "valid", "terminated", "dones"):
             setattr(self, name, torch.zeros(shape, dtype=flag, device=device))
         self.states = [torch.zeros(*shape, size, device=device) for size in state_sizes]
@@ -65,13 +66,14 @@ class RolloutBuffer:
     def add(self, row: dict[str, torch.Tensor], states: list[torch.Tensor]) -> None:
         """Store one row: ``row`` has every field of :data:`_FIELDS` except
         ``next_values`` (the truncation bootstrap values may be given under that name;
-        zero otherwise); ``states`` are the networks' states before the row."""
+        zero otherwise) and ``dt`` (the observations' elapsed times; 1 otherwise);
+        ``states`` are the networks' states before the row."""
         if self.full:
             raise RuntimeError("the rollout is full; call reset() first")
         t = self.pos
         for name in _FIELDS:
             target = getattr(self, name)
-            target[t] = row[name] if name in row else 0
+            target[t] = row[name] if name in row else (1 if name == "dt" else 0)
         for target, state in zip(self.states, states, strict=True):
             target[t] = state
         self.pos += 1

@@ -37,26 +37,29 @@ class SeparateValue:
     def modules(self) -> dict[str, nn.Module]:
         return {"critic": self.net}
 
-    def step(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Values ``(n,)`` of one row and the critic state after it."""
-        out, state = self.net(obs, state)
+    def step(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor,
+             dt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values ``(n,)`` of one row and the critic state after it (``dt``: the
+        elapsed time of each observation, ``(n, 1)``)."""
+        out, state = self.net(obs, state, dt=dt)
         return out.squeeze(-1), state
 
-    def successor(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor
-                  ) -> torch.Tensor:
+    def successor(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor,
+                  dt: torch.Tensor | None = None) -> torch.Tensor:
         """Values of observations that follow a row, from the states after that row."""
-        return self.net(obs, state)[0].squeeze(-1)
+        return self.net(obs, state, dt=dt)[0].squeeze(-1)
 
     def sequence(self, obs: torch.Tensor, episode_start: torch.Tensor,
-                 actor_states: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+                 actor_states: torch.Tensor, state: torch.Tensor,
+                 dt: torch.Tensor | None = None) -> torch.Tensor:
         """Values ``(W, L)`` of windows ``(W, L, obs_dim)`` from their start states."""
-        return self.net(obs, state, episode_start=episode_start)[0].squeeze(-1)
+        return self.net(obs, state, dt=dt, episode_start=episode_start)[0].squeeze(-1)
 
-    def states(self, obs: torch.Tensor, episode_start: torch.Tensor, state: torch.Tensor
-               ) -> torch.Tensor:
+    def states(self, obs: torch.Tensor, episode_start: torch.Tensor, state: torch.Tensor,
+               dt: torch.Tensor | None = None) -> torch.Tensor:
         """The state after every row ``(W, L, state_size)``."""
-        return self.net(obs, state, episode_start=episode_start, return_states=True)[1]
+        return self.net(obs, state, dt=dt, episode_start=episode_start,
+                        return_states=True)[1]
 
 
 class SharedValue:
@@ -74,20 +77,21 @@ class SharedValue:
     def modules(self) -> dict[str, nn.Module]:
         return {"value_head": self.head}
 
-    def step(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor,
+             dt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(actor_state).squeeze(-1), state
 
-    def successor(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor
-                  ) -> torch.Tensor:
-        return self.head(self.actor.final_state(obs, actor_state)).squeeze(-1)
+    def successor(self, obs: torch.Tensor, actor_state: torch.Tensor, state: torch.Tensor,
+                  dt: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.actor.final_state(obs, actor_state, dt=dt)).squeeze(-1)
 
     def sequence(self, obs: torch.Tensor, episode_start: torch.Tensor,
-                 actor_states: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+                 actor_states: torch.Tensor, state: torch.Tensor,
+                 dt: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(actor_states).squeeze(-1)
 
-    def states(self, obs: torch.Tensor, episode_start: torch.Tensor, state: torch.Tensor
-               ) -> torch.Tensor:
+    def states(self, obs: torch.Tensor, episode_start: torch.Tensor, state: torch.Tensor,
+               dt: torch.Tensor | None = None) -> torch.Tensor:
         return state.new_zeros(*obs.shape[:2], 0)
 
 

@@ -239,6 +239,8 @@ def test_same_seed_same_run():
     ("CartPole-v1", {"n_envs": 2}),
     ("Pendulum-v1", {"normalize_observations": True, "normalize_rewards": True,
                      "seq_len": 8, "shared_critic": True, "noise_hold_steps": 3}),
+    ("PendulumNoVelIrregular-v1", {"elapsed_time_key": "elapsed_time",
+                                   "elapsed_time_unit": 0.05, "seq_len": 8}),
 ])
 def test_resume_is_exact_mid_rollout(tmp_path, env_id, extra):
     """Stop in the middle of a rollout, save with the rollout, load, continue: the same
@@ -358,3 +360,90 @@ def test_sb3_callbacks_see_rollouts_and_steps_with_sb3_names(tmp_path):
     assert count.starts in (count.ends, count.ends + 1)
     assert (tmp_path / "best_model.safetensors").exists()
     assert load_agent(sorted((tmp_path / "ckpt").iterdir())[0]).num_timesteps > 0
+
+
+# ------------------------------------------------------------------------------ elapsed time
+def irregular_agent(**kw):
+    return small("PendulumNoVelIrregular-v1", n_envs=2, elapsed_time_key="elapsed_time",
+                 elapsed_time_unit=0.05, **kw)
+
+
+def test_elapsed_times_reach_the_cells_unchanged_when_acting_and_training():
+    agent = irregular_agent(seq_len=8)
+    seen = []
+    buf = agent.rollout
+    original = agent._callback_step
+
+    def record(callback, step, log_interval, **extra):
+        seen.append(np.array([info.get("elapsed_time", np.nan) for info in
+                              agent._sb3_infos(step)]))
+        return original(callback, step, log_interval, **extra)
+
+    agent._callback_step = record
+    collect_one_rollout(agent)
+    # each row's dt is the elapsed time reported with its observation, / 0.05
+    reported = np.stack(seen[:-1]) / 0.05
+    np.testing.assert_allclose(buf.dt[1:, :, 0].numpy(), reported, rtol=1e-6)
+    assert len(np.unique(buf.dt[1:].numpy().round(3))) >= 3  # irregular indeed
+    # acting: the stored log-probabilities are the network's on the stored sequence
+    obs, start, dt = (x.transpose(0, 1) for x in (buf.obs, buf.episode_start, buf.dt))
+    with torch.no_grad():
+        means = agent.actor.net(obs, buf.states[0][0], dt=dt, episode_start=start)[0]
+        log_prob = agent.actor.log_prob_entropy(means, buf.actions.transpose(0, 1))[0]
+        assert not torch.allclose(agent.actor.net(obs, buf.states[0][0],
+                                                  episode_start=start)[0], means)
+    torch.testing.assert_close(log_prob, buf.log_probs.transpose(0, 1), atol=1e-5, rtol=1e-5)
+    # training: the windows carry the same dt into actor and critic
+    L = agent.seq_len
+    win = {k: buf.windows(getattr(buf, k), L) for k in ("obs", "actions", "episode_start", "dt")}
+    starts = [buf.window_starts(s, L) for s in buf.states]
+    with torch.no_grad():
+        lp, _, values = agent.window_outputs(win, starts)
+        direct = agent.value.net(win["obs"], starts[1], dt=win["dt"],
+                                 episode_start=win["episode_start"])[0].squeeze(-1)
+    torch.testing.assert_close(values, direct)
+    torch.testing.assert_close(lp, buf.windows(buf.log_probs, L), atol=1e-5, rtol=1e-5)
+
+
+def test_a_constant_elapsed_time_of_one_unit_changes_nothing():
+    import envs
+
+    def make(**kw):
+        env = envs.IrregularTiming(gym.make("Pendulum-v1"), 1, 1)  # always 0.05 s
+        return small(env, seq_len=8, **kw)
+
+    plain = make()
+    plain.learn(64)
+    timed = make(elapsed_time_key="elapsed_time", elapsed_time_unit=0.05)
+    timed.learn(64)
+    assert timed.rollout.dt.eq(1.0).all()
+    for a, b in zip(params(plain), params(timed), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_elapsed_time_errors_name_the_step():
+    with pytest.raises(ValueError, match=r"no 'elapsed_time' at step \d+"):
+        small("Pendulum-v1", elapsed_time_key="elapsed_time").learn(16)
+
+    class Negative(gym.Wrapper):
+        def step(self, action):
+            obs, r, term, trunc, info = self.env.step(action)
+            return obs, r, term, trunc, {**info, "elapsed_time": -0.1}
+
+    with pytest.raises(ValueError, match=r"elapsed time of -0.1 .* at step 1 .*>= 0"):
+        small(Negative(gym.make("Pendulum-v1")), elapsed_time_key="elapsed_time").learn(16)
+    with pytest.raises(ValueError, match="elapsed_time_unit"):
+        small("Pendulum-v1", elapsed_time_key="elapsed_time", elapsed_time_unit=0.0)
+
+
+def test_predict_takes_the_elapsed_time():
+    agent = irregular_agent()
+    obs = np.array([[0.5, -0.5, 0.0]], np.float32)
+    action, _ = agent.predict(obs, deterministic=True, elapsed_time=0.1)
+    with torch.no_grad():
+        mean = agent.actor.net(torch.as_tensor(obs), None, dt=torch.tensor([[2.0]]))[0]
+    expected = agent.policy.actions.to_env(mean.clamp(-1, 1).numpy())
+    np.testing.assert_allclose(action, expected, rtol=1e-6)
+    assert not np.allclose(agent.predict(obs, deterministic=True)[0], expected)
+    with pytest.raises(ValueError, match="elapsed_time must be one finite number"):
+        agent.predict(obs, elapsed_time=[0.1, 0.2])

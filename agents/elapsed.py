@@ -1,0 +1,68 @@
+"""The elapsed time between observations, read from the environment's ``info``.
+
+Liquid cells take a per-sample elapsed time ``dt`` (1 by default). An environment with
+irregular timing (for instance :class:`envs.IrregularTiming`) reports, with every
+observation, the time since the previous one in ``info[key]``; an agent built with
+``elapsed_time_key=key`` reads it at every step through :class:`ElapsedTime` and feeds
+``info[key] / elapsed_time_unit`` to its liquid networks as ``dt`` (so a step of
+``elapsed_time_unit`` is the cells' default of 1).
+
+>>> reader = ElapsedTime("elapsed_time", unit=0.05, n_envs=2)
+>>> reader.read({"elapsed_time": np.array([0.05, 0.15]),
+...              "_elapsed_time": np.array([True, True])}, step=7).tolist()
+[1.0, 3.0]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ElapsedTime"]
+
+
+class ElapsedTime:
+    """Reads ``info[key]`` of every copy and scales it by ``1 / unit``.
+
+    Args:
+        key: the info key (``envs.ELAPSED_TIME_KEY``, ``"elapsed_time"``, for
+            :class:`envs.IrregularTiming`).
+        unit: the elapsed time that the cells see as 1 (e.g. the task's nominal step).
+        n_envs: environment copies.
+    """
+
+    def __init__(self, key: str, unit: float, n_envs: int) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"elapsed_time_key must be a non-empty string, got {key!r}")
+        if isinstance(unit, bool) or not isinstance(unit, (int, float)) \
+                or not math.isfinite(unit) or not unit > 0:
+            raise ValueError(f"elapsed_time_unit must be a finite number > 0, got {unit!r}")
+        self.key, self.unit, self.n_envs = key, float(unit), n_envs
+
+    def read(self, info: dict[str, Any], step: int, rows: np.ndarray | None = None
+             ) -> np.ndarray:
+        """``dt`` of every copy ``(n_envs,)`` from a vector env's ``info`` (``rows``: the
+        copies that must have it, all by default; the others get 1)."""
+        rows = np.arange(self.n_envs) if rows is None else np.asarray(rows)
+        values = info.get(self.key)
+        present = info.get(f"_{self.key}", None if values is None else
+                            np.ones(self.n_envs, bool))
+        missing = rows if values is None else rows[~np.asarray(present, bool)[rows]]
+        if len(missing):
+            raise ValueError(f"the environment's info has no {self.key!r} at step {step} "
+                             f"(copies {missing.tolist()}); elapsed_time_key={self.key!r} "
+                             "reads the time since the previous observation from there "
+                             "(wrap the task in envs.IrregularTiming, or build the agent "
+                             "without elapsed_time_key)")
+        dt = np.ones(self.n_envs, np.float32)
+        got = np.asarray(values, dtype=np.float64)[rows]
+        bad = ~np.isfinite(got) | (got < 0)
+        if bad.any():
+            i = int(rows[np.flatnonzero(bad)[0]])
+            raise ValueError(f"the environment reported an elapsed time of "
+                             f"{float(values[i])!r} in info[{self.key!r}] at step {step} "
+                             f"(copy {i}); expected a finite number >= 0")
+        dt[rows] = (got / self.unit).astype(np.float32)
+        return dt
