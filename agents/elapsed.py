@@ -15,10 +15,11 @@ observation, the time since the previous one in ``info[key]``; an agent built wi
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
+
+from velora_ens._validation import check_number
 
 __all__ = ["ElapsedTime"]
 
@@ -36,10 +37,8 @@ class ElapsedTime:
     def __init__(self, key: str, unit: float, n_envs: int) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError(f"elapsed_time_key must be a non-empty string, got {key!r}")
-        if isinstance(unit, bool) or not isinstance(unit, (int, float)) \
-                or not math.isfinite(unit) or not unit > 0:
-            raise ValueError(f"elapsed_time_unit must be a finite number > 0, got {unit!r}")
-        self.key, self.unit, self.n_envs = key, float(unit), n_envs
+        self.key, self.n_envs = key, n_envs
+        self.unit = check_number("elapsed_time_unit", unit, 0.0, strict=True)
 
     def read(self, info: dict[str, Any], step: int, rows: np.ndarray | None = None
              ) -> np.ndarray:

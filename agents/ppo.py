@@ -44,18 +44,9 @@ from agents.rollout_buffer import RolloutBuffer
 from agents.schedules import as_schedule, progress_remaining
 from agents.targets import gae_advantages
 from agents.values import make_value
-from velora_ens._validation import check_int
+from velora_ens._validation import check_int, check_number
 
 __all__ = ["LiquidPPO"]
-
-
-def _check_fraction(name: str, value: Any, *, upper: float = 1.0, zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not ((0.0 <= value) if zero else (0.0 < value)) or not value <= upper:
-        low = "0 <=" if zero else "0 <"
-        raise ValueError(f"{name} must be a number with {low} {name} <= {upper:g}, got "
-                         f"{value!r}")
-    return float(value)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -181,17 +172,14 @@ class LiquidPPO(BaseAgent):
         if batch_size % seq_len:
             raise ValueError(f"seq_len={seq_len} must divide batch_size={batch_size} "
                              "(a minibatch is whole windows)")
-        self.gamma = _check_fraction("gamma", gamma)
-        self.gae_lambda = _check_fraction("gae_lambda", gae_lambda)
-        for name, value in (("ent_coef", ent_coef), ("vf_coef", vf_coef)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name, value in (("clip_range_vf", clip_range_vf), ("target_kl", target_kl)):
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"{name} must be None or a number > 0, got {value!r}")
-        if not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+        self.gamma = check_number("gamma", gamma, 0.0, 1.0)
+        self.gae_lambda = check_number("gae_lambda", gae_lambda, 0.0, 1.0)
+        self.ent_coef = check_number("ent_coef", ent_coef, 0.0)
+        self.vf_coef = check_number("vf_coef", vf_coef, 0.0)
+        self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, 0.0, strict=True)
+        self.clip_range_vf, self.target_kl = (
+            None if value is None else check_number(name, value, 0.0, strict=True)
+            for name, value in (("clip_range_vf", clip_range_vf), ("target_kl", target_kl)))
         self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
                     vectorization=vectorization, learning_rate=learning_rate,
                     normalize_observations=normalize_observations, device=device,
@@ -204,10 +192,7 @@ class LiquidPPO(BaseAgent):
         self.clip_range = as_schedule(clip_range, "clip_range")
         self.n_steps, self.batch_size, self.n_epochs = n_steps, batch_size, n_epochs
         self.seq_len = seq_len
-        self.clip_range_vf, self.target_kl = clip_range_vf, target_kl
         self.normalize_advantage = normalize_advantage
-        self.ent_coef, self.vf_coef = float(ent_coef), float(vf_coef)
-        self.max_grad_norm = float(max_grad_norm)
         self.noise_hold_steps = noise_hold_steps
         self.elapsed = (None if elapsed_time_key is None
                         else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))

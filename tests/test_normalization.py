@@ -59,3 +59,29 @@ def test_neuroflow_acts_and_trains_on_normalised_observations():
     np.testing.assert_allclose(action, expected, rtol=1e-6)
     raw_action = agent.driver.actions.to_env(agent.actor.act(raw_out, True).numpy())[0]
     assert not np.allclose(action, raw_action)
+
+
+def test_reward_scaling_matches_sb3_vecnormalize():
+    """The same discounted-return statistics and scaled rewards as SB3's VecNormalize
+    (its RunningMeanStd, updated then applied, returns reset where an episode ends);
+    copies left out of a step (reset rows) neither update nor get a reward."""
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    from agents.normalization import RewardNormalizer
+
+    rng = np.random.default_rng(1)
+    gamma, n_envs = 0.9, 3
+    ours = RewardNormalizer(n_envs, gamma, clip=10.0)
+    ret_rms, returns = RunningMeanStd(shape=()), np.zeros(n_envs)
+    for t in range(60):
+        rewards = rng.normal(-5.0, 3.0, n_envs)
+        dones = rng.random(n_envs) < 0.1
+        rows = np.arange(n_envs) if t % 7 else np.array([0, 2])  # copy 1 resets here
+        returns[rows] = returns[rows] * gamma + rewards[rows]
+        ret_rms.update(returns[rows])
+        expected = np.clip(rewards[rows] / np.sqrt(ret_rms.var + 1e-8), -10, 10)
+        returns[rows[dones[rows]]] = 0.0
+        got = ours.scale(rewards, dones, rows)
+        np.testing.assert_allclose(got[rows], expected, rtol=1e-5)
+        assert np.all(got[np.setdiff1d(np.arange(n_envs), rows)] == 0)
+    np.testing.assert_allclose(ours.returns.numpy(), returns, rtol=1e-12)

@@ -291,7 +291,10 @@ def test_save_load_round_trip_and_the_policy_file(tmp_path):
     ({"n_steps": 32, "seq_len": 16, "batch_size": 24}, "must divide batch_size"),
     ({"gamma": 1.5}, "gamma"),
     ({"n_epochs": 0}, "n_epochs"),
-    ({"target_kl": -1.0}, "target_kl"),
+    ({"target_kl": -1.0}, "target_kl must be a finite number > 0, got -1.0"),
+    ({"vf_coef": float("nan")}, "vf_coef must be a finite number >= 0"),
+    ({"max_grad_norm": 0}, "max_grad_norm must be a finite number > 0"),
+    ({"gae_lambda": True}, "gae_lambda"),
     ({"clip_range": "fast"}, "clip_range"),
     ({"cell": "lstm"}, "cell"),
 ])
@@ -447,3 +450,23 @@ def test_predict_takes_the_elapsed_time():
     assert not np.allclose(agent.predict(obs, deterministic=True)[0], expected)
     with pytest.raises(ValueError, match="elapsed_time must be one finite number"):
         agent.predict(obs, elapsed_time=[0.1, 0.2])
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1, 1, (2,))])
+def test_log_probabilities_and_entropies_match_torch_distributions(space):
+    from agents import LiquidActor
+
+    actor = LiquidActor(4, space, 8, seed=0, distribution="gaussian", log_std_init=-0.3)
+    out = torch.randn(5, 3 if actor.discrete else 2)
+    action, log_prob = actor.sample(out)
+    lp, entropy = actor.log_prob_entropy(out, action)
+    if actor.discrete:
+        dist = torch.distributions.Categorical(logits=out)
+    else:
+        dist = torch.distributions.Independent(
+            torch.distributions.Normal(out, actor.log_std.exp().expand_as(out)), 1)
+    torch.testing.assert_close(lp, dist.log_prob(action))
+    torch.testing.assert_close(log_prob, dist.log_prob(action))
+    torch.testing.assert_close(entropy, dist.entropy())
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        LiquidActor(4, space, 8, distribution="beta")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int"]
+__all__ = ["check_int", "check_number"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -15,3 +15,19 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_number(name: str, value: Any, minimum: float, maximum: float | None = None, *,
+                 strict: bool = False) -> float:
+    """Return ``value`` as a ``float`` if it is a finite real number in range: ``>=
+    minimum`` (``> minimum`` with ``strict=True``) and ``<= maximum`` when given; else
+    raise a ``ValueError`` naming the argument, the value and the range expected."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                             np.floating))
+          and np.isfinite(value) and (value > minimum if strict else value >= minimum)
+          and (maximum is None or value <= maximum))
+    if not ok:
+        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        high = "" if maximum is None else f" and <= {maximum:g}"
+        raise ValueError(f"{name} must be a finite number {low}{high}, got {value!r}")
+    return float(value)
