@@ -7,6 +7,7 @@ from agents.acting import LiquidPolicy
 from agents.base import BaseAgent, NonFiniteTrainingError
 from agents.buffers import SequenceBatch, SequenceReplayBuffer
 from agents.critics import CriticEnsemble
+from agents.evaluation import evaluate_policy
 from agents.neuroflow import NeuroFlow
 from agents.policies import LiquidActor
 from agents.ppo import LiquidPPO
@@ -14,4 +15,5 @@ from agents.ppo import LiquidPPO
 load_agent = BaseAgent.load
 
 __all__ = ["BaseAgent", "CriticEnsemble", "LiquidActor", "LiquidPPO", "LiquidPolicy", "NeuroFlow",
-           "NonFiniteTrainingError", "SequenceBatch", "SequenceReplayBuffer", "load_agent"]
+           "NonFiniteTrainingError", "SequenceBatch", "SequenceReplayBuffer", "evaluate_policy",
+           "load_agent"]

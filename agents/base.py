@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from agents import persistence
+from agents.elapsed import ElapsedTime
 from agents.normalization import ObservationNormalizer
 from agents.schedules import as_schedule, progress_remaining
 from agents.vec_env import EnvDriver, EnvStep
@@ -88,6 +89,14 @@ class BaseAgent:
     """
 
     env_id: str | None
+    #: reads the elapsed time between observations from ``info`` (algorithms built with
+    #: ``elapsed_time_key`` set it); ``None``: every step is one unit of time
+    elapsed: ElapsedTime | None = None
+
+    @property
+    def elapsed_time_key(self) -> str | None:
+        """The ``info`` key the agent reads the elapsed time from, or ``None``."""
+        return None if self.elapsed is None else self.elapsed.key
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

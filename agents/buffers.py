@@ -4,7 +4,10 @@ Each of the ``n_envs`` environment streams has its own ring of ``capacity`` step
 in the order they happened, so a sequence is a run of consecutive steps of one stream.
 A step stores the observation, the action, the reward, the real next observation, the
 ``terminated`` flag, whether the observation **starts** an episode, and the actor's
-recurrent state just before it read the observation (the "stored state" of R2D2).
+recurrent state just before it read the observation (the "stored state" of R2D2). A
+buffer built with ``elapsed=True`` also keeps the elapsed time before the observation
+(``dt``) and before the real next observation (``next_dt``), for agents that feed it to
+their liquid cells.
 
 A sequence may run across an episode boundary: its ``episode_start`` flags go to the
 network, which resets the state to zero at that step, so no step ever sees the state of
@@ -25,12 +28,15 @@ __all__ = ["SequenceBatch", "SequenceReplayBuffer"]
 _FIELDS = {"obs": "obs", "next_obs": "next_obs", "actions": "actions", "rewards": "rewards",
            "terminated": "terminated", "episode_start": "episode_start", "states": "states",
            "pos": "pos", "size": "sizes"}
+_ELAPSED_FIELDS = {"dt": "dt", "next_dt": "next_dt"}
 
 
 @dataclass
 class SequenceBatch:
     """``B`` sequences of ``T`` steps; every tensor is ``(B, T, ...)`` except
-    ``start_state`` ``(B, H)``, the stored actor state before the first step."""
+    ``start_state`` ``(B, H)``, the stored actor state before the first step, and the
+    elapsed times ``dt`` and ``next_dt`` ``(B, T, 1)`` (``None`` unless the buffer keeps
+    them)."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -39,6 +45,8 @@ class SequenceBatch:
     terminated: torch.Tensor
     episode_start: torch.Tensor
     start_state: torch.Tensor
+    dt: torch.Tensor | None = None
+    next_dt: torch.Tensor | None = None
 
 
 class SequenceReplayBuffer:
@@ -50,10 +58,11 @@ class SequenceReplayBuffer:
         obs_dim: observation size.
         action_dim: action size (1 for a discrete action index).
         state_dim: size of the actor's recurrent state.
+        elapsed: also keep the elapsed times ``dt`` and ``next_dt`` of every step.
     """
 
     def __init__(self, capacity: int, n_envs: int, obs_dim: int, action_dim: int,
-                 state_dim: int) -> None:
+                 state_dim: int, elapsed: bool = False) -> None:
         if capacity < 1 or n_envs < 1:
             raise ValueError(f"capacity and n_envs must be >= 1, got {capacity}, {n_envs}")
         self.capacity, self.n_envs = int(capacity), int(n_envs)
@@ -61,6 +70,10 @@ class SequenceReplayBuffer:
         # one array once instead of seven; the fields are views into it.
         widths = {"obs": obs_dim, "next_obs": obs_dim, "actions": action_dim, "rewards": 0,
                   "terminated": 0, "episode_start": 0, "states": state_dim}
+        self.elapsed = bool(elapsed)
+        if self.elapsed:
+            widths.update(dt=1, next_dt=1)
+        self._fields = {**_FIELDS, **(_ELAPSED_FIELDS if self.elapsed else {})}
         self._records = np.zeros((self.n_envs, self.capacity,
                                   sum(max(w, 1) for w in widths.values())), np.float32)
         self._columns: dict[str, int | slice] = {}
@@ -76,6 +89,9 @@ class SequenceReplayBuffer:
         self.terminated = self._records[..., self._columns["terminated"]]
         self.episode_start = self._records[..., self._columns["episode_start"]]
         self.states = self._records[..., self._columns["states"]]
+        if self.elapsed:
+            self.dt = self._records[..., self._columns["dt"]]
+            self.next_dt = self._records[..., self._columns["next_dt"]]
         self.pos = np.zeros(self.n_envs, np.int64)  # next write index per stream
         self.sizes = np.zeros(self.n_envs, np.int64)  # steps held per stream
 
@@ -88,17 +104,27 @@ class SequenceReplayBuffer:
 
     def add(self, env_ids: np.ndarray, obs: np.ndarray, actions: np.ndarray,
             rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
-            episode_start: np.ndarray, states: np.ndarray) -> None:
-        """Append one step to each stream in ``env_ids`` (arrays are indexed like ``env_ids``)."""
+            episode_start: np.ndarray, states: np.ndarray, dt: np.ndarray | None = None,
+            next_dt: np.ndarray | None = None) -> None:
+        """Append one step to each stream in ``env_ids`` (arrays are indexed like
+        ``env_ids``); ``dt`` and ``next_dt`` are required exactly when the buffer keeps
+        elapsed times."""
+        if (dt is None or next_dt is None) == self.elapsed:
+            raise ValueError("this buffer " + ("keeps" if self.elapsed else "does not keep")
+                             + " elapsed times: give dt and next_dt "
+                             + ("" if self.elapsed else "only ") + "when built with "
+                             "elapsed=True")
         env_ids = np.asarray(env_ids, dtype=np.int64)
         if env_ids.size == 0:
             return
         pos = self.pos[env_ids]
         n = len(env_ids)
+        fields = [obs, next_obs, actions, rewards, terminated, episode_start, states]
+        if self.elapsed:
+            fields += [dt, next_dt]
         # the fields side by side, in the record's column order, written at once
         self._records[env_ids, pos] = np.concatenate(
-            [np.reshape(np.asarray(field), (n, -1)) for field in
-             (obs, next_obs, actions, rewards, terminated, episode_start, states)], axis=1)
+            [np.reshape(np.asarray(field), (n, -1)) for field in fields], axis=1)
         self.pos[env_ids] = (pos + 1) % self.capacity
         self.sizes[env_ids] = np.minimum(self.sizes[env_ids] + 1, self.capacity)
 
@@ -153,6 +179,8 @@ class SequenceReplayBuffer:
             terminated=t("terminated"),
             episode_start=t("episode_start"),
             start_state=t("states", 0),
+            dt=t("dt") if self.elapsed else None,
+            next_dt=t("next_dt") if self.elapsed else None,
         )
 
     # ------------------------------------------------------------------ saving
@@ -162,7 +190,7 @@ class SequenceReplayBuffer:
         wrapped = bool((self.sizes == self.capacity).any() or (self.pos != self.sizes).any())
         stored = self.capacity if wrapped else int(self.sizes.max())
         tensors = {}
-        for field, attribute in _FIELDS.items():
+        for field, attribute in self._fields.items():
             value = getattr(self, attribute)
             if value.ndim >= 2:  # (n_envs, capacity, ...) arrays; pos and size are (n_envs,)
                 value = value[:, :stored]
@@ -172,7 +200,11 @@ class SequenceReplayBuffer:
     def load_state_tensors(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                            source: Any) -> None:
         """Restore what :meth:`state_tensors` gave; ``source`` names the file in errors."""
-        for field, attribute in _FIELDS.items():
+        for field, attribute in self._fields.items():
+            if f"buffer.{field}" not in tensors:
+                hint = (" (it was saved by an agent without elapsed_time_key)"
+                        if field in _ELAPSED_FIELDS else "")
+                raise ValueError(f"{source}: the saved replay buffer has no {field!r}{hint}")
             value = tensors[f"buffer.{field}"].numpy()
             target = getattr(self, attribute)
             if value.ndim >= 2:

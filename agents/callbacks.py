@@ -31,6 +31,7 @@ from stable_baselines3.common.callbacks import (
 )
 from stable_baselines3.common.callbacks import EvalCallback as _SB3EvalCallback
 
+from agents.evaluation import elapsed_time_kwargs
 from velora_ens._validation import check_int
 
 __all__ = [
@@ -53,6 +54,13 @@ class EvalCallback(_SB3EvalCallback):
     :class:`StopTrainingOnRewardThreshold`) runs on each new best."""
 
     def _init_callback(self) -> None:
+        if getattr(self.model, "elapsed_time_key", None) is not None:
+            warnings.warn("EvalCallback evaluates through Stable-Baselines3's evaluate_policy, "
+                          "which cannot pass the elapsed time between observations to "
+                          "predict: this agent (elapsed_time_key="
+                          f"{self.model.elapsed_time_key!r}) is evaluated as if every step "
+                          "took one unit; call agents.evaluate_policy from a callback for "
+                          "the real timing", UserWarning, stacklevel=2)
         with warnings.catch_warnings():  # a Gymnasium vector env is not an SB3 VecEnv
             warnings.filterwarnings("ignore", message="Training and eval env are not of the "
                                                       "same type")
@@ -137,14 +145,15 @@ def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix
                                        name_prefix=name_prefix, disable_logger=True)
     try:
         for episode in range(n_episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            state, start, done = None, np.ones(1, bool), False
+            obs, info = env.reset(seed=seed + episode)
+            state, start, done, step = None, np.ones(1, bool), False, 0
             while not done:
                 action, state = model.predict(obs, state=state, episode_start=start,
-                                              deterministic=deterministic)
-                obs, _, terminated, truncated, _ = env.step(action)
+                                              deterministic=deterministic,
+                                              **elapsed_time_kwargs(model, info, episode, step))
+                obs, _, terminated, truncated, info = env.step(action)
                 start = np.zeros(1, bool)
-                done = terminated or truncated
+                done, step = terminated or truncated, step + 1
     finally:
         env.close()
     return sorted(folder.glob(f"{name_prefix}-episode-*.mp4"))

@@ -65,3 +65,22 @@ class ElapsedTime:
                              f"(copy {i}); expected a finite number >= 0")
         dt[rows] = (got / self.unit).astype(np.float32)
         return dt
+
+    def after_step(self, info: dict[str, Any], episode_start: np.ndarray, same_step: bool,
+                   step: int, final_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The elapsed times a vector env reported in a step, ``(n_envs,)`` each:
+
+        * of the observations the next step acts on (1 where one starts an episode: the
+          state is reset there anyway);
+        * of each copy's real next observation, the successor a target bootstraps from.
+          They are the same, except for the copies ``final_rows`` (truncated episodes)
+          when the env resets within the step (``same_step``, Gymnasium's ``SAME_STEP``
+          autoreset): their final observation's time is in ``info["final_info"]``.
+        """
+        acting = self.read(info, step, np.flatnonzero(~np.asarray(episode_start, bool)))
+        real = acting.copy()
+        final_rows = np.asarray(final_rows, np.int64)
+        if same_step and len(final_rows):
+            real[final_rows] = self.read(info.get("final_info", {}), step, final_rows
+                                         )[final_rows]
+        return acting, real

@@ -34,7 +34,8 @@ from velora_ens.models import LiquidNCPNetwork
 __all__ = ["ActorStateHistory", "CriticHistory", "OwnEncoderHistory", "SharedEncoderHistory",
            "make_history"]
 
-# (network, observations, episode starts, start state) -> (outputs, states), (B, T, ...)
+# (network, observations, episode starts, start state) -> (outputs, states), (B, T, ...);
+# the sequences' elapsed times, if any, are bound into it
 Unroll = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
                   tuple[torch.Tensor, torch.Tensor]]
 
@@ -61,8 +62,10 @@ class CriticHistory:
         """Parameters trained by the critic loss besides the critics'."""
         return []
 
-    def act(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
-        """The view's own next state when acting (``None``: it has none)."""
+    def act(self, obs: torch.Tensor, state: torch.Tensor, dt: torch.Tensor | None = None
+            ) -> torch.Tensor | None:
+        """The view's own next state when acting (``None``: it has none); ``dt``: the
+        observations' elapsed times (``None``: the cells' default)."""
         return None
 
     def sequences(self, unroll: Unroll, obs: torch.Tensor, episode_start: torch.Tensor,
@@ -70,13 +73,16 @@ class CriticHistory:
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """States the critics are trained on and states their targets read, ``(B, T, H)``,
         for sequences whose actor states are ``actor_states``; ``start_state`` is the
-        state stored in replay before each sequence (the actor's, then the view's own)."""
+        state stored in replay before each sequence (the actor's, then the view's own).
+        ``unroll`` carries the sequences' elapsed times, if any."""
         detached = actor_states.detach()
         return detached, detached
 
     def next_states(self, next_obs: torch.Tensor, target_states: torch.Tensor,
-                    actor_next_states: torch.Tensor) -> torch.Tensor:
-        """The targets' history after the real next observation (flattened rows)."""
+                    actor_next_states: torch.Tensor, dt: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The targets' history after the real next observation (flattened rows), which
+        came ``dt`` after the previous one (``None``: the cells' default)."""
         return actor_next_states
 
     def soft_update(self, tau: float) -> None:
@@ -109,8 +115,9 @@ class SharedEncoderHistory(CriticHistory):
         return actor_states, target_states
 
     def next_states(self, next_obs: torch.Tensor, target_states: torch.Tensor,
-                    actor_next_states: torch.Tensor) -> torch.Tensor:
-        return self.target(next_obs, target_states)[1]
+                    actor_next_states: torch.Tensor, dt: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        return self.target(next_obs, target_states, dt=dt)[1]
 
     @torch.no_grad()
     def soft_update(self, tau: float) -> None:
@@ -135,8 +142,9 @@ class OwnEncoderHistory(CriticHistory):
     def critic_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
 
-    def act(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
-        return self.encoder(obs, state)[1]
+    def act(self, obs: torch.Tensor, state: torch.Tensor, dt: torch.Tensor | None = None
+            ) -> torch.Tensor | None:
+        return self.encoder(obs, state, dt=dt)[1]
 
     def sequences(self, unroll: Unroll, obs: torch.Tensor, episode_start: torch.Tensor,
                   start_state: torch.Tensor, actor_states: torch.Tensor
@@ -146,8 +154,9 @@ class OwnEncoderHistory(CriticHistory):
         return states, states.detach()
 
     def next_states(self, next_obs: torch.Tensor, target_states: torch.Tensor,
-                    actor_next_states: torch.Tensor) -> torch.Tensor:
-        return self.encoder(next_obs, target_states)[1]
+                    actor_next_states: torch.Tensor, dt: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        return self.encoder(next_obs, target_states, dt=dt)[1]
 
 
 def make_history(critic_encoder: str, critic_trains_state: bool, actor: LiquidActor,

@@ -22,17 +22,20 @@ iteration of acting and updates, and the update itself (:meth:`NeuroFlow.train_s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 from torch.nn import functional as F
 
 from agents.acting import LiquidPolicy
 from agents.base import BaseAgent, NonFiniteTrainingError
 from agents.buffers import SequenceReplayBuffer
 from agents.critics import CriticEnsemble
+from agents.elapsed import ElapsedTime
 from agents.history import make_history
 from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
 from agents.policies import LiquidActor
@@ -123,6 +126,17 @@ class NeuroFlow(BaseAgent):
         normalize_observations: feed actor and critics observations normalised by a
             running mean and variance (Stable-Baselines3's ``VecNormalize``, clipped at
             10), updated from every observation collected; replay keeps raw ones.
+        elapsed_time_key: read the time elapsed since the previous observation from
+            ``info[elapsed_time_key]`` at every step (``"elapsed_time"`` for
+            :class:`envs.IrregularTiming`), keep it in replay beside the observation (and
+            the real next observation's), and feed it to the liquid networks as ``dt``:
+            when acting, in the burn-in, in training, in the critics' own history encoder
+            and at the TD targets' next step. ``predict`` then takes it as
+            ``elapsed_time=`` (and :func:`agents.evaluate_policy` passes it). ``None``
+            (the default): every step is one unit of time. The discount stays per
+            agent step.
+        elapsed_time_unit: the elapsed time the cells see as 1 (their default ``dt``),
+            e.g. the task's nominal step (0.05 s for Pendulum).
         n_envs: environment copies when ``env`` is an id.
         vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
         seed: seeds torch, the replay sampling, the environments and their action spaces.
@@ -163,6 +177,8 @@ class NeuroFlow(BaseAgent):
         target_q: str = "min",
         n_step: int = 1,
         normalize_observations: bool = False,
+        elapsed_time_key: str | None = None,
+        elapsed_time_unit: float = 1.0,
         n_envs: int = 1,
         vectorization: str = "sync",
         seed: int | None = None,
@@ -187,11 +203,15 @@ class NeuroFlow(BaseAgent):
                     vectorization=vectorization, learning_rate=learning_rate,
                     normalize_observations=normalize_observations, device=device,
                     tensorboard_log=tensorboard_log, verbose=verbose)
+        self.elapsed = (None if elapsed_time_key is None
+                        else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))
+        self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed).to(self.device)
         self.discrete = self.actor.discrete
         self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
-                                   self.obs_normalizer)
+                                   self.obs_normalizer,
+                                   None if elapsed_time_key is None else elapsed_time_unit)
         self.history = make_history(critic_encoder, critic_trains_state, self.actor,
                                     self.obs_dim, actor_neurons, cell, seed)
         for module in self.history.modules().values():
@@ -248,7 +268,8 @@ class NeuroFlow(BaseAgent):
                                                self._sequence_length),
                                            self.n_envs, self.obs_dim,
                                            1 if self.discrete else self.actor.action_dim,
-                                           self.actor.state_dim + self.history.stored_size)
+                                           self.actor.state_dim + self.history.stored_size,
+                                           elapsed=self.elapsed is not None)
         self._update_budget = 0.0
         self._state = torch.zeros(0)
 
@@ -292,6 +313,14 @@ class NeuroFlow(BaseAgent):
     # ------------------------------------------------------------------ acting
     def _start_rollout(self, obs: np.ndarray) -> None:
         self._state = torch.zeros(self.n_envs, self.buffer.states.shape[-1], device=self.device)
+        self._dt = np.ones(self.n_envs, np.float32)
+
+    def _dt_tensor(self, dt: np.ndarray) -> torch.Tensor | None:
+        """``dt`` as the cells take it, ``(n, 1)``; ``None`` without the option (the
+        cells' default, and their fast path)."""
+        if self.elapsed is None:
+            return None
+        return torch.as_tensor(dt, device=self.device).reshape(-1, 1)
 
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:
@@ -307,8 +336,9 @@ class NeuroFlow(BaseAgent):
                 keep = torch.as_tensor(~driver.episode_start, dtype=torch.float32,
                                        device=self.device)
                 state_before = state_before * keep.unsqueeze(1)
-            out, actor_state = self.actor(obs_t, state_before[:, :h])
-            own = self.history.act(obs_t, state_before[:, h:])
+            dt = self._dt_tensor(self._dt)
+            out, actor_state = self.actor(obs_t, state_before[:, :h], dt=dt)
+            own = self.history.act(obs_t, state_before[:, h:], dt)
             self._state = actor_state if own is None else torch.cat([actor_state, own], 1)
             if self.num_timesteps < self.learning_starts:
                 action = driver.actions.sample(self.n_envs)
@@ -316,9 +346,18 @@ class NeuroFlow(BaseAgent):
                 action = self.actor.act(out, deterministic=False).cpu().numpy()
         step = self._env_step(action)
         ids = np.flatnonzero(step.valid)
+        elapsed = {}
+        if self.elapsed is not None:
+            truncated = np.flatnonzero(step.valid & step.truncated & ~step.terminated)
+            next_dt, real_dt = self.elapsed.after_step(
+                step.info, driver.episode_start,
+                driver.autoreset_mode == AutoresetMode.SAME_STEP, self.num_timesteps,
+                truncated)
+            elapsed = {"dt": self._dt[ids], "next_dt": real_dt[ids]}
+            self._dt = next_dt
         self.buffer.add(ids, step.obs[ids], action[ids], step.rewards[ids],
                         step.real_next_obs[ids], step.terminated[ids], step.episode_start[ids],
-                        state_before.cpu().numpy()[ids])
+                        state_before.cpu().numpy()[ids], **elapsed)
         if self.num_timesteps >= self.learning_starts \
                 and self.buffer.can_sample(self._sequence_length):
             self._update_budget += self.utd_ratio * step.n_transitions
@@ -343,8 +382,9 @@ class NeuroFlow(BaseAgent):
             b.obs, b.next_obs = self._normalized(b.obs), self._normalized(b.next_obs)
         burn, S, h = self.burn_in, self.seq_len, self.actor.state_dim
 
-        out, states = self._unroll(self.actor, b.obs, b.episode_start, b.start_state[:, :h])
-        hist, target_hist = self.history.sequences(self._unroll, b.obs, b.episode_start,
+        unroll = self._unroll if b.dt is None else functools.partial(self._unroll, dt=b.dt)
+        out, states = unroll(self.actor, b.obs, b.episode_start, b.start_state[:, :h])
+        hist, target_hist = self.history.sequences(unroll, b.obs, b.episode_start,
                                                    b.start_state, states)
         B, T = out.shape[0], out.shape[1]  # T = seq_len + n_step - 1
 
@@ -356,7 +396,8 @@ class NeuroFlow(BaseAgent):
         alpha = self.log_alpha.exp().detach()
         target = self.td_target(flat(b.rewards[:, burn:]), flat(b.terminated[:, burn:]),
                                 flat(b.next_obs[:, burn:]), flat(states).detach(), alpha,
-                                critic_state=flat(target_hist))
+                                critic_state=flat(target_hist),
+                                next_dt=None if b.next_dt is None else flat(b.next_dt[:, burn:]))
         if self.n_step > 1:
             target = n_step_targets(target.reshape(B, T), b.rewards[:, burn:],
                                     b.terminated[:, burn:], b.episode_start[:, burn:],
@@ -419,16 +460,20 @@ class NeuroFlow(BaseAgent):
         return self.critics(torch.cat([critic_in, actions], 1)).squeeze(-1)
 
     def _unroll(self, net: torch.nn.Module, obs: torch.Tensor, episode_start: torch.Tensor,
-                state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                state: torch.Tensor, dt: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Refresh ``state`` over the burn-in prefix without gradients, then run the
-        trained steps; returns their outputs and states ``(B, seq_len, ...)``."""
+        trained steps; returns their outputs and states ``(B, seq_len, ...)``. ``dt``:
+        the elapsed times of all the steps ``(B, burn_in + T, 1)`` (``None``: the
+        cells' default)."""
         burn = self.burn_in
         if burn:
             with torch.no_grad():
                 state = net.final_state(obs[:, :burn], state,
-                                        episode_start=episode_start[:, :burn])
+                                        episode_start=episode_start[:, :burn],
+                                        dt=None if dt is None else dt[:, :burn])
         return net(obs[:, burn:], state, episode_start=episode_start[:, burn:],
-                   return_states=True)
+                   return_states=True, dt=None if dt is None else dt[:, burn:])
 
     def _reduce_target(self, q: torch.Tensor) -> torch.Tensor:
         """Combine the target critics ``(N, B, out)``: the minimum (clipped double-Q) or
@@ -439,7 +484,8 @@ class NeuroFlow(BaseAgent):
     @torch.no_grad()
     def td_target(self, rewards: torch.Tensor, terminated: torch.Tensor, next_obs: torch.Tensor,
                   state: torch.Tensor, alpha: torch.Tensor,
-                  critic_state: torch.Tensor | None = None) -> torch.Tensor:
+                  critic_state: torch.Tensor | None = None,
+                  next_dt: torch.Tensor | None = None) -> torch.Tensor:
         """Soft Bellman targets ``r + gamma (1 - terminated) V(s')``, ``(n,)``.
 
         ``state`` is the actor state after each step; one more actor step from it on the
@@ -447,12 +493,13 @@ class NeuroFlow(BaseAgent):
         step of an episode, whose successor is not the next stored step). Only
         ``terminated`` stops bootstrapping: a truncated step still bootstraps.
         ``critic_state`` is the state the critics' history view holds after each step
-        (the actor state itself by default).
+        (the actor state itself by default). ``next_dt``: the time elapsed before each
+        real next observation ``(n, 1)`` (``None``: the cells' default).
         """
-        next_out, next_states = self.actor(next_obs, state)
+        next_out, next_states = self.actor(next_obs, state, dt=next_dt)
         critic_state = state if critic_state is None else critic_state
         next_in = torch.cat([next_obs, self.history.next_states(next_obs, critic_state,
-                                                                next_states)], 1)
+                                                                next_states, next_dt)], 1)
         reduce = self._reduce_target
         if self.discrete:
             probs, log_probs = self.actor.categorical(next_out)
@@ -516,10 +563,15 @@ class NeuroFlow(BaseAgent):
         self.buffer.load_state_tensors(meta, tensors, path)
 
     def _rollout_tensors(self) -> dict[str, torch.Tensor]:
-        return {"rollout.state": self._state}
+        tensors = {"rollout.state": self._state}
+        if self.elapsed is not None:
+            tensors["rollout.dt"] = torch.from_numpy(self._dt.copy())
+        return tensors
 
     def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._state = tensors["rollout.state"].clone().to(self.device)
+        if self.elapsed is not None:
+            self._dt = tensors["rollout.dt"].numpy().copy()
 
     def save_replay_buffer(self, path: Any) -> Any:
         """SB3's ``save_replay_buffer``: the replay buffer with the rollout, random states

@@ -282,11 +282,11 @@ class LiquidPPO(BaseAgent):
                "values": value, "log_probs": log_prob}
         if dt is not None:
             row["dt"] = dt
-        next_dt = self._read_elapsed(step.info)
         truncated = step.valid & step.truncated & ~step.terminated
+        next_dt, real_dt = self._read_elapsed(step.info, np.flatnonzero(truncated))
         if truncated.any():  # bootstrap from the final observation, the states after the row
             idx = np.flatnonzero(truncated)
-            final_dt = self._final_elapsed(step.info, next_dt, idx)
+            final_dt = self._dt_tensor(real_dt[idx])
             with torch.no_grad():
                 final = self._normalized(torch.as_tensor(step.real_next_obs[idx],
                                                          dtype=torch.float32, device=device))
@@ -310,25 +310,16 @@ class LiquidPPO(BaseAgent):
             self.rollout.reset()
         return True
 
-    def _read_elapsed(self, info: dict[str, Any]) -> np.ndarray:
-        """The elapsed times of the observations the next step acts on (1 where one
-        starts an episode: the state is reset there anyway)."""
+    def _read_elapsed(self, info: dict[str, Any], truncated: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The elapsed times of the observations the next step acts on and of the real
+        next observations (:meth:`agents.elapsed.ElapsedTime.after_step`)."""
         if self.elapsed is None:
-            return self._dt
-        continuing = np.flatnonzero(~self.driver.episode_start)
-        return self.elapsed.read(info, self.num_timesteps, continuing)
-
-    def _final_elapsed(self, info: dict[str, Any], next_dt: np.ndarray, idx: np.ndarray
-                       ) -> torch.Tensor | None:
-        """The elapsed times of truncated episodes' final observations (SAME_STEP: in
-        ``final_info``; NEXT_STEP: they are the next observations)."""
-        if self.elapsed is None:
-            return None
-        if self.driver.autoreset_mode == AutoresetMode.SAME_STEP:
-            final = self.elapsed.read(info.get("final_info", {}), self.num_timesteps, idx)
-        else:
-            final = next_dt
-        return self._dt_tensor(final[idx])
+            return self._dt, self._dt
+        return self.elapsed.after_step(
+            info, self.driver.episode_start,
+            self.driver.autoreset_mode == AutoresetMode.SAME_STEP, self.num_timesteps,
+            truncated)
 
     def _finish_rollout(self) -> None:
         """Advantages and returns of the full rollout (GAE with the rollout's values)."""

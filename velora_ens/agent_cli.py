@@ -221,11 +221,8 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     final = agent.save(run / "final_model.safetensors")
 
-    from stable_baselines3.common.evaluation import evaluate_policy
-
     eval_env.reset(seed=20_000 + seed)
-    rewards, _ = evaluate_policy(agent, eval_env, n_eval_episodes=args.eval_episodes,
-                                 deterministic=True, return_episode_rewards=True)
+    rewards, _ = _evaluate_agent(agent, eval_env, args.eval_episodes, True)
     mean, std = float(np.mean(rewards)), float(np.std(rewards))
     print(f"  trained in {seconds:.0f} s ({agent.num_timesteps / seconds:.0f} steps/s)")
     print(f"  final model   {final}")
@@ -254,9 +251,21 @@ def _load(args: argparse.Namespace):
     return agent, args.env or agent.env_id
 
 
+def _evaluate_agent(agent: Any, env: Any, episodes: int, deterministic: bool
+                    ) -> tuple[list[float], list[int]]:
+    """Per-episode returns and lengths on ``env`` (seeded by the caller's reset): SB3's
+    ``evaluate_policy``, or ``agents.evaluate_policy`` for an agent that reads the
+    elapsed time (SB3's cannot pass it to ``predict``)."""
+    if agent.elapsed_time_key is not None:
+        from agents import evaluate_policy
+    else:
+        from stable_baselines3.common.evaluation import evaluate_policy
+    return evaluate_policy(agent, env, n_eval_episodes=episodes, deterministic=deterministic,
+                           return_episode_rewards=True)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
-    from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
     import envs
@@ -264,9 +273,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     agent, env_id = _load(args)
     env = Monitor(envs.make_env(env_id))
     env.reset(seed=args.seed)
-    rewards, lengths = evaluate_policy(agent, env, n_eval_episodes=args.episodes,
-                                       deterministic=not args.stochastic,
-                                       return_episode_rewards=True)
+    rewards, lengths = _evaluate_agent(agent, env, args.episodes, not args.stochastic)
     print(f"{args.path} on {env_id}: mean return {np.mean(rewards):.1f} +/- {np.std(rewards):.1f}"
           f" over {args.episodes} episodes (mean length {np.mean(lengths):.0f}, "
           f"{'stochastic' if args.stochastic else 'deterministic'})")
