@@ -121,16 +121,19 @@ def sb3_kwargs(zoo: dict) -> dict:
     return kwargs
 
 
-def sb3_env(env_id: str, zoo: dict, seed: int | None = None, train: Any = None) -> Any:
+def sb3_env(env_id: str | Callable[[], Any], zoo: dict, seed: int | None = None,
+            train: Any = None) -> Any:
     """The VecEnv of RL Zoo's settings: ``n_envs`` copies (one for evaluation, with
-    ``train``'s frozen observation statistics), frames stacked, then ``VecNormalize``."""
+    ``train``'s frozen observation statistics), frames stacked, then ``VecNormalize``.
+    ``env_id``: an id, or a function that builds one copy (e.g. a wrapped task)."""
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize
 
     import envs
 
     evaluation = train is not None
-    venv = (DummyVecEnv([lambda: envs.make_env(env_id)]) if evaluation
+    make = env_id if callable(env_id) else (lambda: envs.make_env(env_id))
+    venv = (DummyVecEnv([make]) if evaluation
             else make_vec_env(env_id, zoo["n_envs"], seed=seed))
     if zoo.get("frame_stack"):
         venv = VecFrameStack(venv, n_stack=zoo["frame_stack"])

@@ -6,12 +6,19 @@ Importing this package registers the velocity-masked ids ``CartPoleNoVel-v1``,
 irregularly timed variants ``PendulumNoVelIrregular-v1`` and ``CartPoleNoVelIrregular-v1``:
 :class:`IrregularTiming` repeats each action for a random number of simulator steps
 (uniform in 1..4 by default) and reports the time since the previous observation in
-``info[ELAPSED_TIME_KEY]`` (seconds of simulated time).
+``info[ELAPSED_TIME_KEY]`` (seconds of simulated time); :class:`AppendElapsedTime` appends
+that time to the observation, for agents that take it as an input feature.
 """
 
 from envs.factory import make_env, make_vec_env
 from envs.registration import IRREGULAR_IDS, NOVEL_IDS, register_envs
-from envs.timing import DROPPED_KEY, ELAPSED_STEPS_KEY, ELAPSED_TIME_KEY, IrregularTiming
+from envs.timing import (
+    DROPPED_KEY,
+    ELAPSED_STEPS_KEY,
+    ELAPSED_TIME_KEY,
+    AppendElapsedTime,
+    IrregularTiming,
+)
 from envs.wrappers import VELOCITY_INDICES, MaskVelocityWrapper, ObservationNoiseWrapper
 
 register_envs()
@@ -23,6 +30,7 @@ __all__ = [
     "IRREGULAR_IDS",
     "NOVEL_IDS",
     "VELOCITY_INDICES",
+    "AppendElapsedTime",
     "IrregularTiming",
     "MaskVelocityWrapper",
     "ObservationNoiseWrapper",

@@ -2,7 +2,9 @@
 
 :class:`IrregularTiming` repeats each agent action for a random number of simulator
 steps (and optionally drops observations), so the time between two observations varies;
-``info[ELAPSED_TIME_KEY]`` tells the agent how much time passed.
+``info[ELAPSED_TIME_KEY]`` tells the agent how much time passed. :class:`AppendElapsedTime`
+hands that time to agents that cannot take it as a separate input, as one more
+observation feature.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["DROPPED_KEY", "ELAPSED_STEPS_KEY", "ELAPSED_TIME_KEY", "IrregularTiming"]
+__all__ = ["DROPPED_KEY", "ELAPSED_STEPS_KEY", "ELAPSED_TIME_KEY", "AppendElapsedTime",
+           "IrregularTiming"]
 
 #: Default info key of the time elapsed since the previous observation (a Python float).
 ELAPSED_TIME_KEY = "elapsed_time"
@@ -199,3 +202,81 @@ class IrregularTiming(gym.Wrapper):
         info[ELAPSED_STEPS_KEY] = steps
         info[DROPPED_KEY] = dropped
         return observation, total_reward, terminated, truncated, info
+
+
+class AppendElapsedTime(gym.Wrapper):
+    """Append the elapsed time ``info[time_key] / scale`` to the observation.
+
+    For agents whose networks take no elapsed-time input (an MLP, an LSTM): the time since
+    the previous observation, as reported by :class:`IrregularTiming` (or any env that
+    puts it in ``info``), becomes one more observation entry, at ``reset`` (where
+    :class:`IrregularTiming` reports ``nominal_dt``) and after every step. The
+    observation space, a 1-D ``Box``, gets one more entry with bounds ``[0, inf)``; its
+    dtype is the inner one promoted with float32 (float32 for the usual float32 ``Box``).
+    ``info`` passes through unchanged.
+
+    >>> import envs
+    >>> env = AppendElapsedTime(envs.make_env("PendulumNoVelIrregular-v1"), scale=0.05)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape, float(obs[-1])          # info["elapsed_time"] == 0.05 at reset
+    ((4,), 1.0)
+
+    Args:
+        env: an environment with a 1-D ``Box`` observation space.
+        time_key: the info key of the elapsed time (:data:`ELAPSED_TIME_KEY`).
+        scale: divide the elapsed time by this (a finite number > 0), e.g. the task's
+            nominal step so that a regular step reads 1.
+
+    Raises:
+        ValueError: on a non-``Box`` or non-1-D observation space, a bad ``time_key`` or
+            ``scale``; at ``reset`` / ``step`` when ``info`` lacks ``time_key`` or holds a
+            negative or non-finite value, naming the step (0 is the reset).
+    """
+
+    def __init__(self, env: gym.Env, time_key: str = ELAPSED_TIME_KEY,
+                 scale: float = 1.0) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"AppendElapsedTime needs a 1-D Box observation space, got "
+                             f"{space!r}")
+        if not isinstance(time_key, str) or not time_key:
+            raise ValueError(f"time_key must be a non-empty string, got {time_key!r}")
+        if (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                or not math.isfinite(scale) or scale <= 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        self.time_key, self.scale = time_key, float(scale)
+        dtype = np.promote_types(space.dtype, np.float32)
+        self.observation_space = gym.spaces.Box(
+            low=np.append(space.low, 0.0).astype(dtype),
+            high=np.append(space.high, np.inf).astype(dtype), dtype=dtype)
+        self._steps = 0  # agent steps since the last reset
+
+    def _append(self, observation: Any, info: dict[str, Any]) -> np.ndarray:
+        where = ("at reset (step 0)" if self._steps == 0
+                 else f"at step {self._steps} since the last reset")
+        if self.time_key not in info:
+            raise ValueError(f"info has no {self.time_key!r} {where}; AppendElapsedTime reads "
+                             "the time since the previous observation from there (wrap the "
+                             "task in envs.IrregularTiming first, or pass time_key=)")
+        value = info[self.time_key]
+        try:
+            elapsed = float(value)
+        except (TypeError, ValueError):
+            elapsed = math.nan
+        if not math.isfinite(elapsed) or elapsed < 0:
+            raise ValueError(f"info[{self.time_key!r}] is {value!r} {where}; expected a finite "
+                             "number >= 0")
+        feature = np.float32(elapsed / self.scale)
+        return np.append(np.asarray(observation), feature).astype(
+            self.observation_space.dtype)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        observation, info = self.env.reset(seed=seed, options=options)
+        self._steps = 0
+        return self._append(observation, info), info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        return self._append(observation, info), reward, terminated, truncated, info

@@ -380,3 +380,149 @@ def test_bench_ppo_mistakes_exit_2(bench_ppo, monkeypatch, capsys, argv, fragmen
         bench_ppo.main(argv)
     assert exit_.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+# --- benchmarks/bench_irregular.py: the elapsed time in the cells, in the observation, or not -
+@pytest.fixture
+def bench_irregular(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_irregular
+
+    return bench_irregular
+
+
+def irregular_run(variant, seed, final, sps=50.0, params=7):
+    return {"variant": variant, "seed": seed, "curve": [(5, 0.0), (10, final)],
+            "steps_per_second": sps, "parameters": params}
+
+
+def test_bench_irregular_targets_and_tables(bench_irregular):
+    bi = bench_irregular
+    summary = {v: bi.summarize([irregular_run(v, s, f) for s, f in zip((1, 0), finals,
+                                                                       strict=True)])
+               for v, finals in (("cells", (30.0, 10.0)), ("obs", (20.0, 20.0)),
+                                 ("none", (10.0, 30.0)), ("recurrent_ppo", (5.0, 5.0)))}
+    cells = summary["cells"]  # sorted by seed: seed 0 got 10, seed 1 got 30
+    assert cells["seeds"] == [0, 1] and cells["finals"] == [10.0, 30.0]
+    assert cells["mean"] == 20.0 and cells["std"] == 10.0
+    assert bi.paired(cells, summary["none"]) == [-20.0, 20.0]
+    checks = bi.targets(summary)
+    assert [met for _, met in checks] == [True, False]  # 20 >= 20; 20 > 20 is not
+    assert checks[0][0] == ("cells >= obs (mean final return): **met** (20.0 against 20.0; "
+                            "cells >= obs in 1/2 seeds)")
+    assert checks[1][0].startswith("cells > none (mean final return): **not met** (20.0 "
+                                   "against 20.0; cells > none in 1/2 seeds)")
+    assert bi.targets({"obs": summary["obs"], "none": summary["none"]}) == []
+    assert [t for t, _ in bi.targets({"cells": cells, "none": summary["none"]})] == [
+        checks[1][0]]
+    lines = bi.table(summary)
+    assert lines[2] == ("| NeuroFlow, elapsed time to the cells (`cells`) | 20.0 ± 10.0 | "
+                        "10.0, 30.0 | 50 | 7 |")
+    diffs = bi.differences(summary)
+    assert "| `none` | +0.0 | -20.0, +20.0 |" in diffs
+    assert "| `recurrent_ppo` | +15.0 | +5.0, +25.0 |" in diffs
+    assert bi.differences({"cells": cells}) == []
+
+
+def test_bench_irregular_variants_are_built_as_the_issue_says(bench_irregular):
+    import gymnasium as gym
+
+    import envs
+
+    bi = bench_irregular
+    for name, task in bi.TASKS.items():
+        assert gym.make(task.env_id).get_wrapper_attr("nominal_dt") == task.nominal_dt, name
+        assert envs.IRREGULAR_IDS[task.env_id] == envs.NOVEL_IDS[task.base_id]
+    task = bi.TASKS["cartpole"]
+    models = {v: bi.build(v, task, 0, bi.settings(v, task)) for v in bi.VARIANTS}
+    cells, obs, none = (models[v][0] for v in ("cells", "obs", "none"))
+    assert cells.elapsed_time_key == "elapsed_time" and cells.elapsed.unit == 0.02
+    assert obs.elapsed_time_key is None and none.elapsed_time_key is None
+    assert cells.observation_space.shape == none.observation_space.shape == (4,)
+    assert obs.observation_space.shape == (5,)
+    lstm = models["recurrent_ppo"][0]
+    assert lstm.observation_space.shape == (5,) and lstm.get_vec_normalize_env() is not None
+    assert lstm.n_envs == 8 and lstm.gamma == 0.98
+    # cells' evaluation hands predict the elapsed time of every observation, obs' does not
+    for variant, model in (("cells", cells), ("obs", obs)):
+        calls, predict = [], model.predict
+
+        def spy(*args, _calls=calls, _predict=predict, **kwargs):
+            _calls.append((kwargs.get("elapsed_time"), kwargs["episode_start"][0]))
+            return _predict(*args, **kwargs)
+
+        model.predict = spy
+        assert np.isfinite(models[variant][1](2))
+        if variant == "obs":
+            assert {dt for dt, _ in calls} == {None}
+            continue
+        assert [dt for dt, start in calls if start] == [0.02, 0.02]  # the resets
+        assert {round(dt / 0.02) for dt, _ in calls} <= {1, 2, 3, 4}
+        assert len({dt for dt, _ in calls}) > 1
+
+
+def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
+    pytest.importorskip("sb3_contrib")
+    out = tmp_path / "irregular"
+    argv = ["cartpole", "--steps", "120", "--eval-every", "60", "--seeds", "0", "--jobs", "1",
+            "--out", str(out)]
+    code = bench_irregular.main(argv)
+    report = json.loads((out / "irregular-cartpole.json").read_text())
+    assert report["command"] == ("python benchmarks/bench_irregular.py cartpole --seeds 0 "
+                                 f"--jobs 1 --steps 120 --eval-every 60 --out {out}")
+    assert report["variants"] == ["cells", "obs", "none", "recurrent_ppo"]
+    assert report["threads_per_run"] == [1] and report["machine"]
+    assert code == (0 if all(t["met"] for t in report["targets"]) else 1)
+    assert len(report["targets"]) == 2
+    runs = {r["variant"]: r for r in report["results"]}
+    for variant in ("cells", "obs", "none"):
+        assert [step for step, _ in runs[variant]["curve"]] == [60, 120]
+    # RecurrentPPO: 8 copies of 32 steps a rollout
+    assert [step for step, _ in runs["recurrent_ppo"]["curve"]] == [64, 256]
+    page = (out / "irregular-cartpole.md").read_text()
+    assert report["command"] in page and "Machine: " in page
+    for variant, row in report["summary"].items():
+        assert (f"(`{variant}`) | {row['mean']:.1f} ± {row['std']:.1f} | "
+                f"{row['finals'][0]:.1f} |") in page
+    for target in report["targets"]:
+        assert f"Target: {target['target']}." in page
+    assert (out / "irregular-cartpole.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["mountaincar"], "argument task: invalid choice: 'mountaincar'"),
+    (["cartpole", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["cartpole", "--eval-every", "often"], "--eval-every must be an integer, got 'often'"),
+    (["cartpole", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["cartpole", "--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
+    (["pendulum", "--variants", "cells", "lstm"], "invalid choice: 'lstm'"),
+    (["pendulum", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bench_irregular_mistakes_exit_2_with_one_line(bench_irregular, capsys, argv,
+                                                       fragment):
+    with pytest.raises(SystemExit) as exit_:
+        bench_irregular.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, err
+
+
+def test_bench_irregular_refuses_a_file_as_out(bench_irregular, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        bench_irregular.main(["cartpole", "--out", str(tmp_path / "file")])
+    assert exit_.value.code == 2
+    assert "--out must be a folder" in capsys.readouterr().err
+
+
+def test_bench_irregular_error_from_a_fresh_process():
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_irregular.py"
+    proc = subprocess.run([sys.executable, str(script), "cartpole", "--seeds", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "bench_irregular.py: error: --seeds must be an integer, got 'x'"

@@ -15,6 +15,7 @@ from envs import (
     ELAPSED_STEPS_KEY,
     ELAPSED_TIME_KEY,
     IRREGULAR_IDS,
+    AppendElapsedTime,
     IrregularTiming,
     make_env,
 )
@@ -278,3 +279,150 @@ def test_irregular_ids_do_not_import_torch():
             ".reset(seed=0); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- AppendElapsedTime ----------------------------------------------------------------------
+class RecordInfo(gym.Wrapper):
+    """Keep the info of every reset and step of the wrapped env."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.infos: list[dict] = []
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.infos.append(dict(info))
+        return obs, info
+
+    def step(self, action):
+        *out, info = self.env.step(action)
+        self.infos.append(dict(info))
+        return (*out, info)
+
+
+class FixedInfo(gym.Wrapper):
+    """Report ``info`` (a dict, or one per step from a list) at reset and every step."""
+
+    def __init__(self, env: gym.Env, infos: list[dict]) -> None:
+        super().__init__(env)
+        self.infos, self.n = infos, 0
+
+    def reset(self, **kwargs):
+        obs, _ = self.env.reset(**kwargs)
+        self.n = 0
+        return obs, dict(self.infos[0])
+
+    def step(self, action):
+        *out, _ = self.env.step(action)
+        self.n += 1
+        return (*out, dict(self.infos[min(self.n, len(self.infos) - 1)]))
+
+
+@pytest.mark.parametrize("env_id, dt", [("PendulumNoVelIrregular-v1", 0.05),
+                                        ("CartPoleNoVelIrregular-v1", 0.02)])
+def test_appended_time_is_the_inner_info_over_scale(env_id, dt):
+    recorder = RecordInfo(make_env(env_id, drop_probability=0.2))
+    env = AppendElapsedTime(recorder, scale=dt)
+    plain = make_env(env_id, drop_probability=0.2)  # the same task, unwrapped, same seeds
+    inner_space = plain.observation_space
+    assert env.observation_space.shape == (inner_space.shape[0] + 1,)
+    assert env.observation_space.dtype == np.float32
+    env.action_space.seed(0)
+    checked = 0
+    for episode in range(3):
+        obs, info = env.reset(seed=10 + episode)
+        plain_obs, plain_info = plain.reset(seed=10 + episode)
+        assert obs.dtype == np.float32 and obs in env.observation_space
+        assert obs[-1] == np.float32(plain_info[ELAPSED_TIME_KEY] / dt) == np.float32(1.0)
+        np.testing.assert_array_equal(obs[:-1], plain_obs)
+        assert info == recorder.infos[-1] == plain_info  # info passes through unchanged
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            obs, reward, terminated, truncated, info = env.step(action)
+            plain_obs, plain_reward, *_, plain_info = plain.step(action)
+            expected = plain_info[ELAPSED_TIME_KEY] / dt
+            assert obs[-1] == np.float32(expected)
+            assert obs[-1] == np.float32(recorder.infos[-1][ELAPSED_TIME_KEY] / dt)
+            assert obs[-1] == pytest.approx(plain_info[ELAPSED_STEPS_KEY])  # whole steps
+            np.testing.assert_array_equal(obs[:-1], plain_obs)
+            assert reward == plain_reward and obs in env.observation_space
+            checked += 1
+            done = terminated or truncated
+    assert checked > 10
+
+
+def test_appended_time_space_bounds_key_and_dtype():
+    inner = gym.spaces.Box(low=np.array([-1.0, -2.0]), high=np.array([3.0, 4.0]),
+                           dtype=np.float64)
+    env = AppendElapsedTime(FixedInfo(PendulumEnv(), [{"t": 0.5}, {"t": 2.0}]), time_key="t",
+                            scale=0.5)
+    space = env.observation_space
+    assert space.shape == (4,) and space.dtype == np.float32
+    np.testing.assert_array_equal(space.low, [-1, -1, -8, 0])
+    np.testing.assert_array_equal(space.high, [1, 1, 8, np.inf])
+    assert env.reset(seed=0)[0][-1] == 1.0
+    assert env.step(NO_TORQUE)[0][-1] == 4.0
+    env.reset(seed=0)
+    assert env.step(NO_TORQUE)[0][-1] == 4.0
+
+    class Float64Obs(gym.ObservationWrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.observation_space = inner
+
+        def observation(self, observation):
+            return observation[:2].astype(np.float64)
+
+    wide = AppendElapsedTime(FixedInfo(Float64Obs(PendulumEnv()), [{"elapsed_time": 0.1}]))
+    assert wide.observation_space.dtype == np.float64
+    np.testing.assert_array_equal(wide.observation_space.low, [-1, -2, 0])
+    np.testing.assert_array_equal(wide.observation_space.high, [3, 4, np.inf])
+    obs, _ = wide.reset(seed=0)
+    assert obs.dtype == np.float64 and obs[-1] == np.float32(0.1)
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3),
+                                   gym.spaces.Box(0, 1, shape=(2, 3)),
+                                   gym.spaces.Dict({"a": gym.spaces.Box(0, 1, shape=(2,))})])
+def test_append_refuses_a_non_flat_box(space):
+    class Spaced(gym.Wrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.observation_space = space
+
+    with pytest.raises(ValueError, match="needs a 1-D Box observation space, got"):
+        AppendElapsedTime(Spaced(PendulumEnv()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": 0.0}, r"scale must be a finite number > 0, got 0\.0"),
+    ({"scale": float("inf")}, r"scale.*inf"),
+    ({"scale": True}, r"scale.*True"),
+    ({"time_key": ""}, r"time_key must be a non-empty string, got ''"),
+])
+def test_append_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AppendElapsedTime(IrregularTiming(PendulumEnv()), **kwargs)
+
+
+def test_append_names_the_step_when_info_lacks_the_key():
+    env = AppendElapsedTime(PendulumEnv())
+    with pytest.raises(ValueError, match=r"info has no 'elapsed_time' at reset \(step 0\)"):
+        env.reset(seed=0)
+    env = AppendElapsedTime(FixedInfo(PendulumEnv(), [{"elapsed_time": 0.05}] * 3 + [{}]))
+    env.reset(seed=0)
+    env.step(NO_TORQUE)
+    env.step(NO_TORQUE)
+    with pytest.raises(ValueError, match="info has no 'elapsed_time' at step 3 since the last "
+                                         "reset.*IrregularTiming"):
+        env.step(NO_TORQUE)
+    env.reset(seed=1)  # the count restarts
+    env.step(NO_TORQUE)
+    for bad in (-0.1, float("nan"), "soon"):
+        env = AppendElapsedTime(FixedInfo(PendulumEnv(), [{"elapsed_time": 1.0},
+                                                          {"elapsed_time": bad}]))
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match=rf"info\['elapsed_time'\] is {bad!r} at step 1 "
+                                             "since the last reset; expected a finite number"):
+            env.step(NO_TORQUE)
