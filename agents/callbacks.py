@@ -6,7 +6,8 @@ ones that work unchanged and adds those whose SB3 versions assume SB3's file for
 extra packages:
 
 * :class:`EvalCallback`: SB3's (best model kept, ``evaluations.npz``), without the
-  warning that a Gymnasium vector env is not an SB3 ``VecEnv``;
+  warning that a Gymnasium vector env is not an SB3 ``VecEnv``, and passing the elapsed
+  time between observations to ``predict`` for agents built with ``elapsed_time_key``;
 * :class:`CheckpointCallback`: saves ``.safetensors`` agents (optionally with the replay
   buffer, for exact resume) every ``save_freq`` steps;
 * :class:`VideoRecorderCallback`: mp4 files of deterministic episodes through Gymnasium's
@@ -30,6 +31,7 @@ from stable_baselines3.common.callbacks import (
     StopTrainingOnRewardThreshold,
 )
 from stable_baselines3.common.callbacks import EvalCallback as _SB3EvalCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from agents.evaluation import elapsed_time_kwargs
 from velora_ens._validation import check_int
@@ -47,24 +49,79 @@ __all__ = [
 ]
 
 
+class _ReportedElapsedTime(VecEnvWrapper):
+    """An SB3 ``VecEnv`` that keeps the elapsed time each copy's current observation came
+    with: ``info[key]`` after a step, the reset's info after an (automatic) reset."""
+
+    def __init__(self, venv: VecEnv, key: str) -> None:
+        super().__init__(venv)
+        self.key = key
+        self.times = np.ones(self.num_envs)
+
+    def _read(self, infos: list[dict[str, Any]], where: str) -> np.ndarray:
+        for i, info in enumerate(infos):
+            if self.key not in info:
+                raise ValueError(f"EvalCallback: the evaluation env's info has no {self.key!r} "
+                                 f"at {where} (copy {i}); the agent reads the time since the "
+                                 f"previous observation from there (elapsed_time_key="
+                                 f"{self.key!r}): build eval_env as the training env")
+        return np.array([float(info[self.key]) for info in infos])
+
+    def reset(self) -> Any:
+        obs = self.venv.reset()
+        self.times = self._read(self.unwrapped.reset_infos, "reset")
+        return obs
+
+    def step_wait(self) -> Any:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        reset_infos = self.unwrapped.reset_infos
+        current = [reset_infos[i] if done else info
+                   for i, (done, info) in enumerate(zip(dones, infos, strict=True))]
+        self.times = self._read(current, "a step")
+        return obs, rewards, dones, infos
+
+
+class _TimedPredict:
+    """The agent, with ``predict`` handed the evaluation env's elapsed times."""
+
+    def __init__(self, agent: Any, env: _ReportedElapsedTime) -> None:
+        self._agent, self._env = agent, env
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return self._agent.predict(observation, state, episode_start, deterministic,
+                                   elapsed_time=self._env.times)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._agent, name)
+
+
 class EvalCallback(_SB3EvalCallback):
     """SB3's ``EvalCallback``: every ``eval_freq`` calls, ``n_eval_episodes`` episodes on
     ``eval_env``; the best model is saved to ``best_model_save_path/best_model.safetensors``
     and the results to ``log_path/evaluations.npz``; ``callback_on_new_best`` (for example
-    :class:`StopTrainingOnRewardThreshold`) runs on each new best."""
+    :class:`StopTrainingOnRewardThreshold`) runs on each new best. For an agent built with
+    ``elapsed_time_key``, ``predict`` gets ``info[elapsed_time_key]`` of the evaluation env
+    (SB3's ``evaluate_policy`` alone cannot pass it)."""
 
     def _init_callback(self) -> None:
-        if getattr(self.model, "elapsed_time_key", None) is not None:
-            warnings.warn("EvalCallback evaluates through Stable-Baselines3's evaluate_policy, "
-                          "which cannot pass the elapsed time between observations to "
-                          "predict: this agent (elapsed_time_key="
-                          f"{self.model.elapsed_time_key!r}) is evaluated as if every step "
-                          "took one unit; call agents.evaluate_policy from a callback for "
-                          "the real timing", UserWarning, stacklevel=2)
+        key = getattr(self.model, "elapsed_time_key", None)
+        if key is not None and not isinstance(self.eval_env, _ReportedElapsedTime):
+            self.eval_env = _ReportedElapsedTime(self.eval_env, key)
         with warnings.catch_warnings():  # a Gymnasium vector env is not an SB3 VecEnv
             warnings.filterwarnings("ignore", message="Training and eval env are not of the "
                                                       "same type")
             super()._init_callback()
+
+    def _on_step(self) -> bool:
+        if not isinstance(self.eval_env, _ReportedElapsedTime):
+            return super()._on_step()
+        agent = self.model
+        self.model = _TimedPredict(agent, self.eval_env)
+        try:
+            return super()._on_step()
+        finally:
+            self.model = agent
 
 
 class CheckpointCallback(BaseCallback):

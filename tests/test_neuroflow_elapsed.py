@@ -256,10 +256,25 @@ def test_evaluate_policy_passes_the_elapsed_time_to_predict():
         evaluate_policy(agent, gym.make_vec("PendulumNoVel-v1", 2), 1)
 
 
-def test_sb3_eval_callback_warns_that_it_cannot_pass_the_elapsed_time():
+def test_eval_callback_passes_the_elapsed_time(tmp_path):
+    """Our EvalCallback hands predict the evaluation env's elapsed times: its returns are
+    agents.evaluate_policy's on the same seeded episodes (and differ from a dt-free run)."""
+    from stable_baselines3.common.evaluation import evaluate_policy as sb3_evaluate
     from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    agent, _ = irregular()
-    callback = EvalCallback(Monitor(gym.make("PendulumNoVelIrregular-v1")), eval_freq=10_000)
-    with pytest.warns(UserWarning, match="cannot pass the elapsed time"):
-        agent.learn(5, callback=callback)
+    agent, _ = irregular(learning_starts=10_000)  # no update: the policy stays fixed
+    make = lambda: Monitor(gym.make("PendulumNoVelIrregular-v1"))  # noqa: E731
+    eval_env = DummyVecEnv([make])
+    eval_env.seed(7)
+    callback = EvalCallback(eval_env, eval_freq=20, n_eval_episodes=2, log_path=str(tmp_path))
+    agent.learn(20, callback=callback)
+    ours, _ = evaluate_policy(agent, make(), 2, seed=7, return_episode_rewards=True)
+    np.testing.assert_allclose(callback.evaluations_results[0], ours, rtol=1e-6)
+    plain = DummyVecEnv([make])
+    plain.seed(7)
+    untimed, _ = sb3_evaluate(agent, plain, 2, return_episode_rewards=True)
+    assert not np.allclose(untimed, ours)
+    with pytest.raises(ValueError, match="evaluation env's info has no 'elapsed_time' at reset"):
+        agent.learn(20, callback=EvalCallback(Monitor(gym.make("PendulumNoVel-v1")),
+                                              eval_freq=5))
