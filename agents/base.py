@@ -98,6 +98,13 @@ class BaseAgent:
         """The ``info`` key the agent reads the elapsed time from, or ``None``."""
         return None if self.elapsed is None else self.elapsed.key
 
+    def _dt_tensor(self, dt: np.ndarray) -> torch.Tensor | None:
+        """Elapsed times ``(n,)`` as the cells take them, ``(n, 1)``; ``None`` without
+        ``elapsed_time_key`` (the cells' default, and their fast path)."""
+        if self.elapsed is None:
+            return None
+        return torch.as_tensor(dt, device=self.device).reshape(-1, 1)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         persistence.register_agent_class(cls)

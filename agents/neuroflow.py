@@ -315,13 +315,6 @@ class NeuroFlow(BaseAgent):
         self._state = torch.zeros(self.n_envs, self.buffer.states.shape[-1], device=self.device)
         self._dt = np.ones(self.n_envs, np.float32)
 
-    def _dt_tensor(self, dt: np.ndarray) -> torch.Tensor | None:
-        """``dt`` as the cells take it, ``(n, 1)``; ``None`` without the option (the
-        cells' default, and their fast path)."""
-        if self.elapsed is None:
-            return None
-        return torch.as_tensor(dt, device=self.device).reshape(-1, 1)
-
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:
         """One environment step of every copy, stored in replay, and the updates it pays

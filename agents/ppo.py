@@ -232,13 +232,6 @@ class LiquidPPO(BaseAgent):
         self._noise_age = torch.zeros(self.n_envs, dtype=torch.int64, device=self.device)
         self._dt = np.ones(self.n_envs, np.float32)
 
-    def _dt_tensor(self, dt: np.ndarray) -> torch.Tensor | None:
-        """``dt`` as the cells take it, ``(n, 1)``; ``None`` without the option (the
-        cells' default, and their fast path)."""
-        if self.elapsed is None:
-            return None
-        return torch.as_tensor(dt, device=self.device).reshape(-1, 1)
-
     def _exploration_noise(self, start: torch.Tensor) -> torch.Tensor | None:
         """The Gaussian noise of this step (``None``: a fresh draw, the default)."""
         if self.discrete or self.noise_hold_steps == 1:

@@ -41,7 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_ppo import PPO_LSTM_YML, parameter_count, sb3_env, sb3_kwargs
+from bench_ppo import (
+    PPO_LSTM_YML,
+    parameter_count,
+    sb3_env,
+    sb3_kwargs,
+    train_with_evaluations,
+)
 from bench_ppo import evaluate as evaluate_vec_env
 from report import machine, write_atomic
 
@@ -141,38 +147,16 @@ def build(variant: str, task: Task, seed: int, config: dict
 
 
 def run_one(job: tuple[str, str, int, int, int]) -> dict:
-    """Train one (variant, seed) in one ``learn`` call (so schedules see the whole budget),
-    evaluating every ``eval_every`` steps from the callback and once more at the end; the
-    training time excludes the evaluations."""
+    """Train and evaluate one (variant, seed) (``bench_ppo.train_with_evaluations``)."""
     task_name, variant, seed, steps, eval_every = job
     import torch
 
     torch.set_num_threads(1)
     task = TASKS[task_name]
     model, evaluate = build(variant, task, seed, settings(variant, task))
-    curve: list[tuple[int, float]] = []
-    eval_seconds = 0.0
-
-    def record(episodes: int) -> None:
-        nonlocal eval_seconds
-        t0 = time.perf_counter()
-        curve.append((model.num_timesteps, evaluate(episodes)))
-        eval_seconds += time.perf_counter() - t0
-        print(f"  {variant:13s} seed {seed}  {model.num_timesteps:>7d} steps  "
-              f"eval {curve[-1][1]:8.1f}", file=sys.stderr, flush=True)
-
-    def on_step(_locals: dict, _globals: dict) -> bool:
-        if steps > model.num_timesteps >= (len(curve) + 1) * eval_every:
-            record(10)
-        return True
-
-    started = time.perf_counter()
-    model.learn(steps, callback=on_step)
-    train_seconds = time.perf_counter() - started - eval_seconds
-    record(20)
-    return {"variant": variant, "seed": seed, "curve": curve, "steps": model.num_timesteps,
-            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-            "steps_per_second": model.num_timesteps / train_seconds,
+    result = train_with_evaluations(model, evaluate, steps, eval_every,
+                                    f"{variant:13s} seed {seed}")
+    return {"variant": variant, "seed": seed, **result,
             "threads": torch.get_num_threads(), "parameters": parameter_count(model)}
 
 

@@ -198,27 +198,22 @@ def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int 
     return next((step for step, value in curve if value >= threshold), None)
 
 
-def run_one(job: tuple[str, str, int, int, int]) -> dict:
-    """Train one (algorithm, seed) in one ``learn`` call (so schedules see the whole budget),
-    evaluating every ``eval_every`` steps from the callback and once more at the end; the
+def train_with_evaluations(model: Any, evaluate: Callable[[int], float], steps: int,
+                           eval_every: int, label: str) -> dict:
+    """Train ``model`` for ``steps`` in one ``learn`` call (so schedules see the whole
+    budget), evaluating (``evaluate(episodes)``: the mean deterministic return) on 10
+    episodes every ``eval_every`` steps from the callback and on 20 at the end; the
     training time excludes the evaluations."""
-    task_name, algo, seed, steps, eval_every = job
-    import torch
-
-    torch.set_num_threads(1)
-    task = TASKS[task_name]
-    model, make_eval_env = build(algo, task, seed, settings(algo, task))
     curve: list[tuple[int, float]] = []
     eval_seconds = 0.0
 
     def record(episodes: int) -> None:
         nonlocal eval_seconds
         t0 = time.perf_counter()
-        curve.append((model.num_timesteps,
-                      evaluate(model.predict, make_eval_env, episodes, seed)))
+        curve.append((model.num_timesteps, evaluate(episodes)))
         eval_seconds += time.perf_counter() - t0
-        print(f"  {algo:13s} seed {seed}  {model.num_timesteps:>7d} steps  "
-              f"eval {curve[-1][1]:8.1f}", file=sys.stderr, flush=True)
+        print(f"  {label}  {model.num_timesteps:>7d} steps  eval {curve[-1][1]:8.1f}",
+              file=sys.stderr, flush=True)
 
     def on_step(_locals: dict, _globals: dict) -> bool:
         if steps > model.num_timesteps >= (len(curve) + 1) * eval_every:
@@ -229,10 +224,24 @@ def run_one(job: tuple[str, str, int, int, int]) -> dict:
     model.learn(steps, callback=on_step)
     train_seconds = time.perf_counter() - started - eval_seconds
     record(20)
-    return {"algo": algo, "seed": seed, "curve": curve, "steps": model.num_timesteps,
-            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-            "steps_per_second": model.num_timesteps / train_seconds,
-            "steps_to_threshold": steps_to_threshold(curve, task.threshold),
+    return {"curve": curve, "steps": model.num_timesteps, "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "steps_per_second": model.num_timesteps / train_seconds}
+
+
+def run_one(job: tuple[str, str, int, int, int]) -> dict:
+    """Train and evaluate one (algorithm, seed) (:func:`train_with_evaluations`)."""
+    task_name, algo, seed, steps, eval_every = job
+    import torch
+
+    torch.set_num_threads(1)
+    task = TASKS[task_name]
+    model, make_eval_env = build(algo, task, seed, settings(algo, task))
+    result = train_with_evaluations(
+        model, lambda episodes: evaluate(model.predict, make_eval_env, episodes, seed),
+        steps, eval_every, f"{algo:13s} seed {seed}")
+    return {"algo": algo, "seed": seed, **result,
+            "steps_to_threshold": steps_to_threshold(result["curve"], task.threshold),
             "parameters": parameter_count(model)}
 
 
