@@ -436,15 +436,12 @@ def test_bench_irregular_variants_are_built_as_the_issue_says(bench_irregular):
         assert gym.make(task.env_id).get_wrapper_attr("nominal_dt") == task.nominal_dt, name
         assert envs.IRREGULAR_IDS[task.env_id] == envs.NOVEL_IDS[task.base_id]
     task = bi.TASKS["cartpole"]
-    models = {v: bi.build(v, task, 0, bi.settings(v, task)) for v in bi.VARIANTS}
+    models = {v: bi.build(v, task, 0, bi.settings(v, task)) for v in bi.NEUROFLOW}
     cells, obs, none = (models[v][0] for v in ("cells", "obs", "none"))
     assert cells.elapsed_time_key == "elapsed_time" and cells.elapsed.unit == 0.02
     assert obs.elapsed_time_key is None and none.elapsed_time_key is None
     assert cells.observation_space.shape == none.observation_space.shape == (4,)
     assert obs.observation_space.shape == (5,)
-    lstm = models["recurrent_ppo"][0]
-    assert lstm.observation_space.shape == (5,) and lstm.get_vec_normalize_env() is not None
-    assert lstm.n_envs == 8 and lstm.gamma == 0.98
     # cells' evaluation hands predict the elapsed time of every observation, obs' does not
     for variant, model in (("cells", cells), ("obs", obs)):
         calls, predict = [], model.predict
@@ -461,6 +458,16 @@ def test_bench_irregular_variants_are_built_as_the_issue_says(bench_irregular):
         assert [dt for dt, start in calls if start] == [0.02, 0.02]  # the resets
         assert {round(dt / 0.02) for dt, _ in calls} <= {1, 2, 3, 4}
         assert len({dt for dt, _ in calls}) > 1
+
+
+def test_bench_irregular_recurrent_ppo_sees_the_time_in_its_observation(bench_irregular):
+    pytest.importorskip("sb3_contrib")
+    bi = bench_irregular
+    task = bi.TASKS["cartpole"]
+    lstm, evaluate = bi.build("recurrent_ppo", task, 0, bi.settings("recurrent_ppo", task))
+    assert lstm.observation_space.shape == (5,) and lstm.get_vec_normalize_env() is not None
+    assert lstm.n_envs == 8 and lstm.gamma == 0.98
+    assert np.isfinite(evaluate(1))
 
 
 def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
