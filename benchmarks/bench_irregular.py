@@ -44,6 +44,7 @@ import numpy as np
 from bench_ppo import (
     PPO_LSTM_YML,
     parameter_count,
+    plot_learning_curves,
     sb3_env,
     sb3_kwargs,
     train_with_evaluations,
@@ -298,26 +299,8 @@ def learning(args: argparse.Namespace) -> int:
 
 
 def plot(results: list[dict], variants: list[str], task: Task, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for variant in variants:
-        curves = [r["curve"] for r in results if r["variant"] == variant]
-        n = min(len(c) for c in curves)
-        steps = [s for s, _ in curves[0][:n]]
-        values = np.array([[v for _, v in c[:n]] for c in curves])
-        ax.plot(steps, values.mean(0), marker=".", color=COLORS[variant], label=variant)
-        ax.fill_between(steps, values.min(0), values.max(0), color=COLORS[variant], alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("deterministic return")
-    ax.set_title(f"{task.env_id} (mean, min-max over seeds)")
-    ax.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_learning_curves(results, "variant", {v: v for v in variants}, COLORS, task.env_id,
+                         path)
 
 
 def missing(variants: list[str]) -> str | None:

@@ -361,28 +361,38 @@ def learning(args: argparse.Namespace) -> int:
     return 0 if all(met for text, met in checks if not text.startswith("stretch")) else 1
 
 
-def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
+def plot_learning_curves(results: list[dict], key: str, labels: dict[str, str],
+                         colors: dict[str, str], title: str, path: Path,
+                         threshold: float | None = None) -> None:
+    """Mean and min-max band over seeds of each ``result[key]`` group's evaluation curve,
+    in ``labels``' order (a dashed line at ``threshold`` if given), as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for algo in algos:
-        curves = [r["curve"] for r in results if r["algo"] == algo]
+    for name, label in labels.items():
+        curves = [r["curve"] for r in results if r[key] == name]
         n = min(len(c) for c in curves)
         steps = [s for s, _ in curves[0][:n]]
         values = np.array([[v for _, v in c[:n]] for c in curves])
-        ax.plot(steps, values.mean(0), marker=".", color=COLORS[algo], label=ALGOS[algo])
-        ax.fill_between(steps, values.min(0), values.max(0), color=COLORS[algo], alpha=0.2)
-    ax.axhline(task.threshold, color="gray", ls="--", lw=1, label=f"threshold {task.threshold:g}")
+        ax.plot(steps, values.mean(0), marker=".", color=colors[name], label=label)
+        ax.fill_between(steps, values.min(0), values.max(0), color=colors[name], alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("deterministic return")
-    ax.set_title(f"{task.env_id} (mean, min-max over seeds)")
+    ax.set_title(f"{title} (mean, min-max over seeds)")
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
+    plot_learning_curves(results, "algo", {a: ALGOS[a] for a in algos}, COLORS, task.env_id,
+                         path, task.threshold)
 
 
 def throughput(rounds: int, chunk: int, out: Path) -> int:
