@@ -278,3 +278,25 @@ def test_eval_callback_passes_the_elapsed_time(tmp_path):
     with pytest.raises(ValueError, match="evaluation env's info has no 'elapsed_time' at reset"):
         agent.learn(20, callback=EvalCallback(Monitor(gym.make("PendulumNoVel-v1")),
                                               eval_freq=5))
+
+
+def test_after_step_takes_a_truncated_copys_final_time_from_final_info():
+    """Worked example of ElapsedTime.after_step: copy 1 was truncated and reset within the
+    step (SAME_STEP), so it acts next on a fresh episode (dt 1) while its real next
+    observation came 2.0 after the last one (info["final_info"])."""
+    from agents.elapsed import ElapsedTime
+
+    reader = ElapsedTime("elapsed_time", unit=0.5, n_envs=3)
+    info = {"elapsed_time": np.array([1.0, 0.5, 1.5]), "_elapsed_time": np.ones(3, bool),
+            "final_info": {"elapsed_time": np.array([0.0, 2.0, 0.0]),
+                           "_elapsed_time": np.array([False, True, False])}}
+    start = np.array([False, True, False])
+    acting, real = reader.after_step(info, start, True, 9, np.array([1]))
+    np.testing.assert_array_equal(acting, [2.0, 1.0, 3.0])
+    np.testing.assert_array_equal(real, [2.0, 4.0, 3.0])
+    # NEXT_STEP: the final observation is the one returned, so both are the same
+    acting, real = reader.after_step(info, np.zeros(3, bool), False, 9, np.array([1]))
+    np.testing.assert_array_equal(acting, [2.0, 1.0, 3.0])
+    np.testing.assert_array_equal(real, acting)
+    with pytest.raises(ValueError, match=r"no 'elapsed_time' at step 9 \(copies \[1\]\)"):
+        reader.after_step({**info, "final_info": {}}, start, True, 9, np.array([1]))
