@@ -85,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0: none (default 15)")
     p.add_argument("--timing-steps", type=int, default=3,
                    help="training steps per head per timing round (default 3)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="train with retain_cpu_memory=False: glibc's malloc returns large "
+                        "freed blocks to the system (default: the Trainer keeps them)")
 
 
 def _load_average() -> float | None:
@@ -205,7 +208,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           warmup_steps=args.warmup_steps, batch_transform=CropFlip(),
                           results_folder=folder, save_every=0, progress_bar=False,
                           seed=args.seed, device=args.device, amp=args.amp,
-                          compile=args.compile)
+                          compile=args.compile,
+                          retain_cpu_memory=not args.default_malloc)
         return trainer, batch_size, members_per_pass
 
     load_before = _load_average()
@@ -255,7 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                "optimizer", "lr", "weight_decay",
                                                "label_smoothing", "seed", "amp")}
     settings.update({"width": width, "train_size": n_train, "test_size": n_test,
-                     "timing_rounds": args.timing_rounds, "timing_steps": args.timing_steps})
+                     "timing_rounds": args.timing_rounds, "timing_steps": args.timing_steps,
+                     "retain_cpu_memory": not args.default_malloc})
     env["load_average"] = [load_before, _load_average()]
     report = {"benchmark": "cifar10", "command": args.command_line, "environment": env,
               "settings": settings, "data_source": data.source,
@@ -263,6 +268,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_json(Path(args.out) / "results.json", report)
     write_atomic(Path(args.out) / "index.md", _markdown(report))
     return report
+
+
+_RETAINED = ("Every trainer keeps freed CPU memory in the process's heap "
+             "(`Trainer(retain_cpu_memory=True)`, the default), so that the large activations "
+             "of the tiled full batch reuse their pages from step to step "
+             "(`docs/guide/performance.md`).")
+_DEFAULT_MALLOC = ("Measured with `--default-malloc` (`retain_cpu_memory=False`): the tiled "
+                   "full batch ({rows} rows in every shared layer) pays for fresh memory "
+                   "pages on its large activations at every step, which member-by-member "
+                   "passes avoid (`docs/ensembles/batch.md`).")
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -300,10 +315,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "head in turn (after one untimed step at each turn); the step cost is the median "
         "over the rounds of the head's step time over the single model's in the same "
         "round, so that a change of load on a shared machine meets every head alike. The "
-        "paper recipe's step has as many rows as the single model's. On a CPU the tiled "
-        f"full batch ({m} x {s['batch_size']} rows in every shared layer) pays for fresh "
-        "memory pages on its large activations, which member-by-member passes avoid "
-        "(`docs/ensembles/batch.md`).", "",
+        "paper recipe's step has as many rows as the single model's. "
+        + (_RETAINED if s.get("retain_cpu_memory") else _DEFAULT_MALLOC.format(
+            rows=f"{m} x {s['batch_size']}")), "",
     ]
     load = env.get("load_average")
     if load:

@@ -2,6 +2,7 @@
 GPUs or machines through torch.distributed), :class:`TensorDataset`, EMA and atomic
 safetensors + JSON checkpoints."""
 
+from velora_ens.training.allocator import retain_freed_cpu_memory
 from velora_ens.training.checkpoint import load_checkpoint, save_checkpoint
 from velora_ens.training.dataset import TensorDataset
 from velora_ens.training.device import select_device
@@ -18,6 +19,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "lr_factor",
+    "retain_freed_cpu_memory",
     "save_checkpoint",
     "select_device",
 ]

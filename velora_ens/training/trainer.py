@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from velora_ens.training.allocator import retain_freed_cpu_memory
 from velora_ens.training.checkpoint import (
     CHECKPOINT_JSON,
     check_folder,
@@ -134,6 +135,10 @@ class Trainer:
             the cosine schedule, architecture) is refused with a ``ValueError``.
         keep_checkpoints: tensor files kept.
         num_workers: ``DataLoader`` workers for a map-style dataset.
+        retain_cpu_memory: on the CPU, keep freed memory in the process so that large
+            activations reuse their pages at every step instead of faulting in fresh ones
+            (:func:`~velora_ens.training.retain_freed_cpu_memory`, glibc only; the process
+            keeps its peak heap until it exits). No effect on a GPU.
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class Trainer:
         resume: bool = False,
         keep_checkpoints: int = 2,
         num_workers: int = 0,
+        retain_cpu_memory: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -257,6 +263,10 @@ class Trainer:
         self.eval_every = eval_every
 
         # --- model, optimizer, EMA --------------------------------------------------------
+        if not isinstance(retain_cpu_memory, bool):
+            raise ValueError(f"retain_cpu_memory must be True or False, got {retain_cpu_memory!r}")
+        self.retains_cpu_memory = (self.device.type == "cpu" and retain_cpu_memory
+                                   and retain_freed_cpu_memory())
         self.model = model.to(self.device)
         has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
         self.channels_last = (self.device.type == "cuda" and has_conv
