@@ -4,8 +4,8 @@ glibc's ``malloc`` serves a block above its *mmap threshold* (which it raises to
 32 MiB on its own) from fresh pages of the system, and hands a large freed top of the
 heap back. A training step whose activations are that large (a BatchEnsemble's tiled
 batch: 512 rows of 16 x 32 x 32 floats is 32 MiB) then pays page faults and zeroing for
-every one of them, at every step; on the CIFAR-10 benchmark's CPU this made the tiled
-BatchEnsemble's step 1.6 times as slow as its arithmetic. A GPU does not have the
+every one of them, at every step (compare ``velora-ens bench cifar10`` with and without
+``--default-malloc``). A GPU does not have the
 problem (PyTorch's CUDA caching allocator keeps freed blocks); on a CPU PyTorch's tuning
 guide suggests preloading jemalloc or tcmalloc. :func:`retain_freed_cpu_memory` is the
 version that needs no install: it raises both glibc thresholds with ``mallopt``, so that
@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 __all__ = ["retain_freed_cpu_memory"]
