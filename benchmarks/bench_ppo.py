@@ -395,20 +395,36 @@ def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
                          path, task.threshold)
 
 
+def throughput_settings() -> dict[str, Any]:
+    """LiquidPPO's settings for the throughput comparison: RL Zoo's CartPoleNoVel-v1 ones
+    (8 envs, n_steps 32, batch 256, 20 epochs, no KL stop) with the tuned networks' sizes,
+    so that both agents run the same number of updates on the same rollouts."""
+    from agents.hyperparams import tuned_hyperparams
+
+    tuned = tuned_hyperparams("LiquidPPO", "CartPoleNoVel-v1")
+    zoo = {k: v for k, v in PPO_LSTM_YML["CartPoleNoVel-v1"].items()
+           if k not in ("normalize", "policy_kwargs")}
+    zoo["learning_rate"] = tuned["learning_rate"]  # our spelling of the same schedules
+    zoo["clip_range"] = tuned["clip_range"]
+    sizes = {k: tuned[k] for k in ("actor_neurons", "critic_neurons") if k in tuned}
+    return {**zoo, **sizes, "normalize_observations": True, "normalize_rewards": True}
+
+
 def throughput(rounds: int, chunk: int, out: Path) -> int:
     """Interleaved chunks of training, LiquidPPO vs RecurrentPPO, with the same settings
     (RL Zoo's CartPoleNoVel-v1 ones), one thread."""
     import torch
 
     from agents import LiquidPPO
-    from agents.hyperparams import tuned_hyperparams
 
     torch.set_num_threads(1)
     task = TASKS["cartpole-novel"]
     zoo = PPO_LSTM_YML[task.env_id]
+    liquid = throughput_settings()
+    liquid_sizes = ", ".join(f"{k} {liquid[k]}" for k in ("actor_neurons", "critic_neurons")
+                             if k in liquid) or "default sizes"
     models = {
-        "LiquidPPO": LiquidPPO(task.env_id, seed=0,
-                               **tuned_hyperparams("LiquidPPO", task.env_id)),
+        "LiquidPPO": LiquidPPO(task.env_id, seed=0, **liquid),
         "RecurrentPPO": build("recurrent_ppo", task, 0, zoo)[0],
     }
     for model in models.values():  # warm-up
@@ -431,7 +447,8 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
         f"{time.strftime('%Y-%m-%d')}. Environment steps per second including acting and the "
         f"PPO updates, with the same settings (RL Zoo's {task.env_id} ones: 8 envs, n_steps "
         f"32, batch 256, 20 epochs, gamma 0.98, lambda 0.8, linear lr and clip schedules, "
-        f"observations and rewards normalised; LiquidPPO's tuned settings are these); "
+        f"observations and rewards normalised, no KL stop; LiquidPPO with its tuned networks' "
+        f"sizes, {liquid_sizes}); "
         f"medians of {rounds} interleaved chunks of {chunk} steps after a warm-up chunk.",
         "",
         "| agent | parameters | steps/s |",

@@ -343,6 +343,22 @@ def test_bench_ppo_settings_follow_rl_zoo(bench_ppo):
     assert stacked["frame_stack"] == 4 and stacked["use_sde"] and "batch_size" not in stacked
 
 
+def test_bench_ppo_throughput_runs_rl_zoos_updates(bench_ppo):
+    # the throughput comparison must not inherit the tuned early stop or epoch count: both
+    # agents run RL Zoo's rollouts and epochs, LiquidPPO with its tuned networks' sizes
+    from agents.hyperparams import tuned_hyperparams
+
+    zoo = bench_ppo.PPO_LSTM_YML["CartPoleNoVel-v1"]
+    ours = bench_ppo.throughput_settings()
+    for key in ("n_envs", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda"):
+        assert ours[key] == zoo[key], key
+    assert "target_kl" not in ours
+    assert ours["normalize_observations"] and ours["normalize_rewards"]
+    tuned = tuned_hyperparams("LiquidPPO", "CartPoleNoVel-v1")
+    assert ours["actor_neurons"] == tuned["actor_neurons"]
+    assert ours["critic_neurons"] == tuned["critic_neurons"]
+
+
 def test_bench_ppo_baselines_end_to_end(bench_ppo, tmp_path):
     pytest.importorskip("sb3_contrib")
     out = tmp_path / "ppo"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from agents import NeuroFlow
+from agents.hyperparams import TUNED_PPO_HYPERPARAMS
 from velora_ens.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +167,11 @@ def test_train_ppo_uses_its_tuned_settings_and_evaluate_loads_it(tmp_path, capsy
                  *common]) == 0
     run = tmp_path / "runs" / "CartPoleNoVel-v1_seed0_1"
     saved = json.loads((run / "config.json").read_text())
-    # the tuned settings (RL Zoo's ppo_lstm ones) set the number of copies too
+    # the tuned settings set the number of copies too
     assert (saved["algo"], saved["n_envs"], saved["ppo"]["n_steps"]) == ("ppo", 8, 32)
+    tuned = TUNED_PPO_HYPERPARAMS["CartPoleNoVel-v1"]
+    for key in ("n_epochs", "target_kl", "actor_neurons", "critic_neurons"):
+        assert saved["ppo"][key] == tuned[key], key
     assert "LiquidPPO on CartPoleNoVel-v1" in capsys.readouterr().out
     assert main(["evaluate", str(run / "final_model"), "--episodes", "1"]) == 0
     assert "mean return" in capsys.readouterr().out
