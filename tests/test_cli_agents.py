@@ -170,7 +170,7 @@ def test_train_ppo_uses_its_tuned_settings_and_evaluate_loads_it(tmp_path, capsy
     # the tuned settings set the number of copies too
     assert (saved["algo"], saved["n_envs"], saved["ppo"]["n_steps"]) == ("ppo", 8, 32)
     tuned = TUNED_PPO_HYPERPARAMS["CartPoleNoVel-v1"]
-    for key in ("n_epochs", "target_kl", "actor_neurons", "critic_neurons"):
+    for key in ("n_epochs", "target_kl", "ent_coef", "actor_neurons", "critic_neurons"):
         assert saved["ppo"][key] == tuned[key], key
     assert "LiquidPPO on CartPoleNoVel-v1" in capsys.readouterr().out
     assert main(["evaluate", str(run / "final_model"), "--episodes", "1"]) == 0
