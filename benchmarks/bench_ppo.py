@@ -403,10 +403,8 @@ def throughput_settings() -> dict[str, Any]:
 
     tuned = tuned_hyperparams("LiquidPPO", "CartPoleNoVel-v1")
     zoo = {k: v for k, v in PPO_LSTM_YML["CartPoleNoVel-v1"].items()
-           if k not in ("normalize", "policy_kwargs")}
-    zoo["learning_rate"] = tuned["learning_rate"]  # our spelling of the same schedules
-    zoo["clip_range"] = tuned["clip_range"]
-    sizes = {k: tuned[k] for k in ("actor_neurons", "critic_neurons") if k in tuned}
+           if k not in ("normalize", "policy_kwargs")}  # LiquidPPO reads "lin_x" itself
+    sizes = {k: tuned[k] for k in ("actor_neurons", "critic_neurons")}
     return {**zoo, **sizes, "normalize_observations": True, "normalize_rewards": True}
 
 
@@ -421,8 +419,8 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
     task = TASKS["cartpole-novel"]
     zoo = PPO_LSTM_YML[task.env_id]
     liquid = throughput_settings()
-    liquid_sizes = ", ".join(f"{k} {liquid[k]}" for k in ("actor_neurons", "critic_neurons")
-                             if k in liquid) or "default sizes"
+    liquid_sizes = f"actor_neurons {liquid['actor_neurons']}, critic_neurons " \
+                   f"{liquid['critic_neurons']}"
     models = {
         "LiquidPPO": LiquidPPO(task.env_id, seed=0, **liquid),
         "RecurrentPPO": build("recurrent_ppo", task, 0, zoo)[0],

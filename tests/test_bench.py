@@ -350,7 +350,8 @@ def test_bench_ppo_throughput_runs_rl_zoos_updates(bench_ppo):
 
     zoo = bench_ppo.PPO_LSTM_YML["CartPoleNoVel-v1"]
     ours = bench_ppo.throughput_settings()
-    for key in ("n_envs", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda"):
+    for key in ("n_envs", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda",
+                "ent_coef", "learning_rate", "clip_range"):
         assert ours[key] == zoo[key], key
     assert "target_kl" not in ours
     assert ours["normalize_observations"] and ours["normalize_rewards"]
