@@ -11,6 +11,8 @@ file and a learning-curve PNG:
     python benchmarks/bench_ppo.py cartpole-novel     # CartPoleNoVel-v1, 100k steps, 5 seeds
     python benchmarks/bench_ppo.py pendulum-novel     # PendulumNoVel-v1, 100k steps, 5 seeds
     python benchmarks/bench_ppo.py throughput         # steps/s, LiquidPPO vs RecurrentPPO
+    python benchmarks/bench_ppo.py pendulum-novel --algos liquid_ppo \\
+        --liquid-settings '{"n_steps": 512}' --out /tmp/ppo_trial   # a settings trial
     python benchmarks/bench_ppo.py cartpole-novel --steps 4096 --seeds 0 --jobs 1 \\
         --algos recurrent_ppo ppo_stacked --out /tmp/ppo_smoke          # a smoke run
 
@@ -92,12 +94,14 @@ ALGOS = {"liquid_ppo": "LiquidPPO",
 COLORS = {"liquid_ppo": "tab:blue", "recurrent_ppo": "tab:orange", "ppo_stacked": "tab:green"}
 
 
-def settings(algo: str, task: Task) -> dict:
-    """The algorithm's settings for the task (RL Zoo's spelling for the baselines)."""
+def settings(algo: str, task: Task, liquid: dict | None = None) -> dict:
+    """The algorithm's settings for the task (RL Zoo's spelling for the baselines).
+    ``liquid``: LiquidPPO keyword arguments that replace or extend its tuned settings
+    (``--liquid-settings``), e.g. ``{"n_steps": 512}`` for a settings trial."""
     if algo == "liquid_ppo":
         from agents.hyperparams import TUNED_PPO_HYPERPARAMS
 
-        return dict(TUNED_PPO_HYPERPARAMS[task.env_id])
+        return {**TUNED_PPO_HYPERPARAMS[task.env_id], **(liquid or {})}
     if algo == "recurrent_ppo":
         return dict(PPO_LSTM_YML[task.env_id])
     return {**PPO_YML[task.base_id], **STACKED}
@@ -229,14 +233,14 @@ def train_with_evaluations(model: Any, evaluate: Callable[[int], float], steps: 
             "steps_per_second": model.num_timesteps / train_seconds}
 
 
-def run_one(job: tuple[str, str, int, int, int]) -> dict:
+def run_one(job: tuple[str, str, int, int, int, dict | None]) -> dict:
     """Train and evaluate one (algorithm, seed) (:func:`train_with_evaluations`)."""
-    task_name, algo, seed, steps, eval_every = job
+    task_name, algo, seed, steps, eval_every, liquid = job
     import torch
 
     torch.set_num_threads(1)
     task = TASKS[task_name]
-    model, make_eval_env = build(algo, task, seed, settings(algo, task))
+    model, make_eval_env = build(algo, task, seed, settings(algo, task, liquid))
     result = train_with_evaluations(
         model, lambda episodes: evaluate(model.predict, make_eval_env, episodes, seed),
         steps, eval_every, f"{algo:13s} seed {seed}")
@@ -307,6 +311,8 @@ def command(args: argparse.Namespace, task: Task) -> str:
         parts += ["--steps", str(args.steps)]
     if args.eval_every != task.eval_every:
         parts += ["--eval-every", str(args.eval_every)]
+    if args.liquid_settings:
+        parts += ["--liquid-settings", f"'{json.dumps(args.liquid_settings)}'"]
     if args.out != OUT:
         parts += ["--out", str(args.out)]
     return " ".join(parts)
@@ -316,12 +322,13 @@ def learning(args: argparse.Namespace) -> int:
     import torch
 
     task = TASKS[args.task]
-    work = [(args.task, a, s, args.steps, args.eval_every) for s in args.seeds for a in args.algos]
+    work = [(args.task, a, s, args.steps, args.eval_every, args.liquid_settings)
+            for s in args.seeds for a in args.algos]
     started = time.time()
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         results = pool.map(run_one, work, chunksize=1)
     minutes = (time.time() - started) / 60
-    config = {a: settings(a, task) for a in args.algos}
+    config = {a: settings(a, task, args.liquid_settings) for a in args.algos}
     rows = {a: summarize([r for r in results if r["algo"] == a]) for a in args.algos}
     checks = targets(task, rows)
     stem = args.out / f"ppo-{args.task}"
@@ -343,7 +350,10 @@ def learning(args: argparse.Namespace) -> int:
         f"a frozen copy of their VecNormalize statistics; training steps/s exclude it.",
         "",
         "Settings (RL Zoo's spelling for the baselines: `ppo_lstm.yml` for RecurrentPPO, "
-        f"`ppo.yml`'s {task.base_id} for the stacked PPO, which also normalises):",
+        f"`ppo.yml`'s {task.base_id} for the stacked PPO, which also normalises; LiquidPPO: "
+        "its tuned settings"
+        + (f", with `--liquid-settings` {args.liquid_settings}" if args.liquid_settings
+           else "") + "):",
         "",
         *[f"- {ALGOS[a]}: `{config[a]}`" for a in args.algos],
         "",
@@ -478,6 +488,33 @@ def liquid_missing(env_id: str | None) -> str | None:
     return None
 
 
+def liquid_settings(text: str) -> dict:
+    """``--liquid-settings``: a JSON object of LiquidPPO keyword arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--liquid-settings must be a JSON object of LiquidPPO "
+                                         f"keyword arguments, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--liquid-settings must be a JSON object of LiquidPPO "
+                                         f"keyword arguments, got {text!r}")
+    return value
+
+
+def unknown_liquid_settings(overrides: dict) -> str | None:
+    """Why ``overrides`` are not LiquidPPO keyword arguments, or None."""
+    import inspect
+
+    from agents import LiquidPPO
+
+    accepted = set(inspect.signature(LiquidPPO.__init__).parameters) - {"self", "env", "seed"}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        return (f"--liquid-settings: {', '.join(map(repr, unknown))} not LiquidPPO keyword "
+                f"argument(s); expected some of {', '.join(sorted(accepted))}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=[*TASKS, "throughput"])
@@ -495,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="throughput: chunks per agent")
     parser.add_argument("--chunk", type=integer_option("--chunk", 1), default=2048,
                         help="throughput: steps per chunk")
+    parser.add_argument("--liquid-settings", type=liquid_settings, default={}, metavar="JSON",
+                        help="LiquidPPO keyword arguments over its tuned settings, as a JSON "
+                             "object, for settings trials (default: none)")
     parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
     args = parser.parse_args(argv)
     args.algos = list(dict.fromkeys(args.algos))
@@ -506,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     task = TASKS[args.task]
     if "liquid_ppo" in args.algos and (missing := liquid_missing(task.env_id)):
         parser.error(missing)
+    if args.liquid_settings:
+        if "liquid_ppo" not in args.algos:
+            parser.error("--liquid-settings needs liquid_ppo among --algos")
+        if unknown := unknown_liquid_settings(args.liquid_settings):
+            parser.error(unknown)
     args.steps = args.steps or task.steps
     args.eval_every = args.eval_every or task.eval_every
     return learning(args)

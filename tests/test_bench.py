@@ -399,6 +399,47 @@ def test_bench_ppo_mistakes_exit_2(bench_ppo, monkeypatch, capsys, argv, fragmen
     assert fragment in capsys.readouterr().err
 
 
+def test_bench_ppo_liquid_settings_reach_the_model(bench_ppo, tmp_path):
+    # The run (in a worker process) must build LiquidPPO with the overrides: its parameter
+    # count is that of a LiquidPPO built here with them, not that of the tuned sizes.
+    from agents import LiquidPPO
+    from agents.hyperparams import TUNED_PPO_HYPERPARAMS
+
+    out = tmp_path / "trial"
+    argv = ["cartpole-novel", "--steps", "64", "--eval-every", "64", "--seeds", "0",
+            "--jobs", "1", "--algos", "liquid_ppo", "--liquid-settings",
+            '{"actor_neurons": 24, "critic_neurons": 20}', "--out", str(out)]
+    bench_ppo.main(argv)
+    report = json.loads((out / "ppo-cartpole-novel.json").read_text())
+    tuned = TUNED_PPO_HYPERPARAMS["CartPoleNoVel-v1"]
+    trial = {**tuned, "actor_neurons": 24, "critic_neurons": 20}
+    assert report["settings"]["liquid_ppo"] == trial
+    expected = bench_ppo.parameter_count(LiquidPPO("CartPoleNoVel-v1", seed=0, **trial))
+    default = bench_ppo.parameter_count(LiquidPPO("CartPoleNoVel-v1", seed=0, **tuned))
+    assert report["results"][0]["parameters"] == expected != default
+    assert ("--liquid-settings '{\"actor_neurons\": 24, \"critic_neurons\": 20}'"
+            in report["command"])
+    page = (out / "ppo-cartpole-novel.md").read_text()
+    assert "with `--liquid-settings` {'actor_neurons': 24, 'critic_neurons': 20}" in page
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["cartpole-novel", "--liquid-settings", "{n_steps: 16}"],
+     "--liquid-settings must be a JSON object of LiquidPPO keyword arguments, got '{n_steps"),
+    (["cartpole-novel", "--liquid-settings", "[16]"], "got '[16]'"),
+    (["cartpole-novel", "--liquid-settings", '{"n_step": 16}'],
+     "--liquid-settings: 'n_step' not LiquidPPO keyword argument(s); expected some of"),
+    (["cartpole-novel", "--algos", "recurrent_ppo", "--liquid-settings", '{"n_steps": 16}'],
+     "--liquid-settings needs liquid_ppo among --algos"),
+])
+def test_bench_ppo_bad_liquid_settings_exit_2(bench_ppo, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_:
+        bench_ppo.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
 # --- benchmarks/bench_irregular.py: the elapsed time in the cells, in the observation, or not -
 @pytest.fixture
 def bench_irregular(monkeypatch):
