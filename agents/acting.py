@@ -71,7 +71,7 @@ class LiquidPolicy(nn.Module):
         encoded, normalised observations ``(n, obs_dim)`` (``dt``: their elapsed times
         ``(n, 1)`` in the cells' units)."""
         out, state = self.actor(obs, state, dt=dt)
-        return self.actor.act(out, deterministic).cpu().numpy(), state
+        return self.actor.act(out, deterministic, features=state).cpu().numpy(), state
 
     def predict(self, observation: Any, state: np.ndarray | None = None,
                 episode_start: np.ndarray | None = None, deterministic: bool = False,

@@ -14,7 +14,8 @@ from velora_ens.models import LiquidNCPNetwork
 __all__ = ["LiquidActor"]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-DISTRIBUTIONS = ("squashed_gaussian", "gaussian")
+DISTRIBUTIONS = ("squashed_gaussian", "gaussian", "gsde")
+GSDE_EPSILON = 1e-6  # added to gSDE's variance, as Stable-Baselines3
 
 
 class LiquidActor(nn.Module):
@@ -29,6 +30,13 @@ class LiquidActor(nn.Module):
     actions are instead an unsquashed Gaussian: ``|A|`` outputs are the mean, the log-std
     is one learned parameter per action dimension (``log_std_init`` at the start), and
     actions are clipped to ``[-1, 1]`` only when sent to the environment.
+
+    ``distribution="gsde"`` is that Gaussian with generalised state-dependent exploration
+    (Raffin et al. 2022, Stable-Baselines3's ``use_sde`` with ``full_std=True``): the noise
+    is ``phi @ theta``, ``phi`` the liquid state after the step (detached) and ``theta`` an
+    ``(H, |A|)`` matrix drawn from ``N(0, exp(log_std)^2)`` and held for several steps
+    (:meth:`gsde_matrices`), so the action's standard deviation is
+    ``sqrt(phi^2 @ exp(log_std)^2 + 1e-6)`` per dimension; ``log_std`` is ``(H, |A|)``.
     """
 
     def __init__(self, obs_dim: int, action_space: gym.Space, n_neurons: int = 32, *,
@@ -40,11 +48,17 @@ class LiquidActor(nn.Module):
                              f"{distribution!r}")
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
-        self.gaussian = distribution == "gaussian" and not self.discrete
+        if distribution == "gsde" and self.discrete:
+            raise ValueError("distribution='gsde' (use_sde) needs Box actions, got "
+                             f"{action_space}")
+        self.gsde = distribution == "gsde"
+        self.gaussian = distribution in ("gaussian", "gsde") and not self.discrete
         out = self.action_dim if self.discrete or self.gaussian else 2 * self.action_dim
         self.net = LiquidNCPNetwork(obs_dim, max(n_neurons, out), out, cell=cell, seed=seed)
         if self.gaussian:
-            self.log_std = nn.Parameter(torch.full((self.action_dim,), float(log_std_init)))
+            shape = ((self.net.hidden_size, self.action_dim) if self.gsde
+                     else (self.action_dim,))
+            self.log_std = nn.Parameter(torch.full(shape, float(log_std_init)))
         # what rebuilds this actor (with the action space)
         self.config = {"obs_dim": int(obs_dim), "n_neurons": int(n_neurons), "cell": cell,
                        "seed": seed}
@@ -94,29 +108,66 @@ class LiquidActor(nn.Module):
         return log_probs.exp(), log_probs
 
     # ---------------------------------------------------------- on-policy use
-    def sample(self, out: torch.Tensor, noise: torch.Tensor | None = None
+    def sample(self, out: torch.Tensor, noise: torch.Tensor | None = None,
+               features: torch.Tensor | None = None, matrices: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """A stochastic action (an index, or an unclipped Gaussian vector) and its
-        log-probability, for on-policy agents (``distribution="gaussian"`` for Box).
-        ``noise``: the standard-normal draw of a Gaussian action (fresh by default)."""
+        log-probability, for on-policy agents (``distribution="gaussian"`` or ``"gsde"``
+        for Box). ``noise``: the standard-normal draw of a Gaussian action (fresh by
+        default). gSDE: ``features`` ``(n, H)``, the states after the step, and
+        ``matrices`` ``(n, H, |A|)`` (:meth:`gsde_matrices`; fresh by default)."""
         if self.discrete:
             action = torch.multinomial(F.softmax(out, -1), 1).squeeze(-1)
             return action, self.log_prob_entropy(out, action)[0]
         if not self.gaussian:
             raise ValueError("sample() needs distribution='gaussian' for Box actions")
+        if self.gsde:
+            if matrices is None:
+                matrices = self.gsde_matrices(out.shape[0])
+            action = out + torch.bmm(self._features(features).unsqueeze(1),
+                                     matrices).squeeze(1)
+            return action, self.log_prob_entropy(out, action, features)[0]
         if noise is None:
             noise = torch.randn_like(out)
         action = torch.addcmul(out, self.log_std.exp(), noise)
         return action, self.log_prob_entropy(out, action)[0]
 
-    def log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor
+    def gsde_matrices(self, n: int) -> torch.Tensor:
+        """``n`` exploration matrices ``(n, H, |A|)`` of gSDE, drawn from
+        ``N(0, exp(log_std)^2)`` (without gradient)."""
+        with torch.no_grad():
+            std = self.log_std.exp()
+            return torch.randn((n, *std.shape), device=std.device, dtype=std.dtype) * std
+
+    def _features(self, features: torch.Tensor | None) -> torch.Tensor:
+        if features is None:
+            raise ValueError("distribution='gsde' needs the features (the liquid states "
+                             "after the step)")
+        return features.detach()
+
+    def gsde_std(self, features: torch.Tensor) -> torch.Tensor:
+        """gSDE's per-dimension standard deviation ``sqrt(phi^2 @ exp(log_std)^2 + 1e-6)``
+        for features ``(..., H)``."""
+        variance = self._features(features).square() @ self.log_std.exp().square()
+        return (variance + GSDE_EPSILON).sqrt()
+
+    def log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor,
+                         features: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of ``actions`` and the entropy, per sample (categorical, or the
-        diagonal Gaussian of ``distribution="gaussian"``)."""
+        diagonal Gaussian of ``distribution="gaussian"``; with ``"gsde"`` its standard
+        deviation depends on ``features``, the states after each step)."""
         if self.discrete:
             log_probs = F.log_softmax(out, -1)
             log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
             return log_prob, -(log_probs.exp() * log_probs).sum(-1)
+        if self.gsde:
+            std = self.gsde_std(features)
+            log_std = std.log()
+            z = (actions - out) / std
+            log_prob = (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+            return log_prob, entropy
         log_std = self.log_std.expand_as(out)
         z = (actions - out) * torch.exp(-log_std)
         log_prob = (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -124,12 +175,18 @@ class LiquidActor(nn.Module):
         return log_prob, entropy
 
     # ---------------------------------------------------------- acting
-    def act(self, out: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """Actions from network outputs: ``[-1, 1]`` vectors or integer indices."""
+    def act(self, out: torch.Tensor, deterministic: bool,
+            features: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions from network outputs: ``[-1, 1]`` vectors or integer indices
+        (``features``: gSDE's states after the step; a stochastic gSDE action draws a fresh
+        exploration matrix)."""
         if self.discrete:
             if deterministic:
                 return out.argmax(-1)
             return torch.multinomial(F.softmax(out, -1), 1).squeeze(-1)
+        if self.gsde:
+            action = out if deterministic else self.sample(out, features=features)[0]
+            return action.clamp(-1.0, 1.0)
         if self.gaussian:
             action = out if deterministic else torch.addcmul(out, self.log_std.exp(),
                                                              torch.randn_like(out))

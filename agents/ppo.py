@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
@@ -94,6 +95,14 @@ class LiquidPPO(BaseAgent):
             temporally correlated exploration (the role of SB3's gSDE with
             ``sde_sample_freq``); the log-probabilities stay the per-step Gaussian's. 1
             (default): a fresh draw every step.
+        use_sde: Box actions: generalised state-dependent exploration (gSDE, SB3's
+            ``use_sde`` with ``full_std=True``): the noise is the actor's liquid state
+            after the step times a held random matrix, so the action's standard deviation
+            depends on the state (``LiquidActor``'s ``distribution="gsde"``; ``log_std``
+            becomes a ``(state, action)`` matrix started at ``log_std_init``).
+        sde_sample_freq: with ``use_sde``, draw new exploration matrices (one per copy)
+            every this many steps of the rollout; -1 (default) or 0: only at the start of
+            each rollout (as SB3).
         elapsed_time_key: read the time elapsed since the previous observation from
             ``info[elapsed_time_key]`` at every step (``"elapsed_time"`` for
             :class:`envs.IrregularTiming`), store it in the rollout beside the observation
@@ -146,6 +155,8 @@ class LiquidPPO(BaseAgent):
         target_kl: float | None = None,
         log_std_init: float = 0.0,
         noise_hold_steps: int = 1,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
         elapsed_time_key: str | None = None,
         elapsed_time_unit: float = 1.0,
         normalize_observations: bool = False,
@@ -164,6 +175,13 @@ class LiquidPPO(BaseAgent):
                                  ("n_epochs", n_epochs, 1),
                                  ("noise_hold_steps", noise_hold_steps, 1)):
             check_int(name, value, low)
+        check_int("sde_sample_freq", sde_sample_freq, -1)
+        if not isinstance(use_sde, bool):
+            raise ValueError(f"use_sde must be True or False, got {use_sde!r}")
+        if use_sde and noise_hold_steps != 1:
+            raise ValueError(f"use_sde=True and noise_hold_steps={noise_hold_steps} are two "
+                             "ways of correlating the exploration noise in time; choose one "
+                             "(sde_sample_freq sets how long gSDE holds its matrices)")
         seq_len = min(n_steps, batch_size) if seq_len is None else check_int("seq_len",
                                                                              seq_len, 1)
         if n_steps % seq_len:
@@ -194,12 +212,15 @@ class LiquidPPO(BaseAgent):
         self.seq_len = seq_len
         self.normalize_advantage = normalize_advantage
         self.noise_hold_steps = noise_hold_steps
+        self.use_sde, self.sde_sample_freq = use_sde, sde_sample_freq
         self.elapsed = (None if elapsed_time_key is None
                         else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))
         self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
 
+        if use_sde and not isinstance(self.action_space, gym.spaces.Box):
+            raise ValueError(f"use_sde=True needs Box actions, got {self.action_space}")
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
-                                 seed=seed, distribution="gaussian",
+                                 seed=seed, distribution="gsde" if use_sde else "gaussian",
                                  log_std_init=log_std_init).to(self.device)
         self.discrete = self.actor.discrete
         self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
@@ -222,6 +243,7 @@ class LiquidPPO(BaseAgent):
         self._states: list[torch.Tensor] = []
         self._noise = torch.zeros(0)      # the held Gaussian noise per copy
         self._noise_age = torch.zeros(0)  # steps since it was drawn
+        self._sde_matrices = torch.zeros(0)  # gSDE's held exploration matrices per copy
 
     # ------------------------------------------------------------------ collection
     def _start_rollout(self, obs: np.ndarray) -> None:
@@ -230,6 +252,9 @@ class LiquidPPO(BaseAgent):
         self.rollout.reset()
         self._noise = torch.zeros(self.n_envs, self.actor.action_dim, device=self.device)
         self._noise_age = torch.zeros(self.n_envs, dtype=torch.int64, device=self.device)
+        if self.use_sde:  # drawn at the rollout's first step (_gsde_matrices)
+            self._sde_matrices = torch.zeros(self.n_envs, *self.actor.log_std.shape,
+                                             device=self.device)
         self._dt = np.ones(self.n_envs, np.float32)
 
     def _exploration_noise(self, start: torch.Tensor) -> torch.Tensor | None:
@@ -244,6 +269,14 @@ class LiquidPPO(BaseAgent):
                                           self._noise_age)
         self._noise_age = self._noise_age + 1
         return self._noise
+
+    def _gsde_matrices(self) -> torch.Tensor:
+        """gSDE's exploration matrices of this step: drawn anew at the rollout's first
+        step and every ``sde_sample_freq`` steps of it (SB3's rule), held in between."""
+        pos, freq = self.rollout.pos, self.sde_sample_freq
+        if pos == 0 or (freq > 0 and pos % freq == 0):
+            self._sde_matrices = self.actor.gsde_matrices(self.n_envs)
+        return self._sde_matrices
 
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:
@@ -262,7 +295,11 @@ class LiquidPPO(BaseAgent):
             dt = self._dt_tensor(self._dt)
             out, next_actor = self.actor(obs, actor_state, dt=dt)
             value, next_critic = self.value.step(obs, next_actor, critic_state, dt)
-            action, log_prob = self.actor.sample(out, self._exploration_noise(start))
+            if self.use_sde:
+                action, log_prob = self.actor.sample(out, features=next_actor,
+                                                     matrices=self._gsde_matrices())
+            else:
+                action, log_prob = self.actor.sample(out, self._exploration_noise(start))
         sent = action if self.discrete else action.clamp(-1.0, 1.0)
         step = self._env_step(sent.cpu().numpy())
         rows = np.flatnonzero(step.valid)
@@ -394,7 +431,7 @@ class LiquidPPO(BaseAgent):
                                        dt=dt, return_states=True)
         values = self.value.sequence(b["obs"], b["episode_start"], actor_states, starts[1],
                                      dt)
-        log_prob, entropy = self.actor.log_prob_entropy(out, b["actions"])
+        log_prob, entropy = self.actor.log_prob_entropy(out, b["actions"], actor_states)
         return log_prob, entropy, values
 
     def _minibatch_step(self, b: dict[str, torch.Tensor], starts: list[torch.Tensor],
@@ -469,7 +506,8 @@ class LiquidPPO(BaseAgent):
         return {"rollout.actor_state": self._states[0],
                 "rollout.critic_state": self._states[1],
                 "rollout.noise": self._noise, "rollout.noise_age": self._noise_age,
-                "rollout.dt": torch.from_numpy(self._dt.copy())}
+                "rollout.dt": torch.from_numpy(self._dt.copy()),
+                **({"rollout.sde_matrices": self._sde_matrices} if self.use_sde else {})}
 
     def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._states = [tensors[f"rollout.{name}_state"].clone().to(self.device)
@@ -477,3 +515,5 @@ class LiquidPPO(BaseAgent):
         self._noise = tensors["rollout.noise"].clone().to(self.device)
         self._noise_age = tensors["rollout.noise_age"].clone().to(self.device)
         self._dt = tensors["rollout.dt"].numpy().copy()
+        if self.use_sde:
+            self._sde_matrices = tensors["rollout.sde_matrices"].clone().to(self.device)

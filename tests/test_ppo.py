@@ -241,6 +241,8 @@ def test_same_seed_same_run():
                      "seq_len": 8, "shared_critic": True, "noise_hold_steps": 3}),
     ("PendulumNoVelIrregular-v1", {"elapsed_time_key": "elapsed_time",
                                    "elapsed_time_unit": 0.05, "seq_len": 8}),
+    ("Pendulum-v1", {"use_sde": True, "sde_sample_freq": 3, "n_envs": 2, "seq_len": 8}),
+    ("Pendulum-v1", {"use_sde": True, "log_std_init": -1.0}),
 ])
 def test_resume_is_exact_mid_rollout(tmp_path, env_id, extra):
     """Stop in the middle of a rollout, save with the rollout, load, continue: the same
@@ -297,6 +299,10 @@ def test_save_load_round_trip_and_the_policy_file(tmp_path):
     ({"gae_lambda": True}, "gae_lambda"),
     ({"clip_range": "fast"}, "clip_range"),
     ({"cell": "lstm"}, "cell"),
+    ({"use_sde": True, "noise_hold_steps": 4}, "use_sde=True and noise_hold_steps=4"),
+    ({"use_sde": True}, r"use_sde=True needs Box actions, got Discrete\(2\)"),
+    ({"use_sde": 1}, "use_sde must be True or False, got 1"),
+    ({"use_sde": True, "sde_sample_freq": -2}, "sde_sample_freq"),
 ])
 def test_bad_options_raise_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -470,3 +476,87 @@ def test_log_probabilities_and_entropies_match_torch_distributions(space):
     torch.testing.assert_close(entropy, dist.entropy())
     with pytest.raises(ValueError, match="distribution must be one of"):
         LiquidActor(4, space, 8, distribution="beta")
+
+
+# ------------------------------------------------------------------------------ gSDE
+def test_gsde_log_probabilities_match_torch_distributions():
+    from agents import LiquidActor
+
+    actor = LiquidActor(4, gym.spaces.Box(-1, 1, (2,)), 8, seed=0, distribution="gsde",
+                        log_std_init=-0.5)
+    with torch.no_grad():
+        actor.log_std.add_(torch.linspace(-0.3, 0.3, actor.log_std.numel()).reshape(
+            actor.log_std.shape))
+    assert actor.log_std.shape == (actor.state_dim, 2)
+    out, features = torch.randn(5, 2), torch.randn(5, actor.state_dim)
+    matrices = actor.gsde_matrices(5)
+    action, log_prob = actor.sample(out, features=features, matrices=matrices)
+    # the noise is phi @ theta, one matrix per sample
+    expected = out + torch.einsum("nh,nha->na", features, matrices)
+    torch.testing.assert_close(action, expected)
+    sigma = actor.log_std.exp()
+    std = (features.square() @ sigma.square() + 1e-6).sqrt()
+    dist = torch.distributions.Independent(torch.distributions.Normal(out, std), 1)
+    lp, entropy = actor.log_prob_entropy(out, action, features)
+    torch.testing.assert_close(lp, dist.log_prob(action))
+    torch.testing.assert_close(log_prob, dist.log_prob(action))
+    torch.testing.assert_close(entropy, dist.entropy())
+    # the features are not trained through the exploration noise (SB3's learn_features=False)
+    features.requires_grad_(True)
+    actor.log_prob_entropy(out, action, features)[0].sum().backward()
+    assert features.grad is None and actor.log_std.grad is not None
+    # the matrices' entries are drawn from N(0, sigma^2)
+    draws = actor.gsde_matrices(4000)
+    torch.testing.assert_close(draws.std(0), sigma.detach(), rtol=0.05, atol=0.0)
+    with pytest.raises(ValueError, match="needs the features"):
+        actor.log_prob_entropy(out, action)
+    with pytest.raises(ValueError, match="needs Box actions"):
+        LiquidActor(4, gym.spaces.Discrete(3), 8, distribution="gsde")
+
+
+@pytest.mark.parametrize("freq", [-1, 3])
+def test_gsde_holds_its_matrices_for_sde_sample_freq_steps(freq):
+    agent = small("Pendulum-v1", use_sde=True, sde_sample_freq=freq, n_envs=2)
+    seen = []
+    draw = agent.actor.gsde_matrices
+    agent.actor.gsde_matrices = lambda n: seen.append(draw(n)) or seen[-1]
+    buf = collect_one_rollout(agent)
+    assert len(seen) == (1 if freq == -1 else math.ceil(agent.n_steps / freq))
+    assert all(m.shape == (2, agent.actor.state_dim, 1) for m in seen)
+    # every stored action is the mean plus the state after the step times the matrix that
+    # was held at that step, and the stored log-probability is gSDE's
+    with torch.no_grad():
+        out, states = agent.actor(buf.obs.transpose(0, 1), buf.states[0][0],
+                                  episode_start=buf.episode_start.transpose(0, 1),
+                                  return_states=True)
+        for t in range(agent.n_steps):
+            held = seen[0 if freq == -1 else t // freq]
+            noise = torch.einsum("nh,nha->na", states[:, t], held)
+            torch.testing.assert_close(buf.actions[t], out[:, t] + noise, atol=1e-5,
+                                       rtol=1e-5)
+        log_prob = agent.actor.log_prob_entropy(out, buf.actions.transpose(0, 1),
+                                                states)[0]
+    torch.testing.assert_close(log_prob.transpose(0, 1), buf.log_probs, atol=1e-5, rtol=1e-5)
+
+
+def test_gsde_first_minibatch_ratio_is_one_and_learning_runs():
+    agent = small("Pendulum-v1", use_sde=True, sde_sample_freq=4, n_envs=2, seq_len=8)
+    buf = collect_one_rollout(agent)
+    L = agent.seq_len
+    names = ("obs", "actions", "episode_start", "log_probs")
+    batch = {k: buf.windows(getattr(buf, k), L) for k in names}
+    starts = [buf.window_starts(s, L) for s in buf.states]
+    with torch.no_grad():
+        log_prob = agent.window_outputs(batch, starts)[0]
+    torch.testing.assert_close(log_prob, batch["log_probs"], atol=1e-5, rtol=1e-5)
+
+    agent = small("Pendulum-v1", use_sde=True, sde_sample_freq=4)
+    before = agent.actor.log_std.detach().clone()
+    agent.learn(4 * agent.n_steps)
+    assert agent.n_updates >= 4 and not torch.equal(before, agent.actor.log_std.detach())
+    assert math.isfinite(agent.last_losses["std"])
+    # deterministic predictions are the mean; stochastic ones vary
+    obs = np.zeros((3, 3), np.float32)
+    a1, _ = agent.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(a1, agent.predict(obs, deterministic=True)[0])
+    assert not np.array_equal(agent.predict(obs)[0], agent.predict(obs)[0])
