@@ -539,7 +539,7 @@ def test_gsde_holds_its_matrices_for_sde_sample_freq_steps(freq):
     torch.testing.assert_close(log_prob.transpose(0, 1), buf.log_probs, atol=1e-5, rtol=1e-5)
 
 
-def test_gsde_first_minibatch_ratio_is_one_and_learning_runs():
+def test_gsde_first_minibatch_ratio_is_one_and_learning_runs(tmp_path):
     agent = small("Pendulum-v1", use_sde=True, sde_sample_freq=4, n_envs=2, seq_len=8)
     buf = collect_one_rollout(agent)
     L = agent.seq_len
@@ -560,3 +560,7 @@ def test_gsde_first_minibatch_ratio_is_one_and_learning_runs():
     a1, _ = agent.predict(obs, deterministic=True)
     np.testing.assert_array_equal(a1, agent.predict(obs, deterministic=True)[0])
     assert not np.array_equal(agent.predict(obs)[0], agent.predict(obs)[0])
+    # the policy file rebuilds the gSDE actor (its (state, action) log-std included)
+    policy = LiquidPolicy.load(agent.policy.save(tmp_path / "policy"))
+    assert policy.actor.gsde and policy.actor.log_std.shape == agent.actor.log_std.shape
+    np.testing.assert_array_equal(policy.predict(obs, deterministic=True)[0], a1)
