@@ -528,6 +528,19 @@ def test_bench_irregular_recurrent_ppo_sees_the_time_in_its_observation(bench_ir
     assert np.isfinite(evaluate(1))
 
 
+@pytest.mark.parametrize("task, steps", [("cartpole", 100_000), ("pendulum", 30_000)])
+def test_bench_irregular_default_budget_is_the_tasks(bench_irregular, monkeypatch, task,
+                                                     steps):
+    seen = []
+    monkeypatch.setattr(bench_irregular, "learning", lambda args: seen.append(args) or 0)
+    assert bench_irregular.main([task]) == 0
+    assert seen[0].steps == steps
+    # the page's command leaves the default out and names any other budget
+    assert "--steps" not in bench_irregular.command(seen[0])
+    bench_irregular.main([task, "--steps", "5000"])
+    assert bench_irregular.command(seen[1]).endswith("--jobs 2 --steps 5000")
+
+
 def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
     pytest.importorskip("sb3_contrib")
     out = tmp_path / "irregular"
