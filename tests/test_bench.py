@@ -533,12 +533,13 @@ def test_bench_irregular_default_budget_is_the_tasks(bench_irregular, monkeypatc
                                                      steps):
     seen = []
     monkeypatch.setattr(bench_irregular, "learning", lambda args: seen.append(args) or 0)
-    assert bench_irregular.main([task]) == 0
+    nf = ["--variants", "cells", "obs", "none"]  # no sb3-contrib needed
+    assert bench_irregular.main([task, *nf]) == 0
     assert seen[0].steps == steps
     # the page's command leaves the default out and names any other budget
     assert "--steps" not in bench_irregular.command(seen[0])
-    bench_irregular.main([task, "--steps", "5000"])
-    assert bench_irregular.command(seen[1]).endswith("--jobs 2 --steps 5000")
+    bench_irregular.main([task, *nf, "--steps", "5000"])
+    assert bench_irregular.command(seen[1]).endswith("cells obs none --steps 5000")
 
 
 def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
