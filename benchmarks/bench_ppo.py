@@ -502,12 +502,15 @@ def liquid_settings(text: str) -> dict:
 
 
 def unknown_liquid_settings(overrides: dict) -> str | None:
-    """Why ``overrides`` are not LiquidPPO keyword arguments, or None."""
+    """Why ``overrides`` are not LiquidPPO keyword arguments that a trial may set, or None.
+    The benchmark passes the task, the seed and the policy itself; unlike ``velora-ens
+    train --config`` a trial may set ``n_envs`` (the tuned settings do)."""
     import inspect
 
     from agents import LiquidPPO
 
-    accepted = set(inspect.signature(LiquidPPO.__init__).parameters) - {"self", "env", "seed"}
+    accepted = set(inspect.signature(LiquidPPO.__init__).parameters) - {
+        "self", "policy", "env", "seed"}
     unknown = sorted(set(overrides) - accepted)
     if unknown:
         return (f"--liquid-settings: {', '.join(map(repr, unknown))} not LiquidPPO keyword "

@@ -429,6 +429,8 @@ def test_bench_ppo_liquid_settings_reach_the_model(bench_ppo, tmp_path):
     (["cartpole-novel", "--liquid-settings", "[16]"], "got '[16]'"),
     (["cartpole-novel", "--liquid-settings", '{"n_step": 16}'],
      "--liquid-settings: 'n_step' not LiquidPPO keyword argument(s); expected some of"),
+    (["cartpole-novel", "--liquid-settings", '{"policy": "MlpPolicy", "seed": 3}'],
+     "--liquid-settings: 'policy', 'seed' not LiquidPPO keyword argument(s)"),
     (["cartpole-novel", "--algos", "recurrent_ppo", "--liquid-settings", '{"n_steps": 16}'],
      "--liquid-settings needs liquid_ppo among --algos"),
 ])
