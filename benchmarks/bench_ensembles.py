@@ -19,8 +19,9 @@ timed alone at B=1024, N=8. Models (all on 1 CPU thread):
   solved: the cost of the experts alone).
 * Stochastic MoE: ``StochasticModel`` of a ``MixtureOfExperts`` of 4 functional tanh MLP
   experts (width 32) and a ReLU gate, Gaussian parameters, 16 draws, batch 256; the
-  experts folded into one call (the default) and called one by one; the same at 8
-  draws, batch 64, width 16, where per-call overhead weighs more. The arithmetic floor:
+  experts run side by side as one network (the default), folded into the draw axis,
+  and called one by one; the same at 8 draws, batch 64, width 16, where per-call
+  overhead weighs more. The arithmetic floor:
   one stochastic MLP as wide as the four experts together (4 x 32 hidden units), and as
   wide as the experts and the gate (5 x 32), each a single network call with no mixture;
   a mixture that evaluates every expert at every draw (each draw a full MoE prediction,
@@ -216,13 +217,14 @@ def moe_cases(members: int = 4, batch: int = 256, draws: int = 16,
     def expert():
         return NeuralNetwork(2, 1, width=width, depth=1, activation=torch.tanh)
 
-    def mixture(fold_limit=MixtureOfExperts.fold_limit):
+    def mixture(joint_limit=MixtureOfExperts.joint_limit, fold_limit=MixtureOfExperts.fold_limit):
         surrogate = MixtureOfExperts([expert() for _ in range(members)],
                                      GatingNetwork(2, members, width=width))
-        surrogate.fold_limit = fold_limit
+        surrogate.joint_limit, surrogate.fold_limit = joint_limit, fold_limit
         return stochastic(surrogate)
 
-    single, moe, unfolded = stochastic(expert()), mixture(), mixture(fold_limit=0)
+    single, moe = stochastic(expert()), mixture()
+    folded, unfolded = mixture(joint_limit=0), mixture(joint_limit=0, fold_limit=0)
     loop = [stochastic(expert()) for _ in range(members)]
     wide = {k: stochastic(NeuralNetwork(2, 1, width=k * width, depth=1, activation=torch.tanh))
             for k in (members, members + 1)}
@@ -238,8 +240,11 @@ def moe_cases(members: int = 4, batch: int = 256, draws: int = 16,
              _trainer(single.parameters(), lambda: loss(single)), 20),
         Case(g, f"MixtureOfExperts of {members} + gate, {size}",
              _trainer(moe.parameters(), lambda: loss(moe)), 10),
+        Case(g, f"MixtureOfExperts of {members} + gate, {size}, experts folded into the draw "
+                "axis (joint_limit=0)",
+             _trainer(folded.parameters(), lambda: loss(folded)), 10),
         Case(g, f"MixtureOfExperts of {members} + gate, {size}, experts called one by one "
-                "(fold_limit=0)",
+                "(joint_limit=0, fold_limit=0)",
              _trainer(unfolded.parameters(), lambda: loss(unfolded)), 10),
         Case(g, f"{members} separate stochastic MLPs in a Python loop, {size}",
              _trainer([p for m in loop for p in m.parameters()],

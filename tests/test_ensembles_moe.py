@@ -180,7 +180,8 @@ def test_experts_folded_into_the_draw_axis_equal_each_expert_called_alone(make, 
     experts = [make().double() for _ in range(3)]
     gate = GatingNetwork(2, 3, width=4).double()
     moe = MixtureOfExperts(experts, gate)
-    assert moe.batched()
+    moe.joint_limit = 0  # networks would otherwise run side by side (tested below)
+    assert moe.batched() and moe._joint_layers() is None
     x = torch.rand(6, 2, dtype=torch.float64) * 2 - 1
     p = torch.randn(4, moe.num_params(), dtype=torch.float64, requires_grad=True)
     moe.fold_limit = group * moe._widest(x, 4)
@@ -192,6 +193,48 @@ def test_experts_folded_into_the_draw_axis_equal_each_expert_called_alone(make, 
     got_grad = torch.autograd.grad(moe(x, p).pow(2).sum(), p)[0]
     want_grad = torch.autograd.grad(mixed.pow(2).sum(), p)[0]
     torch.testing.assert_close(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("depth,outputs", [(0, 1), (1, 1), (1, 3), (2, 2)])
+def test_networks_side_by_side_equal_each_expert_called_alone(depth, outputs):
+    # the side-by-side network (first layer wide, later ones block-diagonal) against each
+    # expert on its own slice of the parameters: outputs, the mixture and its gradient
+    torch.manual_seed(0)
+    experts = [NeuralNetwork(2, outputs, width=5, depth=depth, activation=torch.tanh).double()
+               for _ in range(3)]
+    gate = GatingNetwork(2, 3, width=4).double()
+    moe = MixtureOfExperts(experts, gate)
+    assert moe._joint_layers() is not None
+    x = torch.rand(6, 2, dtype=torch.float64) * 2 - 1
+    p = torch.randn(4, moe.num_params(), dtype=torch.float64, requires_grad=True)
+    parts = p.split([e.num_params() for e in experts] + [gate.num_params()], 1)
+    want = torch.stack([e(x, q) for e, q in zip(experts, parts, strict=False)], 1)
+    torch.testing.assert_close(moe.get_expert_outputs(x, p), want)
+    mixed = torch.einsum("sbe,sebo->sbo", gate(x, parts[-1]), want)
+    torch.testing.assert_close(moe(x, p), mixed)
+    weights = torch.randn_like(mixed)
+    got_grad = torch.autograd.grad((moe(x, p) * weights).sum(), p)[0]
+    want_grad = torch.autograd.grad((mixed * weights).sum(), p)[0]
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_side_by_side_form_is_bounded_by_joint_limit():
+    # block-diagonal layers waste E times their multiply-adds: off past joint_limit rows
+    moe = MixtureOfExperts([NeuralNetwork(2, 1, width=8, depth=2) for _ in range(4)],
+                           GatingNetwork(2, 4))
+    assert moe._joint_layers() is not None  # 4 x 8 = 32 rows
+    moe.joint_limit = 31
+    assert moe._joint_layers() is None
+    single = MixtureOfExperts([NeuralNetwork(2, 1)], GatingNetwork(2, 1))
+    assert single._joint_layers() is None  # one expert: nothing to put side by side
+
+
+def test_gate_is_the_softmax_of_its_network():
+    gate = GatingNetwork(3, 5, width=4, depth=2).double()
+    net = NeuralNetwork(3, 5, width=4, depth=2).double()
+    p = torch.randn(2, gate.num_params(), dtype=torch.float64)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    torch.testing.assert_close(gate(x, p), torch.softmax(net(x, p), dim=-1))
 
 
 def test_experts_of_different_structure_are_called_one_by_one():
