@@ -405,19 +405,20 @@ class MixtureOfExperts(Surrogate):
     # the side-by-side form off.
     joint_limit = 512
 
-    def _joint_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Per layer of the side-by-side network, the indices of its weight ``(rows,
-        cols)`` and bias ``(cols,)`` in the parameter vector padded by one zero (index
-        ``num_params()``, the off-diagonal blocks); ``None`` where that form does not
-        apply."""
+    def _joint_layers(self, device: torch.device | str = "cpu"
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer of the side-by-side network, the indices (on ``device``) of its weight
+        ``(rows, cols)`` and bias ``(cols,)`` in the parameter vector padded by one zero
+        (index ``num_params()``, the off-diagonal blocks); ``None`` where that form does
+        not apply."""
         first, n = self.experts[0], len(self.experts)
         if (n < 2 or not isinstance(first, NeuralNetwork) or not self.batched()
                 or any(n * i > self.joint_limit for i, _ in first.layer_sizes[1:])):
             return None
-        key = (n, tuple(first.layer_sizes), tuple(self.offsets))
-        cached = getattr(self, "_joint_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        device = torch.device(device)
+        cache = self.__dict__.setdefault("_joint_cache", {})
+        if device in cache:
+            return cache[device]
         base, zero = torch.tensor(self.offsets[:n]), self.num_params()
         layers, at = [], 0
         for k, (i, o) in enumerate(first.layer_sizes):
@@ -429,9 +430,9 @@ class MixtureOfExperts(Surrogate):
                 for e in range(n):
                     weight[e * i:(e + 1) * i, e * o:(e + 1) * o] = blocks[e]
             bias = (base.view(n, 1) + at + i * o + torch.arange(o)).reshape(n * o)
-            layers.append((weight, bias))
+            layers.append((weight.to(device), bias.to(device)))
             at += i * o + o
-        self._joint_cache = (key, layers)
+        cache[device] = layers
         return layers
 
     def _joint_expert_outputs(self, x: torch.Tensor, params: torch.Tensor,
@@ -442,8 +443,8 @@ class MixtureOfExperts(Surrogate):
         act = self.experts[0].activation
         h = x.unsqueeze(0).expand(s, -1, -1)
         for k, (w_idx, b_idx) in enumerate(layers):
-            w = padded.index_select(1, w_idx.to(params.device).flatten()).view(s, *w_idx.shape)
-            b = padded.index_select(1, b_idx.to(params.device)).unsqueeze(1)
+            w = padded.index_select(1, w_idx.flatten()).view(s, *w_idx.shape)
+            b = padded.index_select(1, b_idx).unsqueeze(1)
             h = torch.baddbmm(b, h, w)
             if k < len(layers) - 1:
                 h = act(h)
@@ -456,7 +457,7 @@ class MixtureOfExperts(Surrogate):
         """``(S, E, B, out)``: every expert's output under every parameter draw."""
         self._check(x, params)
         n = len(self.experts)
-        layers = self._joint_layers()
+        layers = self._joint_layers(params.device)
         if layers is not None:
             return self._joint_expert_outputs(x, params, layers).permute(0, 2, 1, 3)
         if n > 1 and self.batched():
@@ -479,7 +480,7 @@ class MixtureOfExperts(Surrogate):
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         g = self.get_gating_weights(x, params)
-        layers = self._joint_layers()
+        layers = self._joint_layers(params.device)
         if layers is not None:
             self._check(x, params)
             f = self._joint_expert_outputs(x, params, layers)  # (S, B, E, out)
