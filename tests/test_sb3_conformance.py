@@ -4,6 +4,7 @@ observation spaces, the SB3 accessors, and clear errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -83,7 +84,30 @@ def test_sb3_checkpoint_callback_gives_loadable_files_with_the_buffer(tmp_path):
     assert resumed.last_losses == uninterrupted.last_losses
 
 
-def test_the_format_written_before_the_agent_base_still_loads():
+def _cpu_model() -> str:
+    try:
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+# the format-1 reference (tests/data/neuroflow_format1.*) was recorded on an AMD CPU; other
+# CPUs' float kernels may round the last bit differently
+_ON_RECORDING_CPU = "AMD" in platform.processor() + _cpu_model()
+
+
+def _digest_after_20_steps(agent) -> str:
+    agent.learn(20)
+    digest = hashlib.sha256()
+    for module in (agent.actor, agent.critics, agent.critic_targets):
+        for key, value in module.state_dict().items():
+            if not key.endswith("wiring_seed"):  # stored since, beside the masks
+                digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_the_format_written_before_the_agent_base_still_loads(tmp_path):
     ref = json.loads((_DATA / "neuroflow_format1.json").read_text())
     agent = load_agent(_DATA / "neuroflow_format1")  # the class comes from the file
     assert isinstance(agent, NeuroFlow) and agent.num_timesteps == ref["num_timesteps"]
@@ -91,35 +115,19 @@ def test_the_format_written_before_the_agent_base_still_loads():
     for t in range(len(obs)):
         action, state = agent.predict(obs[t], state, deterministic=True)
         assert action.tolist() == ref["actions"][t]
-        # recorded on another CPU: its float kernels may round the last bit differently
-        np.testing.assert_allclose(state, np.array(ref["states"][t], np.float32),
-                                   rtol=1e-6, atol=1e-7)
-    # saved with its buffer: training continues from the file. The reference digest was
-    # recorded on an AMD CPU; other CPUs' float kernels round differently, so there the
-    # continuation is checked against the same file re-saved in today's format instead
-    import hashlib
-
-    def digest_after_20(a) -> str:
-        a.learn(20)
-        digest = hashlib.sha256()
-        for module in (a.actor, a.critics, a.critic_targets):
-            for key, value in module.state_dict().items():
-                if not key.endswith("wiring_seed"):  # stored since, beside the masks
-                    digest.update(value.numpy().tobytes())
-        return digest.hexdigest()
-
-    if "AMD" not in platform.processor() + _cpu_model():
-        pytest.skip("the reference digest was recorded on an AMD CPU; this CPU's float "
-                    "kernels round differently")
-    assert digest_after_20(agent) == ref["after_20_more_steps_sha256"]
-
-
-def _cpu_model() -> str:
-    try:
-        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "")
-    except OSError:
-        return ""
+        want = np.array(ref["states"][t], np.float32)
+        if _ON_RECORDING_CPU:
+            np.testing.assert_array_equal(state, want)
+        else:
+            np.testing.assert_allclose(state, want, rtol=1e-6, atol=1e-7)
+    # saved with its buffer: training continues exactly as the code that wrote it did
+    # (on the recording CPU), and exactly as the same file re-saved in today's format
+    # with its buffer does (on any CPU)
+    load_agent(_DATA / "neuroflow_format1").save(tmp_path / "resaved", include_buffer=True)
+    resaved = _digest_after_20_steps(load_agent(tmp_path / "resaved"))
+    assert _digest_after_20_steps(load_agent(_DATA / "neuroflow_format1")) == resaved
+    if _ON_RECORDING_CPU:  # after the predictions above
+        assert _digest_after_20_steps(agent) == ref["after_20_more_steps_sha256"]
 
 
 # ------------------------------------------------------------------ callbacks
