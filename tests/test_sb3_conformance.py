@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from agents import NeuroFlow, load_agent
 from agents.spaces import ObservationEncoder
 from envs import make_vec_env
+from velora_ens.bench.report import machine
 
 _DATA = Path(__file__).parent / "data"
 SMALL = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
@@ -84,17 +84,9 @@ def test_sb3_checkpoint_callback_gives_loadable_files_with_the_buffer(tmp_path):
     assert resumed.last_losses == uninterrupted.last_losses
 
 
-def _cpu_model() -> str:
-    try:
-        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
 # the format-1 reference (tests/data/neuroflow_format1.*) was recorded on an AMD CPU; other
 # CPUs' float kernels may round the last bit differently
-_ON_RECORDING_CPU = "AMD" in platform.processor() + _cpu_model()
+_ON_RECORDING_CPU = "AMD" in machine()
 
 
 def _digest_after_20_steps(agent) -> str:
