@@ -330,7 +330,8 @@ class BaseAgent:
                        float(np.mean([e["l"] for e in self.ep_info_buffer])))
         if self._train_count:
             for key, total in self._train_sums.items():
-                log.record(f"train/{key}", total / self._train_count)
+                # a key with its own section ("rollout/intrinsic_reward") keeps it
+                log.record(key if "/" in key else f"train/{key}", total / self._train_count)
             optimizer = next(iter(self._persistent_optimizers().values()))
             log.record("train/learning_rate", optimizer.param_groups[0]["lr"])
             log.record("train/n_updates", self.n_updates, exclude="tensorboard")

@@ -47,6 +47,7 @@ class SequenceBatch:
     start_state: torch.Tensor
     dt: torch.Tensor | None = None
     next_dt: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
 
 
 class SequenceReplayBuffer:
@@ -59,10 +60,12 @@ class SequenceReplayBuffer:
         action_dim: action size (1 for a discrete action index).
         state_dim: size of the actor's recurrent state.
         elapsed: also keep the elapsed times ``dt`` and ``next_dt`` of every step.
+        mask_dim: also keep this many bootstrap masks per step (one per critic member,
+            drawn once when the step is stored; 0: none).
     """
 
     def __init__(self, capacity: int, n_envs: int, obs_dim: int, action_dim: int,
-                 state_dim: int, elapsed: bool = False) -> None:
+                 state_dim: int, elapsed: bool = False, mask_dim: int = 0) -> None:
         if capacity < 1 or n_envs < 1:
             raise ValueError(f"capacity and n_envs must be >= 1, got {capacity}, {n_envs}")
         self.capacity, self.n_envs = int(capacity), int(n_envs)
@@ -73,7 +76,11 @@ class SequenceReplayBuffer:
         self.elapsed = bool(elapsed)
         if self.elapsed:
             widths.update(dt=1, next_dt=1)
-        self._fields = {**_FIELDS, **(_ELAPSED_FIELDS if self.elapsed else {})}
+        self.mask_dim = int(mask_dim)
+        if self.mask_dim:
+            widths["masks"] = self.mask_dim
+        self._fields = {**_FIELDS, **(_ELAPSED_FIELDS if self.elapsed else {}),
+                        **({"masks": "masks"} if self.mask_dim else {})}
         self._records = np.zeros((self.n_envs, self.capacity,
                                   sum(max(w, 1) for w in widths.values())), np.float32)
         self._columns: dict[str, int | slice] = {}
@@ -92,6 +99,8 @@ class SequenceReplayBuffer:
         if self.elapsed:
             self.dt = self._records[..., self._columns["dt"]]
             self.next_dt = self._records[..., self._columns["next_dt"]]
+        if self.mask_dim:
+            self.masks = self._records[..., self._columns["masks"]]
         self.pos = np.zeros(self.n_envs, np.int64)  # next write index per stream
         self.sizes = np.zeros(self.n_envs, np.int64)  # steps held per stream
 
@@ -105,15 +114,18 @@ class SequenceReplayBuffer:
     def add(self, env_ids: np.ndarray, obs: np.ndarray, actions: np.ndarray,
             rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
             episode_start: np.ndarray, states: np.ndarray, dt: np.ndarray | None = None,
-            next_dt: np.ndarray | None = None) -> None:
+            next_dt: np.ndarray | None = None, masks: np.ndarray | None = None) -> None:
         """Append one step to each stream in ``env_ids`` (arrays are indexed like
         ``env_ids``); ``dt`` and ``next_dt`` are required exactly when the buffer keeps
-        elapsed times."""
+        elapsed times, ``masks`` ``(n, mask_dim)`` when it keeps masks."""
         if (dt is None or next_dt is None) == self.elapsed:
             raise ValueError("this buffer " + ("keeps" if self.elapsed else "does not keep")
                              + " elapsed times: give dt and next_dt "
                              + ("" if self.elapsed else "only ") + "when built with "
                              "elapsed=True")
+        if (masks is None) != (self.mask_dim == 0):
+            raise ValueError(f"this buffer keeps {self.mask_dim} masks per step: give masks "
+                             "exactly when mask_dim > 0")
         env_ids = np.asarray(env_ids, dtype=np.int64)
         if env_ids.size == 0:
             return
@@ -122,6 +134,8 @@ class SequenceReplayBuffer:
         fields = [obs, next_obs, actions, rewards, terminated, episode_start, states]
         if self.elapsed:
             fields += [dt, next_dt]
+        if self.mask_dim:
+            fields.append(masks)
         # the fields side by side, in the record's column order, written at once
         self._records[env_ids, pos] = np.concatenate(
             [np.reshape(np.asarray(field), (n, -1)) for field in fields], axis=1)
@@ -181,6 +195,7 @@ class SequenceReplayBuffer:
             start_state=t("states", 0),
             dt=t("dt") if self.elapsed else None,
             next_dt=t("next_dt") if self.elapsed else None,
+            masks=t("masks") if self.mask_dim else None,
         )
 
     # ------------------------------------------------------------------ saving

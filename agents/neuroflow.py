@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
-from torch.nn import functional as F
 
 from agents.acting import LiquidPolicy
 from agents.base import BaseAgent, NonFiniteTrainingError
 from agents.buffers import SequenceReplayBuffer
-from agents.critics import CriticEnsemble
 from agents.elapsed import ElapsedTime
+from agents.exploration import make_exploration
+from agents.heads import HeadOptions, bootstrap_masks, make_critic_head
 from agents.history import make_history
 from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
 from agents.policies import LiquidActor
@@ -83,6 +83,20 @@ class NeuroFlow(BaseAgent):
         critic_hidden: hidden widths of each MLP critic.
         critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
         n_critics: critics in the ensemble head (targets use their minimum).
+        critic_head: the critics' ensemble head (:mod:`agents.heads`): ``"deep"`` (N
+            independent MLPs in one batched call, the default), ``"batch"``
+            (BatchEnsemble), ``"liquid"`` (Liquid Ensemble: delegating experts,
+            power-weighted value) or ``"moe"`` (Bayesian: parameters drawn per member).
+        critic_head_kwargs: options of the head (:class:`agents.heads.HeadOptions`):
+            ``prior_scale`` (frozen randomised priors), ``bootstrap`` (the probability
+            that a transition trains a member; masks kept in replay), ``target_subset``
+            (REDQ's random-subset minimum), and the head's own (``solver``; ``init_std``,
+            ``prior_std``, ``kl_weight``).
+        exploration: how the agent acts while collecting (:mod:`agents.exploration`):
+            ``"none"`` (the policy), ``"oac"``, ``"ucb"``, ``"thompson"`` or
+            ``"disagreement"``; ``predict`` always acts with the policy.
+        exploration_kwargs: the strategy's options (e.g. ``{"beta": 4.66, "delta":
+            23.53}`` for OAC, ``{"scale": 1.0}`` for disagreement).
         learning_rate: Adam step size for actor, critics and temperature: a number,
             ``"lin_<x>"`` (RL Zoo's linear decay from ``x`` to 0 over each ``learn`` call), or
             (as in Stable-Baselines3) a schedule called with the progress remaining in
@@ -143,7 +157,9 @@ class NeuroFlow(BaseAgent):
         device: ``"auto"`` (CUDA where available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         tensorboard_log: folder for TensorBoard runs (one subfolder per run), with SB3's
             keys (``rollout/ep_rew_mean``, ``train/critic_loss``, ``time/fps``, ...) plus
-            ``train/critic_spread``, the critics' disagreement.
+            ``train/q_epistemic``, the critics' disagreement (the epistemic standard
+            deviation of their values, :meth:`agents.heads.CriticHead.prediction`),
+            and each exploration strategy's own keys.
         verbose: 1 prints SB3's log table every ``log_interval`` episodes.
     """
 
@@ -157,6 +173,10 @@ class NeuroFlow(BaseAgent):
         critic_hidden: tuple[int, ...] = (128, 128),
         critic_ncp_neurons: int | None = None,
         n_critics: int = 2,
+        critic_head: str = "deep",
+        critic_head_kwargs: dict[str, Any] | None = None,
+        exploration: str = "none",
+        exploration_kwargs: dict[str, Any] | None = None,
         learning_rate: float | str | Callable[[float], float] = 3e-4,
         buffer_size: int = 1_000_000,
         learning_starts: int = 100,
@@ -199,6 +219,7 @@ class NeuroFlow(BaseAgent):
             raise ValueError(f"utd_ratio must be > 0, got {utd_ratio!r}")
         if target_q not in ("min", "mean"):
             raise ValueError(f"target_q must be 'min' or 'mean', got {target_q!r}")
+        head_options = HeadOptions.parse(critic_head, critic_head_kwargs, n_critics)
         self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
                     vectorization=vectorization, learning_rate=learning_rate,
                     normalize_observations=normalize_observations, device=device,
@@ -220,12 +241,15 @@ class NeuroFlow(BaseAgent):
                                                               else self.actor.action_dim)
         critic_out = self.actor.action_dim if self.discrete else 1
         critic_seed = 0 if seed is None else seed + 1
-        self.critics = CriticEnsemble(critic_in, critic_out, n_critics, critic_hidden,
-                                      ncp_neurons=critic_ncp_neurons, seed=critic_seed
-                                      ).to(self.device)
-        self.critic_targets = CriticEnsemble(critic_in, critic_out, n_critics, critic_hidden,
-                                             ncp_neurons=critic_ncp_neurons, seed=critic_seed
-                                             ).to(self.device)
+        self.head_options = head_options
+        self.critics = make_critic_head(critic_head, critic_in, critic_out, n_critics,
+                                        critic_hidden, ncp_neurons=critic_ncp_neurons,
+                                        seed=critic_seed, options=head_options
+                                        ).to(self.device)
+        self.critic_targets = make_critic_head(critic_head, critic_in, critic_out, n_critics,
+                                               critic_hidden, ncp_neurons=critic_ncp_neurons,
+                                               seed=critic_seed, options=head_options
+                                               ).to(self.device)
         self.critic_targets.load_state_dict(self.critics.state_dict())
         self.critic_targets.requires_grad_(False)
 
@@ -269,8 +293,12 @@ class NeuroFlow(BaseAgent):
                                            self.n_envs, self.obs_dim,
                                            1 if self.discrete else self.actor.action_dim,
                                            self.actor.state_dim + self.history.stored_size,
-                                           elapsed=self.elapsed is not None)
+                                           elapsed=self.elapsed is not None,
+                                           mask_dim=(n_critics if head_options.bootstrap < 1
+                                                     else 0))
         self._update_budget = 0.0
+        self._target_weights: torch.Tensor | None = None
+        self.exploration = make_exploration(exploration, exploration_kwargs, self)
         self._state = torch.zeros(0)
 
     # ------------------------------------------------------------------ parts
@@ -288,7 +316,9 @@ class NeuroFlow(BaseAgent):
         return False, float(ent_coef)
 
     def _critic_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.critics.parameters()) + self.history.critic_parameters()
+        """What the critic loss trains (a frozen prior is not among them)."""
+        return ([p for p in self.critics.parameters() if p.requires_grad]
+                + self.history.critic_parameters())
 
     @property
     def actor_target(self) -> LiquidActor | None:
@@ -333,10 +363,14 @@ class NeuroFlow(BaseAgent):
             out, actor_state = self.actor(obs_t, state_before[:, :h], dt=dt)
             own = self.history.act(obs_t, state_before[:, h:], dt)
             self._state = actor_state if own is None else torch.cat([actor_state, own], 1)
+            exploration = self.exploration
+            exploration.reset(driver.episode_start)
             if self.num_timesteps < self.learning_starts:
                 action = driver.actions.sample(self.n_envs)
             else:
-                action = self.actor.act(out, deterministic=False).cpu().numpy()
+                critic_in = (torch.cat([obs_t, actor_state if own is None else own], 1)
+                             if exploration.reads_critics else None)
+                action = exploration.act(out, critic_in).cpu().numpy()
         step = self._env_step(action)
         ids = np.flatnonzero(step.valid)
         elapsed = {}
@@ -348,6 +382,9 @@ class NeuroFlow(BaseAgent):
                 truncated)
             elapsed = {"dt": self._dt[ids], "next_dt": real_dt[ids]}
             self._dt = next_dt
+        if self.buffer.mask_dim:
+            elapsed["masks"] = bootstrap_masks(len(ids), self.buffer.mask_dim,
+                                               self.head_options.bootstrap, self.rng)
         self.buffer.add(ids, step.obs[ids], action[ids], step.rewards[ids],
                         step.real_next_obs[ids], step.terminated[ids], step.episode_start[ids],
                         state_before.cpu().numpy()[ids], **elapsed)
@@ -387,7 +424,12 @@ class NeuroFlow(BaseAgent):
             return x.reshape(B * steps, *x.shape[2:])
 
         alpha = self.log_alpha.exp().detach()
-        target = self.td_target(flat(b.rewards[:, burn:]), flat(b.terminated[:, burn:]),
+        # the exploration strategy's view of the steps: its bonus and its own models
+        seen = (flat(b.obs[:, burn:]), flat(hist), flat(b.actions[:, burn:]),
+                flat(b.next_obs[:, burn:]))
+        rewards = self.exploration.rewards(flat(b.rewards[:, burn:]), *seen)
+        explore_logs = self.exploration.update(*seen)
+        target = self.td_target(rewards, flat(b.terminated[:, burn:]),
                                 flat(b.next_obs[:, burn:]), flat(states).detach(), alpha,
                                 critic_state=flat(target_hist),
                                 next_dt=None if b.next_dt is None else flat(b.next_dt[:, burn:]))
@@ -399,18 +441,33 @@ class NeuroFlow(BaseAgent):
         obs, out, hist = flat(b.obs[:, burn:], S), flat(out, S), flat(hist, S)
         critic_in = torch.cat([obs, hist], 1)
         q = self._q_values(critic_in, flat(b.actions[:, burn:], S))
-        critic_loss = 0.5 * F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none"
-                                       ).mean(1).sum()
+        critic_loss = self.critics.loss(q, target, self._backup_weights(b, B, T, S))
+        # the disagreement of this very call (a Liquid Ensemble's weights are its last call's)
+        spread = (self.critics.uncertainty(q.detach().unsqueeze(-1)).mean()
+                  if self.critics.n_critics > 1 else None)
         # The actor loss sees the critics as fixed functions (weights and history input
         # detached), so one backward pass of the summed losses gives the critics exactly
         # their loss's gradient and the actor its own (plus the critic loss's gradient
         # through a shared history encoder).
         actor_in = critic_in if not hist.requires_grad else torch.cat([obs, hist.detach()], 1)
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
-        return self._apply_update(critic_loss, actor_loss, entropy, q)
+        return self._apply_update(critic_loss, actor_loss, entropy, spread, explore_logs)
+
+    def _backup_weights(self, b: Any, B: int, T: int, S: int) -> torch.Tensor | None:
+        """Per-member, per-sample weights of the critic loss: the bootstrap masks kept
+        in replay ``(N, n)`` times the strategy's backup weights ``(n,)`` (``None``:
+        neither)."""
+        weights = self._target_weights
+        if weights is not None and T != S:
+            weights = weights.reshape(B, T)[:, :S].reshape(B * S)
+        if b.masks is not None:
+            masks = b.masks[:, self.burn_in:self.burn_in + S].reshape(B * S, -1).t()
+            weights = masks if weights is None else masks * weights
+        return weights
 
     def _apply_update(self, critic_loss: torch.Tensor, actor_loss: torch.Tensor,
-                      entropy: torch.Tensor, q: torch.Tensor) -> dict[str, float]:
+                      entropy: torch.Tensor, q_epistemic: torch.Tensor | None,
+                      extra_logs: dict[str, float] | None = None) -> dict[str, float]:
         """Backward, clip, check, step the optimiser and the targets; the logged values."""
         zero_grad(self._param_lists["optimized"])
         (critic_loss + actor_loss).backward()
@@ -431,13 +488,15 @@ class NeuroFlow(BaseAgent):
         losses = {"critic_loss": checked[0], "actor_loss": checked[1]}
         log_alpha = self.log_alpha.detach()
         names, values = ["ent_coef"], [log_alpha.exp()]
-        if self.critics.n_critics > 1:
-            names.append("critic_spread")
-            values.append(q.detach().std(0).mean())
+        if q_epistemic is not None:
+            names.append("q_epistemic")
+            values.append(q_epistemic)
         if self.learn_alpha:
             names.append("ent_coef_loss")
             values.append(log_alpha * gap)
         losses.update(zip(names, torch.stack(values).tolist(), strict=True))
+        if extra_logs:
+            losses.update(extra_logs)
         with torch.no_grad():
             lists = self._param_lists
             torch._foreach_lerp_(lists["critic_targets"], lists["critics"], self.tau)
@@ -471,8 +530,14 @@ class NeuroFlow(BaseAgent):
     def _reduce_target(self, q: torch.Tensor) -> torch.Tensor:
         """Combine the target critics ``(N, B, out)``: the minimum (clipped double-Q) or
         the mean (less pessimistic; "Revisiting Discrete SAC" finds the minimum
-        under-estimates with discrete actions)."""
-        return q.min(0).values if self.target_q == "min" else q.mean(0)
+        under-estimates with discrete actions); REDQ (``target_subset=M``): the minimum
+        over ``M`` members drawn at random for this update."""
+        self._target_weights = self.exploration.backup_weights(q)
+        subset = self.head_options.target_subset
+        if subset is not None:
+            members = torch.randperm(q.shape[0], device=q.device)[:subset]
+            return q[members].min(0).values
+        return self.critic_targets.reduce(q, self.target_q)
 
     @torch.no_grad()
     def td_target(self, rewards: torch.Tensor, terminated: torch.Tensor, next_obs: torch.Tensor,
@@ -516,24 +581,25 @@ class NeuroFlow(BaseAgent):
         if self.discrete:
             probs, log_probs = self.actor.categorical(out)
             with torch.no_grad():
-                q_pi = self.critics(critic_in).min(0).values
+                q_pi = self.critics.reduce(self.critics(critic_in), "min")
             loss = (probs * (alpha * log_probs - q_pi)).sum(-1).mean()
             return loss, -(probs * log_probs).sum(-1).detach()
         action, log_prob = self.actor.sample_continuous(out)
-        q_pi = self.critics(torch.cat([critic_in, action], 1), detach_params=True
-                            ).min(0).values.squeeze(-1)
+        q_pi = self.critics.reduce(self.critics(torch.cat([critic_in, action], 1),
+                                                detach_params=True), "min").squeeze(-1)
         return (alpha * log_prob - q_pi).mean(), -log_prob.detach()
 
     # ------------------------------------------------------------------ saving
     def _persistent_modules(self) -> dict[str, torch.nn.Module]:
         modules = {"actor": self.actor, "critics": self.critics,
-                   "critic_targets": self.critic_targets, **self.history.modules()}
+                   "critic_targets": self.critic_targets, **self.history.modules(),
+                   **self.exploration.modules()}
         if self.obs_normalizer is not None:
             modules["obs_normalizer"] = self.obs_normalizer
         return modules
 
     def _persistent_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": self.optimizer}
+        return {"adam": self.optimizer, **self.exploration.optimizers()}
 
     def _persistent_tensors(self) -> dict[str, torch.Tensor]:
         return {"log_alpha": self.log_alpha.detach().reshape(1)}
@@ -543,10 +609,16 @@ class NeuroFlow(BaseAgent):
             self.log_alpha.copy_(tensors["log_alpha"].reshape(()))
 
     def _persistent_counters(self) -> dict[str, Any]:
-        return {"update_budget": self._update_budget}
+        counters: dict[str, Any] = {"update_budget": self._update_budget}
+        exploration = self.exploration.counters()
+        if exploration:
+            counters["exploration"] = exploration
+        return counters
 
     def _load_persistent_counters(self, meta: dict[str, Any]) -> None:
         self._update_budget = float(meta["update_budget"])
+        if "exploration" in meta:
+            self.exploration.load_counters(meta["exploration"])
 
     def _training_tensors(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return self.buffer.state_tensors()

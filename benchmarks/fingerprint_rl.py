@@ -73,7 +73,7 @@ def ppo_fingerprint(agent) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(agent) -> str:
+def fingerprint(agent, ignore: frozenset[str] = frozenset()) -> str:
     """SHA-256 over the bytes of every tensor that training changes, in a fixed order.
 
     Written against NeuroFlow's attributes only (not ``agents.persistence``), so that it
@@ -94,7 +94,7 @@ def fingerprint(agent) -> str:
             digest.update(f"{prefix}.{name}".encode())
             digest.update(tensor.detach().contiguous().numpy().tobytes())
     digest.update(agent.log_alpha.detach().numpy().tobytes())
-    losses = [agent.last_losses[key] for key in sorted(agent.last_losses)]
+    losses = [agent.last_losses[key] for key in sorted(agent.last_losses) if key not in ignore]
     digest.update(torch.tensor(losses, dtype=torch.float64).numpy().tobytes())
     return digest.hexdigest()
 
@@ -108,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo", choices=("neuroflow", "ppo"), default="neuroflow",
                         help="which agent's numerics (default neuroflow; ppo runs 4x the "
                              "steps, a few rollouts per configuration)")
+    parser.add_argument("--ignore-logs", default="",
+                        help="comma-separated logged values to leave out of the digest (e.g. "
+                             "critic_spread,q_epistemic to compare across the commit that "
+                             "renamed and redefined the critics' disagreement)")
     args = parser.parse_args(argv)
+    ignore = frozenset(filter(None, args.ignore_logs.split(",")))
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
     import torch
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         config = dict(config)
         agent = NeuroFlow(config.pop("env"), seed=3, learning_starts=100, **config)
         agent.learn(args.steps)
-        print(f"{name:26s} {fingerprint(agent)}")
+        print(f"{name:26s} {fingerprint(agent, ignore)}")
     return 0
 
 

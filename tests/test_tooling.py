@@ -131,14 +131,14 @@ def test_tensorboard_has_sb3_keys_and_one_folder_per_run(tmp_path):
     assert [r.name for r in runs] == ["NeuroFlow_1"]
     for key in ("rollout/ep_rew_mean", "rollout/ep_len_mean", "train/actor_loss",
                 "train/critic_loss", "train/ent_coef", "train/ent_coef_loss",
-                "train/critic_spread", "train/learning_rate", "time/fps", "eval/mean_reward"):
+                "train/q_epistemic", "train/learning_rate", "time/fps", "eval/mean_reward"):
         assert key in scalars, key
         assert all(np.isfinite(v) for _, v in scalars[key])
     # CartPole pays 1 per step: the mean return equals the mean length at every dump
     assert scalars["rollout/ep_rew_mean"] == scalars["rollout/ep_len_mean"]
     assert scalars["rollout/ep_rew_mean"][-1][1] == pytest.approx(agent.mean_episode_return())
     # the critics' spread is the std over the two critics: positive, not a constant
-    assert all(v > 0 for _, v in scalars["train/critic_spread"])
+    assert all(v > 0 for _, v in scalars["train/q_epistemic"])
     agent.learn(50)  # continues the same run folder
     agent.learn(50, reset_num_timesteps=True)  # a new run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["NeuroFlow_1", "NeuroFlow_2"]
