@@ -9,7 +9,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
-from envs.registration import register_envs
+from envs.registration import DEEP_SEA_ID, register_envs
 from envs.wrappers import ObservationNoiseWrapper
 
 __all__ = ["make_env", "make_vec_env"]
@@ -39,7 +39,8 @@ def make_env(
                              ) from None
     if name not in gym.registry:
         raise ValueError(f"unknown environment id {env_id!r}; registered ids include "
-                         f"{sorted(k for k in gym.registry if 'NoVel' in k)} and Gymnasium's own"
+                         f"{sorted(k for k in gym.registry if 'NoVel' in k) + [DEEP_SEA_ID]}"
+                         " and Gymnasium's own"
                          " (an id registered by another package: 'package:EnvId')")
     try:
         env = gym.make(name, render_mode=render_mode, **kwargs)

@@ -1,4 +1,4 @@
-"""Gymnasium ids of the velocity-masked (partially observed) tasks and their irregular variants."""
+"""Gymnasium ids of the velocity-masked tasks, their irregular variants and bsuite's DeepSea."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import gymnasium as gym
 
 from envs.timing import ELAPSED_TIME_KEY
 
-__all__ = ["IRREGULAR_IDS", "NOVEL_IDS", "make_novel", "make_novel_irregular", "register_envs"]
+__all__ = [
+    "DEEP_SEA_ID",
+    "IRREGULAR_IDS",
+    "NOVEL_IDS",
+    "make_novel",
+    "make_novel_irregular",
+    "register_envs",
+]
 
 # Our id -> the fully observed id it masks.
 NOVEL_IDS: dict[str, str] = {
@@ -23,6 +30,9 @@ IRREGULAR_IDS: dict[str, str] = {
     "PendulumNoVelIrregular-v1": "Pendulum-v1",
     "CartPoleNoVelIrregular-v1": "CartPole-v1",
 }
+
+# bsuite's DeepSea (needs the ``deepsea`` extra when made, not when registered).
+DEEP_SEA_ID = "DeepSea-v0"
 
 
 def make_novel(base_id: str, **kwargs) -> gym.Env:
@@ -57,10 +67,11 @@ def make_novel_irregular(
 
 
 def register_envs() -> None:
-    """Register the NoVel and Irregular ids (idempotent).
+    """Register the NoVel, Irregular and DeepSea ids (idempotent).
 
     NoVel ids keep the base task's time limit; Irregular ids apply the base task's limit
-    (Pendulum 200, CartPole 500) to agent steps, outside the timing wrapper.
+    (Pendulum 200, CartPole 500) to agent steps, outside the timing wrapper. ``DeepSea-v0``
+    (``size=20`` by default) has no time limit: its episodes end after exactly ``size`` steps.
     """
     for env_id, base_id in NOVEL_IDS.items():
         if env_id in gym.registry:
@@ -73,3 +84,6 @@ def register_envs() -> None:
         gym.register(id=env_id, entry_point="envs.registration:make_novel_irregular",
                      kwargs={"base_id": base_id},
                      max_episode_steps=gym.spec(base_id).max_episode_steps)
+    if DEEP_SEA_ID not in gym.registry:
+        gym.register(id=DEEP_SEA_ID, entry_point="envs.deep_sea:make_deep_sea",
+                     kwargs={"size": 20})
