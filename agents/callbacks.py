@@ -186,11 +186,24 @@ class VideoRecorderCallback(BaseCallback):
         return written
 
 
+def renders_rgb(env_id: str) -> bool:
+    """Whether ``env_id`` declares the ``rgb_array`` render mode that videos need (bsuite's
+    DeepSea, for one, has no rendering)."""
+    env = gym.make(env_id)
+    try:
+        return "rgb_array" in env.metadata.get("render_modes", [])
+    finally:
+        env.close()
+
+
 def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix: str = "video",
                  n_episodes: int = 1, seed: int = 0, deterministic: bool = True) -> list[Path]:
     """Play ``n_episodes`` episodes of ``model`` on ``env_id`` rendered to mp4 through
     Gymnasium's ``RecordVideo``; returns the files written."""
     check_int("n_episodes", n_episodes, 1)
+    if not renders_rgb(env_id):
+        raise ValueError(f"{env_id} has no 'rgb_array' render mode, so no video can be "
+                         "recorded")
     folder = Path(folder)
     # off-screen rendering: SDL (pygame, used by Gymnasium's classic-control renderers)
     # needs no display with the dummy video driver

@@ -31,6 +31,7 @@ Interface (:class:`Exploration`): :meth:`~Exploration.reset` at episode starts,
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -342,7 +343,14 @@ def make_exploration(name: str, kwargs: dict[str, Any] | None, agent: NeuroFlow
     if n < cls.min_members:
         raise ValueError(f"exploration={name!r} needs at least {cls.min_members} critic "
                          f"members to measure their disagreement, got n_critics={n}")
+    kwargs = dict(kwargs or {})
+    allowed = sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "agent",
+                                                                          "options"})
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown and name != "none":
+        raise ValueError(f"exploration_kwargs for exploration={name!r}: unknown option(s) "
+                         f"{unknown}; expected some of {allowed}")
     try:
-        return cls(agent, **dict(kwargs or {}))
+        return cls(agent, **kwargs)
     except TypeError as exc:
         raise ValueError(f"exploration_kwargs for exploration={name!r}: {exc}") from None

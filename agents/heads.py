@@ -104,8 +104,9 @@ class CriticHead(nn.Module):
     def loss(self, q: torch.Tensor, target: torch.Tensor,
              weights: torch.Tensor | None = None) -> torch.Tensor:
         """``0.5 * sum_m mean_b w_mb (q_mb - y_b)^2`` for member values ``q`` ``(N, n)``
-        and targets ``(n,)``; ``weights`` ``(N, n)`` or ``(n,)`` (``None``: all 1)."""
-        err = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none")
+        and targets ``(n,)`` (one per member: ``(N, n)``); ``weights`` ``(N, n)`` or
+        ``(n,)`` (``None``: all 1)."""
+        err = F.mse_loss(q, target.expand_as(q), reduction="none")
         if weights is not None:
             err = err * weights
         loss = 0.5 * err.mean(1).sum()
@@ -225,6 +226,8 @@ class LiquidCritics(CriticHead):
              weights: torch.Tensor | None = None) -> torch.Tensor:
         members = super().loss(q, target, weights)
         combined = self.reduce(q, "mean")
+        if target.dim() == q.dim():  # one target per member: their power-weighted mean
+            target = self.reduce(target, "mean")
         return members + 0.5 * F.mse_loss(combined, target) + self.layer.auxiliary_loss()
 
 

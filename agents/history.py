@@ -12,7 +12,10 @@ that an update reads the same whatever the choice:
   updates keep moving;
 * :class:`OwnEncoderHistory`: a separate liquid network trained by the critic loss only
   (Ni et al., 2022, for partially observed tasks); its state is stored in replay after
-  the actor's.
+  the actor's;
+* :class:`NoHistory`: none, the critics read the observation alone (fully observed
+  tasks, as SB3's SAC; an ensemble's members then tell states apart by what they see,
+  which the randomised priors of Thompson sampling need on DeepSea).
 
 Interface: :meth:`~CriticHistory.sequences` gives, for sampled sequences, the states the
 critics are trained on and those their targets read; :meth:`~CriticHistory.next_states`
@@ -31,8 +34,8 @@ from torch import nn
 from agents.policies import LiquidActor
 from velora_ens.models import LiquidNCPNetwork
 
-__all__ = ["ActorStateHistory", "CriticHistory", "OwnEncoderHistory", "SharedEncoderHistory",
-           "make_history"]
+__all__ = ["ActorStateHistory", "CriticHistory", "NoHistory", "OwnEncoderHistory",
+           "SharedEncoderHistory", "make_history"]
 
 # (network, observations, episode starts, start state) -> (outputs, states), (B, T, ...);
 # the sequences' elapsed times, if any, are bound into it
@@ -68,6 +71,11 @@ class CriticHistory:
         observations' elapsed times (``None``: the cells' default)."""
         return None
 
+    def acting_view(self, actor_state: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+        """What the critics read besides the observation while acting, from the actor's
+        new state and the view's own (from :meth:`act`)."""
+        return actor_state if own is None else own
+
     def sequences(self, unroll: Unroll, obs: torch.Tensor, episode_start: torch.Tensor,
                   start_state: torch.Tensor, actor_states: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +99,28 @@ class CriticHistory:
 
 class ActorStateHistory(CriticHistory):
     """The actor's liquid state, detached (the base class's behaviour, named)."""
+
+
+class NoHistory(CriticHistory):
+    """No history: the critics read the observation only (a zero-width history)."""
+
+    @property
+    def state_size(self) -> int:
+        return 0
+
+    def acting_view(self, actor_state: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+        return actor_state[:, :0]
+
+    def sequences(self, unroll: Unroll, obs: torch.Tensor, episode_start: torch.Tensor,
+                  start_state: torch.Tensor, actor_states: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        empty = actor_states[..., :0].detach()
+        return empty, empty
+
+    def next_states(self, next_obs: torch.Tensor, target_states: torch.Tensor,
+                    actor_next_states: torch.Tensor, dt: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        return actor_next_states[..., :0]
 
 
 class SharedEncoderHistory(CriticHistory):
@@ -162,8 +192,14 @@ class OwnEncoderHistory(CriticHistory):
 def make_history(critic_encoder: str, critic_trains_state: bool, actor: LiquidActor,
                  obs_dim: int, n_neurons: int, cell: str, seed: int | None) -> CriticHistory:
     """The view NeuroFlow's options ``critic_encoder`` and ``critic_trains_state`` ask for."""
-    if critic_encoder not in ("actor", "own"):
-        raise ValueError(f"critic_encoder must be 'actor' or 'own', got {critic_encoder!r}")
+    if critic_encoder not in ("actor", "own", "none"):
+        raise ValueError(f"critic_encoder must be 'actor', 'own' or 'none', got "
+                         f"{critic_encoder!r}")
+    if critic_encoder == "none":
+        if critic_trains_state:
+            raise ValueError("critic_trains_state applies to critic_encoder='actor' only; "
+                             "with critic_encoder='none' the critics read no history")
+        return NoHistory(actor)
     if critic_encoder == "own":
         if critic_trains_state:
             raise ValueError("critic_trains_state applies to critic_encoder='actor' only; the "

@@ -14,6 +14,24 @@ TUNED_HYPERPARAMS: dict[str, dict[str, Any]] = {
     # the critic loss trains the shared liquid state; 3-step targets; linear decay
     "CartPoleNoVel-v1": {"target_entropy_scale": 0.3, "learning_rate": "lin_1e-3",
                          "critic_trains_state": True, "n_step": 3, "gamma": 0.98},
+    # sparse reward: the forward models' disagreement as an intrinsic reward; on normalised
+    # observations their variance is about 1e-4 where they have been trained, hence the
+    # scale (screened on seed 0 at 50k steps: scale 1 never reached the goal, 3000 reached
+    # it after about 5k steps and evaluated at 94.1; OAC with 5 critics: -97.7;
+    # benchmarks/bench_exploration.py mountaincar)
+    "MountainCarContinuous-v0": {"learning_starts": 1000, "normalize_observations": True,
+                                 "exploration": "disagreement",
+                                 "exploration_kwargs": {"scale": 3000.0}},
+    # deep exploration: Thompson sampling over 10 critics with randomised priors, each
+    # bootstrapping from its own target member, critics that read the observation only
+    # (the liquid state made all states look alike to the priors), and a temperature so
+    # small that acting with a member is greedy, and fast target updates (tau 0.25, about
+    # bsuite's Bootstrapped DQN's copy every 4 updates; with tau 0.005 the values moved
+    # down the 20-step chain too slowly: 1,500 episodes without the treasure on seed 0)
+    "DeepSea-v0": {"n_critics": 10, "critic_hidden": (64, 64), "exploration": "thompson",
+                   "critic_head_kwargs": {"prior_scale": 5.0}, "target_q": "member",
+                   "critic_encoder": "none", "ent_coef": 1e-4, "batch_size": 128,
+                   "learning_rate": 1e-3, "utd_ratio": 0.25, "tau": 0.25},
 }
 
 # LiquidPPO: RL Zoo's ppo_lstm.yml settings for these ids (n_envs included), with its

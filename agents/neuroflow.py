@@ -126,13 +126,22 @@ class NeuroFlow(BaseAgent):
             network of ``actor_neurons`` neurons trained by the critic loss only, as Ni et
             al. (2022) recommend for partially observed tasks (a shared encoder lets the
             critic loss disturb the policy); it costs one more recurrent pass per update.
+            ``"none"``: the critics read the observation alone (fully observed tasks such
+            as DeepSea, as SB3's SAC does).
         critic_trains_state: with ``critic_encoder="actor"``, let the critic loss also
             train the actor's liquid network (a shared history encoder, as in SAC-AE). The
             TD targets then read the history through a slowly updated copy of that
             network (soft-updated with ``tau`` like the target critics, as SAC-AE and DrQ
             do with their encoder), so the critic does not chase a target its own
             updates keep moving.
-        target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``.
+        target_q: combine the target critics by ``"min"`` (clipped double-Q) or ``"mean"``;
+            or ``"member"``: every member bootstraps from its own target member, as in
+            Bootstrapped DQN, so the members stay independent estimates (what Thompson
+            sampling needs; a shared target makes them agree). With Discrete actions a
+            member's next value is then its own soft-greedy value
+            ``alpha logsumexp(Q'_k(s', .) / alpha)``, the value of acting with
+            ``softmax(Q_k / alpha)`` as Thompson sampling does; with Box actions it is
+            ``Q'_k`` at the actor's next action.
         n_step: bootstrap after ``n_step`` rewards (R2D2's multi-step targets, without
             off-policy correction; the entropy bonus enters through the bootstrapped soft
             value only). A target never reaches past the end of its episode: a terminal
@@ -217,9 +226,13 @@ class NeuroFlow(BaseAgent):
             raise ValueError(f"batch_size={batch_size} must be >= seq_len={seq_len}")
         if not utd_ratio > 0:
             raise ValueError(f"utd_ratio must be > 0, got {utd_ratio!r}")
-        if target_q not in ("min", "mean"):
-            raise ValueError(f"target_q must be 'min' or 'mean', got {target_q!r}")
+        if target_q not in ("min", "mean", "member"):
+            raise ValueError(f"target_q must be 'min', 'mean' or 'member', got {target_q!r}")
         head_options = HeadOptions.parse(critic_head, critic_head_kwargs, n_critics)
+        if target_q == "member" and head_options.target_subset is not None:
+            raise ValueError("target_q='member' gives every member its own target; it "
+                             "cannot be combined with critic_head_kwargs' target_subset "
+                             f"({head_options.target_subset})")
         self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
                     vectorization=vectorization, learning_rate=learning_rate,
                     normalize_observations=normalize_observations, device=device,
@@ -368,7 +381,7 @@ class NeuroFlow(BaseAgent):
             if self.num_timesteps < self.learning_starts:
                 action = driver.actions.sample(self.n_envs)
             else:
-                critic_in = (torch.cat([obs_t, actor_state if own is None else own], 1)
+                critic_in = (torch.cat([obs_t, self.history.acting_view(actor_state, own)], 1)
                              if exploration.reads_critics else None)
                 action = exploration.act(out, critic_in).cpu().numpy()
         step = self._env_step(action)
@@ -433,10 +446,13 @@ class NeuroFlow(BaseAgent):
                                 flat(b.next_obs[:, burn:]), flat(states).detach(), alpha,
                                 critic_state=flat(target_hist),
                                 next_dt=None if b.next_dt is None else flat(b.next_dt[:, burn:]))
-        if self.n_step > 1:
-            target = n_step_targets(target.reshape(B, T), b.rewards[:, burn:],
-                                    b.terminated[:, burn:], b.episode_start[:, burn:],
-                                    self.n_step, self.gamma).reshape(B * S)
+        if self.n_step > 1:  # per-member targets (N, B T) are N more rows of sequences
+            rows = target.numel() // (B * T)
+            target = n_step_targets(target.reshape(rows * B, T),
+                                    *(x[:, burn:].repeat(rows, 1) for x in (
+                                        b.rewards, b.terminated, b.episode_start)),
+                                    self.n_step, self.gamma).reshape(target.shape[:-1]
+                                                                     + (B * S,))
 
         obs, out, hist = flat(b.obs[:, burn:], S), flat(out, S), flat(hist, S)
         critic_in = torch.cat([obs, hist], 1)
@@ -531,8 +547,10 @@ class NeuroFlow(BaseAgent):
         """Combine the target critics ``(N, B, out)``: the minimum (clipped double-Q) or
         the mean (less pessimistic; "Revisiting Discrete SAC" finds the minimum
         under-estimates with discrete actions); REDQ (``target_subset=M``): the minimum
-        over ``M`` members drawn at random for this update."""
+        over ``M`` members drawn at random for this update; ``"member"``: unchanged."""
         self._target_weights = self.exploration.backup_weights(q)
+        if self.target_q == "member":
+            return q
         subset = self.head_options.target_subset
         if subset is not None:
             members = torch.randperm(q.shape[0], device=q.device)[:subset]
@@ -544,7 +562,8 @@ class NeuroFlow(BaseAgent):
                   state: torch.Tensor, alpha: torch.Tensor,
                   critic_state: torch.Tensor | None = None,
                   next_dt: torch.Tensor | None = None) -> torch.Tensor:
-        """Soft Bellman targets ``r + gamma (1 - terminated) V(s')``, ``(n,)``.
+        """Soft Bellman targets ``r + gamma (1 - terminated) V(s')``, ``(n,)`` (``(N, n)``,
+        one row per member, with ``target_q="member"``).
 
         ``state`` is the actor state after each step; one more actor step from it on the
         real next observation gives the policy at the successor (also after the last
@@ -559,7 +578,11 @@ class NeuroFlow(BaseAgent):
         next_in = torch.cat([next_obs, self.history.next_states(next_obs, critic_state,
                                                                 next_states, next_dt)], 1)
         reduce = self._reduce_target
-        if self.discrete:
+        if self.discrete and self.target_q == "member":  # each member's soft-greedy value
+            q_next = reduce(self.critic_targets(next_in))  # (N, n, A)
+            a = alpha.clamp_min(1e-8)
+            v_next = a * torch.logsumexp(q_next / a, -1)
+        elif self.discrete:
             probs, log_probs = self.actor.categorical(next_out)
             q_next = reduce(self.critic_targets(next_in))
             v_next = (probs * (q_next - alpha * log_probs)).sum(-1)

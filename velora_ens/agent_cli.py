@@ -231,11 +231,14 @@ def _train(args: argparse.Namespace) -> int:
               f"{eval_cb.best_mean_reward:.1f})")
     print(f"  tensorboard   tensorboard --logdir {run / 'tensorboard'}")
     if not args.no_video:
-        from agents.callbacks import record_video
+        from agents.callbacks import record_video, renders_rgb
 
-        videos = record_video(agent, env_id, run / "videos", name_prefix="final",
-                              seed=seed)
-        print(f"  video         {videos[0] if videos else '(none written)'}")
+        if not renders_rgb(env_id):
+            print(f"  video         (none: {env_id} has no rgb_array rendering)")
+        else:
+            videos = record_video(agent, env_id, run / "videos", name_prefix="final",
+                                  seed=seed)
+            print(f"  video         {videos[0] if videos else '(none written)'}")
     print(f"mean evaluation return over {args.eval_episodes} episodes: {mean:.1f} +/- {std:.1f}")
     return 0
 
