@@ -14,8 +14,7 @@ that an update reads the same whatever the choice:
   (Ni et al., 2022, for partially observed tasks); its state is stored in replay after
   the actor's;
 * :class:`NoHistory`: none, the critics read the observation alone (fully observed
-  tasks, as SB3's SAC; an ensemble's members then tell states apart by what they see,
-  which the randomised priors of Thompson sampling need on DeepSea).
+  tasks such as DeepSea, as SB3's SAC does).
 
 Interface: :meth:`~CriticHistory.sequences` gives, for sampled sequences, the states the
 critics are trained on and those their targets read; :meth:`~CriticHistory.next_states`

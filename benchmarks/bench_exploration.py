@@ -1,0 +1,511 @@
+"""Exploration with NeuroFlow's ensemble heads, against Stable-Baselines3, in one run.
+
+One command per task; each trains every arm for every seed (two runs at a time, one
+torch thread each) and writes a Markdown table, a JSON file and curves under
+``docs/benchmarks/rl/``:
+
+    python benchmarks/bench_exploration.py mountaincar  # MountainCarContinuous-v0, 50k steps
+    python benchmarks/bench_exploration.py deepsea      # bsuite DeepSea 20, 3000 episodes
+    python benchmarks/bench_exploration.py pendulum     # Pendulum-v1 15k: no regression
+    python benchmarks/bench_exploration.py throughput   # 5 critics + OAC against SB3 SAC
+    python benchmarks/bench_exploration.py grid         # every head x every strategy, small budget
+
+``--seeds`` are the seeds of the arms a target is measured on (the tuned strategy and the
+baselines); ``--screen-seeds`` (default: the same) those of the other strategies.
+``--arms`` runs a subset; ``--override JSON`` changes the NeuroFlow arms' settings (an
+ablation), written to pages named with ``--tag``:
+
+    python benchmarks/bench_exploration.py deepsea --arms thompson --seeds 0 \
+        --override '{"target_q": "min"}' --tag shared-target
+
+DeepSea needs ``pip install -e ".[bench,deepsea]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from report import machine, write_atomic
+
+from agents.hyperparams import TUNED_HYPERPARAMS
+
+OUT = Path("docs/benchmarks/rl")
+
+MC_ID, DS_ID = "MountainCarContinuous-v0", "DeepSea-v0"
+MC = TUNED_HYPERPARAMS[MC_ID]
+DS = TUNED_HYPERPARAMS[DS_ID]
+PENDULUM = TUNED_HYPERPARAMS["Pendulum-v1"]
+NO_EXPLORATION = {"exploration": "none", "exploration_kwargs": None}
+
+# RL Zoo's hyperparams/sac.yml for MountainCarContinuous-v0 (gSDE and its tuned noise)
+ZOO_SAC_MC = dict(learning_rate=3e-4, buffer_size=50_000, batch_size=512, ent_coef=0.1,
+                  train_freq=32, gradient_steps=32, gamma=0.9999, tau=0.01,
+                  learning_starts=0, use_sde=True,
+                  policy_kwargs={"log_std_init": -3.67, "net_arch": [64, 64]})
+# SB3 DQN with bsuite's DQN baseline settings (bsuite/baselines/jax/dqn: MLP [50, 50],
+# Adam 1e-3, batch 32, replay 10k, learning from 100 steps, target every 4 updates,
+# epsilon 0.05); SB3 anneals epsilon from 1 over the first 10% of the budget
+DQN_DS = dict(learning_rate=1e-3, batch_size=32, buffer_size=10_000, learning_starts=100,
+              train_freq=1, target_update_interval=4, exploration_final_eps=0.05,
+              exploration_fraction=0.1, gamma=0.99, policy_kwargs={"net_arch": [50, 50]})
+
+
+@dataclass
+class Arm:
+    name: str
+    algo: str  # "NeuroFlow" or an SB3 class name
+    kwargs: dict
+    main: bool = True  # runs on --seeds (else on --screen-seeds)
+
+
+@dataclass
+class Task:
+    env_id: str
+    steps: int
+    eval_every: int
+    target: float
+    arms: list[Arm]
+    env_kwargs: dict = field(default_factory=dict)
+    episodes: int | None = None  # DeepSea: the budget in episodes (steps = episodes * size)
+    target_arm: str = ""  # the arm the target is measured on (its name's start)
+    per_seed: bool = True  # target: all seeds but one reach it (else: the mean does)
+
+
+def _strategies(base: dict, tuned: str) -> list[Arm]:
+    """NeuroFlow with ``base`` and every strategy (its defaults, the tuned one as tuned)."""
+    arms = [Arm("NeuroFlow, none", "NeuroFlow", {**base, **NO_EXPLORATION},
+                main=tuned == "none")]
+    for name in ("oac", "ucb", "thompson", "disagreement"):
+        kwargs = ({**base} if name == tuned
+                  else {**base, "exploration": name, "exploration_kwargs": None})
+        if name != "disagreement":
+            kwargs["n_critics"] = max(base.get("n_critics", 2), 5)
+        if name == "thompson":
+            kwargs["critic_head_kwargs"] = {"prior_scale": 1.0}
+        arms.append(Arm(f"NeuroFlow, {name}" + (" (tuned)" if name == tuned else ""),
+                        "NeuroFlow", kwargs, main=name == tuned))
+    return arms
+
+
+TASKS = {
+    "mountaincar": Task(MC_ID, 50_000, 5_000, 90.0, [
+        *_strategies(MC, "disagreement"),
+        Arm("SB3 SAC (default)", "SAC", {"learning_starts": MC["learning_starts"]},
+            main=False),
+        Arm("SB3 SAC (RL Zoo: gSDE, tuned noise)", "SAC", ZOO_SAC_MC, main=False),
+    ], target_arm="NeuroFlow, disagreement"),
+    "deepsea": Task(DS_ID, 0, 0, 0.0, [
+        Arm("NeuroFlow, thompson (tuned)", "NeuroFlow", DS),
+        Arm("NeuroFlow, none", "NeuroFlow", {**DS, **NO_EXPLORATION}, main=False),
+        Arm("SB3 DQN (bsuite's DQN settings)", "DQN", DQN_DS, main=False),
+    ], env_kwargs={"size": 20}, episodes=3_000, target_arm="NeuroFlow, thompson"),
+    "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, [
+        Arm("NeuroFlow, none (tuned)", "NeuroFlow", PENDULUM),
+        # the strategy as MountainCar's tuned settings switch it on, unchanged
+        Arm("NeuroFlow, disagreement (MountainCar's settings)", "NeuroFlow",
+            {**PENDULUM, **{k: MC[k] for k in ("exploration", "exploration_kwargs",
+                                               "normalize_observations")}}),
+        Arm("NeuroFlow, oac", "NeuroFlow", {**PENDULUM, "n_critics": 5, "exploration": "oac"},
+            main=False),
+    ], target_arm="NeuroFlow, disagreement", per_seed=False),
+}
+
+
+def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
+    """Mean return of the deterministic policy; recurrent state carried and reset."""
+    import envs
+
+    env = envs.make_env(env_id)
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=10_000 * (seed + 1) + ep)
+        state, start, done, total = None, np.ones(1, bool), False, 0.0
+        while not done:
+            action, state = model.predict(obs, state=state, episode_start=start,
+                                          deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            start = np.zeros(1, bool)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def make_model(task: Task, arm: Arm, seed: int):
+    import envs
+
+    env = envs.make_env(task.env_id, **task.env_kwargs) if task.env_kwargs else task.env_id
+    if arm.algo == "NeuroFlow":
+        from agents import NeuroFlow
+
+        return NeuroFlow(env, seed=seed, **arm.kwargs)
+    import stable_baselines3 as sb3
+
+    if isinstance(env, str):
+        env = envs.make_env(env)
+    return getattr(sb3, arm.algo)("MlpPolicy", env, seed=seed, verbose=0, **arm.kwargs)
+
+
+def apply_override(override: dict | None) -> None:
+    """Merge ``override`` into every NeuroFlow arm's settings (in this process)."""
+    for task in TASKS.values():
+        for arm in task.arms:
+            if override and arm.algo == "NeuroFlow":
+                arm.kwargs = {**arm.kwargs, **override}
+
+
+def run_one(args: tuple[str, int, int, dict | None]) -> dict:
+    """Train one arm for one seed in one ``learn`` call; returns the curve, the first
+    training episode with a positive return (MountainCar: the goal reached), the solved
+    episode (DeepSea) and the training time (evaluation excluded)."""
+    task_name, arm_index, seed, override = args
+    import torch
+
+    apply_override(override)  # a spawned worker imports the module afresh
+    torch.set_num_threads(1)
+    task = TASKS[task_name]
+    arm = task.arms[arm_index]
+    model = make_model(task, arm, seed)
+    curve: list[tuple[int, float]] = []
+    returns: list[float] = []
+    episode = [0.0]
+    eval_seconds = 0.0
+    started = time.perf_counter()
+    solved: list[int | None] = [None]
+    total_steps = task.steps if task.episodes is None else (
+        task.episodes * task.env_kwargs["size"])
+
+    def on_step(local: dict, _globals: dict) -> bool:
+        nonlocal eval_seconds
+        episode[0] += float(np.asarray(local["rewards"]).reshape(-1)[0])
+        if bool(np.asarray(local["dones"]).reshape(-1)[0]):
+            returns.append(episode[0])
+            episode[0] = 0.0
+            if task.episodes is not None:
+                return not deep_sea_progress(returns, solved, arm, seed, started)
+        done = model.num_timesteps
+        if task.eval_every and done >= (len(curve) + 1) * task.eval_every:
+            t0 = time.perf_counter()
+            curve.append((done, evaluate(model, task.env_id, 10 if done >= task.steps
+                                         else 5, seed)))
+            eval_seconds += time.perf_counter() - t0
+            rate = done / (time.perf_counter() - started - eval_seconds)
+            print(f"  {arm.name:34s} seed {seed}  {done:>6d} steps  eval {curve[-1][1]:8.1f}"
+                  f"  {rate:6.1f} steps/s", file=sys.stderr, flush=True)
+        return True
+
+    model.learn(total_steps, callback=on_step)
+    train_seconds = time.perf_counter() - started - eval_seconds
+    positive = next((i + 1 for i, r in enumerate(returns) if r > 0), None)
+    steps_run = int(model.num_timesteps)
+    return {"arm": arm.name, "seed": seed, "curve": curve, "train_seconds": train_seconds,
+            "steps": steps_run, "steps_per_second": steps_run / train_seconds,
+            "episodes": len(returns), "first_positive_episode": positive,
+            "solved_episode": solved[0],
+            "good_episodes": int(sum(r > 0 for r in returns))}
+
+
+def deep_sea_progress(returns: list[float], solved: list, arm: Arm, seed: int,
+                      started: float) -> bool:
+    """Record bsuite's solved episode; True (stop) once it is known."""
+    from envs.deep_sea import deep_sea_solved_episode, reached_treasure
+
+    n = len(returns)
+    if n % 250 == 0:
+        good = sum(reached_treasure(r) for r in returns)
+        print(f"  {arm.name:34s} seed {seed}  {n:>5d} episodes  treasure {good:5d}  "
+              f"{time.perf_counter() - started:5.0f} s", file=sys.stderr, flush=True)
+    bad = [not reached_treasure(r) for r in returns]
+    solved[0] = deep_sea_solved_episode(bad)
+    return solved[0] is not None
+
+
+def _work(task_name: str, seeds: list[int], screen_seeds: list[int], arms: list[str] | None,
+          override: dict | None) -> list[tuple[str, int, int, dict | None]]:
+    task = TASKS[task_name]
+    work = []
+    for i, arm in enumerate(task.arms):
+        if arms and not any(a.lower() in arm.name.lower() for a in arms):
+            continue
+        for s in (seeds if arm.main else screen_seeds):
+            work.append((task_name, i, s, override))
+    return work
+
+
+def learning(task_name: str, seeds: list[int], screen_seeds: list[int], jobs: int,
+             out: Path, arms: list[str] | None, argv: list[str], tag: str | None = None,
+             override: dict | None = None) -> int:
+    import torch
+
+    task = TASKS[task_name]
+    started = time.time()
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        results = pool.map(run_one, _work(task_name, seeds, screen_seeds, arms, override),
+                           chunksize=1)
+    stem = out / (f"exploration-{task_name}" + (f"-{tag}" if tag else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(stem.with_suffix(".json"), json.dumps(
+        {"task": task_name, "env_id": task.env_id, "steps": task.steps,
+         "episodes": task.episodes, "seeds": seeds, "screen_seeds": screen_seeds,
+         "date": time.strftime("%Y-%m-%d"),
+         "arms": [{"name": a.name, "algo": a.algo, "kwargs": a.kwargs} for a in task.arms],
+         "results": results}, indent=1))
+    cmd = "python benchmarks/bench_exploration.py " + " ".join(argv)
+    head = [f"Command: `{cmd}`. Machine: {machine()}; torch {torch.__version__}, one thread "
+            f"per run, {jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
+            f"{(time.time() - started) / 60:.0f} min in all.", ""]
+    names = [a.name for a in task.arms if any(r["arm"] == a.name for r in results)]
+    if task.episodes is not None:
+        lines, met = deep_sea_table(task, names, results, head)
+        lines.append("")
+    else:
+        lines, met = return_table(task, names, results, head)
+        plot(results, names, task, stem.with_suffix(".png"))
+        lines += ["", f"![learning curves]({stem.name}.png)", ""]
+    lines += ["Settings of each arm:", ""]
+    lines += [f"- {a.name}: `{a.algo}` with `{a.kwargs}`" for a in task.arms if a.name in names]
+    lines.append("")
+    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
+    print("\n".join(lines))
+    return 0 if met else 1
+
+
+def _fmt(x: float | None, spec: str = ".0f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def return_table(task: Task, names: list[str], results: list[dict], head: list[str]
+                 ) -> tuple[list[str], bool]:
+    lines = [f"## {task.env_id}, {task.steps:,} steps", "", *head,
+             f"Deterministic evaluation every {task.eval_every:,} steps (5 episodes; 10 at "
+             f"the end). Target ({task.target_arm}): "
+             + (f"all seeds but one reach a final return of at least {task.target:g}"
+                if task.per_seed else f"a mean final return of at least {task.target:g}")
+             + ".", "",
+             "| arm | seeds reaching the target | final return, per seed | steps to the "
+             "target, per seed | first goal (training episode), per seed | train steps/s "
+             "| wall time per run (s) |",
+             "|---|---:|---|---|---|---:|---:|"]
+    met = True
+    for name in names:
+        runs = sorted((r for r in results if r["arm"] == name), key=lambda r: r["seed"])
+        finals = [r["curve"][-1][1] for r in runs]
+        reach = [next((s for s, v in r["curve"] if v >= task.target), None) for r in runs]
+        hits = sum(f >= task.target for f in finals)
+        if name.startswith(task.target_arm):
+            met &= (hits >= max(len(runs) - 1, 1) if task.per_seed
+                    else float(np.mean(finals)) >= task.target)
+        lines.append(
+            f"| {name} | {hits}/{len(runs)} | {', '.join(f'{f:.1f}' for f in finals)} "
+            f"(mean {np.mean(finals):.1f}) | {', '.join(_fmt(x) for x in reach)} | "
+            f"{', '.join(_fmt(r['first_positive_episode']) for r in runs)} | "
+            f"{np.mean([r['steps_per_second'] for r in runs]):.0f} | "
+            f"{np.mean([r['train_seconds'] for r in runs]):.0f} |")
+    return lines, met
+
+
+def deep_sea_table(task: Task, names: list[str], results: list[dict], head: list[str]
+                   ) -> tuple[list[str], bool]:
+    size = task.env_kwargs["size"]
+    lines = [f"## bsuite DeepSea, size {size}, at most {task.episodes:,} episodes", "", *head,
+             "Solved: bsuite's criterion (`deep_sea_solved_episode`: the first logged "
+             "episode where the running fraction of bad episodes is below 0.9); a run stops "
+             f"there. Dithering needs about 2^{size} = {2 ** size:,} episodes. Target: "
+             f"solved within {task.episodes:,} episodes in at least 4 of 5 seeds with "
+             "Thompson sampling.", "",
+             "| arm | seeds solved | solved at episode, per seed | first treasure, per seed "
+             "| steps/s | wall time per run (s) |",
+             "|---|---:|---|---|---:|---:|"]
+    met = False
+    for name in names:
+        runs = sorted((r for r in results if r["arm"] == name), key=lambda r: r["seed"])
+        solved = [r["solved_episode"] for r in runs]
+        n_solved = sum(s is not None for s in solved)
+        if name.startswith(task.target_arm):
+            met = n_solved >= max(len(runs) - 1, 1)
+        lines.append(
+            f"| {name} | {n_solved}/{len(runs)} | "
+            f"{', '.join(_fmt(s) if s is not None else 'not solved' for s in solved)} | "
+            f"{', '.join(_fmt(r['first_positive_episode']) for r in runs)} | "
+            f"{np.mean([r['steps_per_second'] for r in runs]):.0f} | "
+            f"{np.mean([r['train_seconds'] for r in runs]):.0f} |")
+    return lines, met
+
+
+def plot(results: list[dict], names: list[str], task: Task, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        runs = [r for r in results if r["arm"] == name]
+        steps = [s for s, _ in runs[0]["curve"]]
+        values = np.array([[v for _, v in r["curve"]] for r in runs])
+        line, = ax.plot(steps, values.mean(0), label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(),
+                        alpha=0.15)
+    ax.axhline(task.target, color="gray", ls="--", lw=1)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("deterministic return")
+    ax.set_title(f"{task.env_id} (mean, min-max over seeds)")
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- heads x strategies
+GRID_STEPS = 10_000
+
+
+def run_grid_cell(args: tuple[str, str, int]) -> dict:
+    head, strategy, seed = args
+    import torch
+
+    from agents import NeuroFlow
+
+    torch.set_num_threads(1)
+    kwargs = {**MC, "critic_head": head, "n_critics": 5, "exploration": strategy,
+              "exploration_kwargs": (MC["exploration_kwargs"] if strategy == "disagreement"
+                                     else None)}
+    if strategy == "thompson":
+        kwargs["critic_head_kwargs"] = {"prior_scale": 1.0}
+    model = NeuroFlow(MC_ID, seed=seed, **kwargs)
+    started = time.perf_counter()
+    model.learn(GRID_STEPS)
+    seconds = time.perf_counter() - started
+    final = evaluate(model, MC_ID, 5, seed)
+    print(f"  {head:6s} {strategy:12s} {final:8.1f}  {seconds:5.0f} s", file=sys.stderr,
+          flush=True)
+    return {"head": head, "strategy": strategy, "seed": seed, "final": final,
+            "seconds": seconds}
+
+
+def grid(seed: int, jobs: int, out: Path, argv: list[str]) -> int:
+    import torch
+
+    from agents.exploration import STRATEGIES
+    from agents.heads import HEADS
+
+    cells = [(h, s, seed) for h in HEADS for s in STRATEGIES
+             if not (h == "moe" and s == "thompson")]  # thompson needs fixed members
+    started = time.time()
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        results = pool.map(run_grid_cell, cells, chunksize=1)
+    by = {(r["head"], r["strategy"]): r for r in results}
+    lines = [f"## Every head against every strategy, {MC_ID}, {GRID_STEPS:,} steps, seed {seed}",
+             "", f"Command: `python benchmarks/bench_exploration.py {' '.join(argv)}`. "
+             f"Machine: {machine()}; torch {torch.__version__}, one thread per run, {jobs} at "
+             f"a time; {time.strftime('%Y-%m-%d')}; {(time.time() - started) / 60:.0f} min in "
+             f"all. The tuned MountainCar settings with 5 critics and the head and strategy "
+             "swapped (the strategies' default options; disagreement with the tuned "
+             "scale; Thompson with prior_scale 1). Cells: deterministic return over 5 "
+             "episodes after training / training seconds. Thompson sampling needs members "
+             "that stay the same function, which the 'moe' head does not have.", "",
+             "| head | " + " | ".join(STRATEGIES) + " |",
+             "|---|" + "---:|" * len(STRATEGIES)]
+    for h in HEADS:
+        cells_txt = []
+        for s in STRATEGIES:
+            r = by.get((h, s))
+            cells_txt.append("n/a" if r is None else f"{r['final']:.1f} / {r['seconds']:.0f} s")
+        lines.append(f"| {h} | " + " | ".join(cells_txt) + " |")
+    lines.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "exploration-grid.json", json.dumps(results, indent=1))
+    write_atomic(out / "exploration-grid.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------- throughput
+def throughput(rounds: int, chunk: int, out: Path, argv: list[str]) -> int:
+    """Interleaved chunks of training on MountainCarContinuous-v0: NeuroFlow with 5 deep
+    critics and OAC against SB3 SAC's defaults (2 critics), one update per step each."""
+    import stable_baselines3 as sb3
+    import torch
+
+    from agents import NeuroFlow
+
+    torch.set_num_threads(1)
+    common = dict(batch_size=256, learning_starts=100)
+    ours = NeuroFlow(MC_ID, seed=0, n_critics=5, exploration="oac", **common)
+    sac = sb3.SAC("MlpPolicy", MC_ID, seed=0, train_freq=1, gradient_steps=1, **common)
+    ours.learn(300)
+    sac.learn(300)
+    rates: dict[str, list[float]] = {"NeuroFlow": [], "SAC": []}
+    for _ in range(rounds):
+        for name, learn in (("NeuroFlow", lambda: ours.learn(chunk, reset_num_timesteps=False)),
+                            ("SAC", lambda: sac.learn(chunk, reset_num_timesteps=False))):
+            start = time.perf_counter()
+            learn()
+            rates[name].append(chunk / (time.perf_counter() - start))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = med["NeuroFlow"] / med["SAC"]
+    met = ratio >= 1.5
+    lines = [
+        f"## Throughput with exploration, {MC_ID}", "",
+        f"Command: `python benchmarks/bench_exploration.py {' '.join(argv)}`. "
+        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread; "
+        f"{time.strftime('%Y-%m-%d')}. Environment steps per second including acting, "
+        f"replay and one gradient update per step (batch 256), medians of {rounds} "
+        f"interleaved chunks of {chunk} steps after 300 warm-up steps.", "",
+        "| agent | networks | steps/s |", "|---|---|---:|",
+        f"| NeuroFlow, OAC | liquid actor ({ours.actor.net.n_neurons} neurons, CfC), "
+        f"5 MLP critics (128, 128); OAC's shifted mean (a critic call with a gradient) "
+        f"at every step | {med['NeuroFlow']:.1f} |",
+        f"| SB3 SAC | MLP actor and 2 MLP critics (256, 256) | {med['SAC']:.1f} |", "",
+        f"NeuroFlow with OAC / SAC: **{ratio:.2f}x** (target >= 1.5x: "
+        f"{'met' if met else 'not met'}).", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "exploration-throughput.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0 if met else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", choices=[*TASKS, "grid", "throughput"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds of the tuned arm and the baselines (default 0-4; "
+                             "pendulum 0-2; grid: its first seed)")
+    parser.add_argument("--screen-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the other strategies (default: --seeds)")
+    parser.add_argument("--arms", nargs="+", default=None,
+                        help="run only the arms whose names contain one of these")
+    parser.add_argument("--override", type=json.loads, default=None,
+                        help="JSON object merged into the NeuroFlow arms' settings")
+    parser.add_argument("--tag", default=None,
+                        help="suffix of the pages' names (with --override)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--rounds", type=int, default=7, help="throughput: chunks per agent")
+    parser.add_argument("--chunk", type=int, default=500, help="throughput: steps per chunk")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    args = parser.parse_args(argv)
+    if args.override:
+        if not args.tag:
+            parser.error("--override needs --tag (the pages it writes are named with it)")
+        apply_override(args.override)
+    if args.task == "throughput":
+        return throughput(args.rounds, args.chunk, args.out, argv)
+    seeds = args.seeds or ([0, 1, 2] if args.task == "pendulum" else [0, 1, 2, 3, 4])
+    if args.task == "grid":
+        return grid(seeds[0], args.jobs, args.out, argv)
+    return learning(args.task, seeds, args.screen_seeds or seeds, args.jobs, args.out,
+                    args.arms, argv, args.tag, args.override)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
