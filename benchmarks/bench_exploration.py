@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from bench_rl import evaluate  # the same deterministic evaluation as bench_rl's pages
 from report import machine, write_atomic
 
 from agents.hyperparams import TUNED_HYPERPARAMS
@@ -117,27 +118,6 @@ TASKS = {
             main=False),
     ], target_arm="NeuroFlow, disagreement", per_seed=False),
 }
-
-
-def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
-    """Mean return of the deterministic policy; recurrent state carried and reset."""
-    import envs
-
-    env = envs.make_env(env_id)
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=10_000 * (seed + 1) + ep)
-        state, start, done, total = None, np.ones(1, bool), False, 0.0
-        while not done:
-            action, state = model.predict(obs, state=state, episode_start=start,
-                                          deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            start = np.zeros(1, bool)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
 
 
 def make_model(task: Task, arm: Arm, seed: int):
