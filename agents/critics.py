@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from velora_ens.wiring import Wiring
 
-__all__ = ["CriticEnsemble", "StackedMLP"]
+__all__ = ["CriticEnsemble", "StackedMLP", "stacked_mlp_input_gradient"]
 
 
 def _stacked_mlp(x: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -66,11 +66,32 @@ class StackedMLP(torch.autograd.Function):
                 grads[1 + 2 * k] = torch.bmm(inputs[k].transpose(1, 2), grad)
             if k == 0 and not needs[0]:
                 break
-            w_t = weights[k].transpose(1, 2)
-            grad = grad * w_t if grad.shape[-1] == 1 else torch.bmm(grad, w_t)
+            grad = _through_weights(grad, weights[k])
         if needs[0]:
             grads[0] = grad
         return tuple(grads)
+
+
+def _through_weights(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A layer's output gradient ``(N, B, out)`` carried to its input through the
+    weights ``(N, in, out)``; a one-output layer's is an outer product, one
+    multiplication (``bmm`` with an inner size of 1 is several times slower)."""
+    w_t = weight.transpose(1, 2)
+    return grad * w_t if grad.shape[-1] == 1 else torch.bmm(grad, w_t)
+
+
+def stacked_mlp_input_gradient(acts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                               grad: torch.Tensor) -> torch.Tensor:
+    """The gradient ``(N, B, in)`` reaching the input of a stacked MLP from a gradient
+    ``grad`` ``(N, B, out)`` at its output, given the layers' inputs ``acts`` (all but
+    the last of :func:`_stacked_mlp`'s list) and weights: the input part of
+    :class:`StackedMLP`'s backward, with no autograd graph (OAC needs it at every
+    step)."""
+    for k in range(len(weights) - 1, -1, -1):
+        if k < len(weights) - 1:
+            grad = torch.ops.aten.threshold_backward(grad, acts[k + 1], 0)
+        grad = _through_weights(grad, weights[k])
+    return grad
 
 
 class CriticEnsemble(nn.Module):
@@ -142,19 +163,25 @@ class CriticEnsemble(nn.Module):
                              f"({self.n_critics}, B, {self.in_features}), got {tuple(x.shape)}")
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.n_critics, -1, -1)
+        params = self.layer_params(detach_params)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return StackedMLP.apply(x, *params)
+        return _stacked_mlp(x, params)[-1]
+
+    def layer_params(self, detach: bool = False) -> list[torch.Tensor]:
+        """``[w0, b0, w1, b1, ...]`` as the layers apply them (an NCP critic's weights
+        masked by its wiring)."""
         params: list[torch.Tensor] = []
         # the lists' own dicts: iterating a ParameterList costs more than a small layer
         layers = zip(self.weights._parameters.values(), self.biases._parameters.values(),
                      strict=True)
         for k, (w, b) in enumerate(layers):
-            if detach_params:
+            if detach:
                 w, b = w.detach(), b.detach()
             if self._masked:
                 w = w * getattr(self, f"mask{k}")
             params += (w, b)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-            return StackedMLP.apply(x, *params)
-        return _stacked_mlp(x, params)[-1]
+        return params
 
     def mean_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation over the members, each ``(B, out)``."""

@@ -150,12 +150,10 @@ class OptimisticActorCritic(Exploration):
     def shifted_mean(self, mean: torch.Tensor, std: torch.Tensor, critic_in: torch.Tensor
                      ) -> torch.Tensor:
         """``mu_E`` for pre-tanh means and standard deviations ``(n, A)``."""
-        with torch.enable_grad():
-            mu = mean.detach().requires_grad_(True)
-            q = self.agent.critics(torch.cat([critic_in, torch.tanh(mu)], 1),
-                                   detach_params=True)  # (N, n, 1)
-            q_mean, q_std = self._spread(q, self.uncertainty)
-            (g,) = torch.autograd.grad((q_mean + self.beta * q_std).sum(), mu)
+        action = torch.tanh(mean.detach())
+        grad = self.agent.critics.optimism_gradient(torch.cat([critic_in, action], 1),
+                                                    self.beta, self.uncertainty)
+        g = grad[:, -action.shape[1]:] * (1 - action.square())  # through the tanh
         variance = std.square()
         norm = (g.square() * variance).sum(-1, keepdim=True).sqrt().clamp_min(1e-12)
         return mean + math.sqrt(2.0 * self.delta) * variance * g / norm

@@ -42,7 +42,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from agents.critics import CriticEnsemble, StackedMLP, _stacked_mlp
+from agents.critics import CriticEnsemble, StackedMLP, _stacked_mlp, stacked_mlp_input_gradient
 from velora_ens._validation import check_int
 from velora_ens.ensembles import DelegatingMLPExperts, LiquidEnsembleLayer, Prediction
 from velora_ens.ensembles import batchensemble as _batchensemble
@@ -117,6 +117,19 @@ class CriticHead(nn.Module):
         """A term the head adds to its loss (``None``: none)."""
         return None
 
+    def optimism_gradient(self, x: torch.Tensor, beta: float,
+                          uncertainty: str = "epistemic") -> torch.Tensor:
+        """The gradient ``(B, in)`` of ``mean + beta * spread`` of the members' values
+        (one output each) with respect to the input ``x`` ``(B, in)``, parameters held
+        fixed: OAC's direction of optimism. Autograd here; the deep ensemble computes
+        it without a graph."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            q = self(x, detach_params=True)
+            score = self.prediction(q).mean + beta * self.uncertainty(q, uncertainty)
+            (grad,) = torch.autograd.grad(score.sum(), x)
+        return grad
+
     def call_detached(self, x: torch.Tensor) -> torch.Tensor:
         """The members' values with the head's parameters detached (gradients reach
         ``x`` only, as an actor loss or OAC's gradient needs)."""
@@ -128,6 +141,24 @@ class DeepCritics(CriticHead, CriticEnsemble):
     """The vectorised deep ensemble: :class:`~agents.critics.CriticEnsemble` as a head."""
 
     kind = "deep"
+
+    def optimism_gradient(self, x: torch.Tensor, beta: float,
+                          uncertainty: str = "epistemic") -> torch.Tensor:
+        """:meth:`CriticHead.optimism_gradient` in closed form over the members: with
+        uniform members, ``d(mean + beta std)/dq_m = (1 + beta (q_m - mean) / std) / N``
+        (the deviations sum to zero), carried to the input by the members' own
+        backward pass (the same operations autograd runs, without building a graph)."""
+        if uncertainty != "epistemic" or self.out_features != 1:
+            return super().optimism_gradient(x, beta, uncertainty)
+        params = self.layer_params(detach=True)
+        acts = _stacked_mlp(x.detach().unsqueeze(0).expand(self.n_critics, -1, -1), params)
+        q = acts[-1]  # (N, B, 1)
+        deviation = q - q.mean(0)
+        variance = deviation.square().mean(0)
+        # _std clamps the variance; where the clamp holds, the spread has no gradient
+        slope = torch.where(variance >= 1e-12, beta / _std(variance), 0.0)
+        grad = (1.0 + slope * deviation) / self.n_critics
+        return stacked_mlp_input_gradient(acts[:-1], params[0::2], grad).sum(0)
 
 
 class BatchCritics(CriticHead):
@@ -189,6 +220,19 @@ class LiquidCritics(CriticHead):
             return self.call_detached(x)
         self.layer(x)  # solves the delegation; keeps ys, D and power
         return self.layer.last_ys.transpose(0, 1)
+
+    def optimism_gradient(self, x: torch.Tensor, beta: float,
+                          uncertainty: str = "epistemic") -> torch.Tensor:
+        """The gradient ``(B, in)`` of ``mean + beta * spread`` of the members' values
+        (one output each) with respect to the input ``x`` ``(B, in)``, parameters held
+        fixed: OAC's direction of optimism. Autograd here; the deep ensemble computes
+        it without a graph."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            q = self(x, detach_params=True)
+            score = self.prediction(q).mean + beta * self.uncertainty(q, uncertainty)
+            (grad,) = torch.autograd.grad(score.sum(), x)
+        return grad
 
     def call_detached(self, x: torch.Tensor) -> torch.Tensor:
         params = {k: v.detach() for k, v in self.named_parameters()}

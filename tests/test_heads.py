@@ -12,6 +12,7 @@ from agents.heads import (
     HEADS,
     BatchCritics,
     BayesianCritics,
+    CriticHead,
     DeepCritics,
     HeadOptions,
     LiquidCritics,
@@ -50,6 +51,39 @@ def test_two_uniform_members_spread_is_oacs_half_difference():
     head = DeepCritics(3, 1, 2, (8,))
     q = head(torch.randn(7, 3))
     torch.testing.assert_close(head.uncertainty(q), (q[0] - q[1]).abs() / 2)
+
+
+@pytest.mark.parametrize("ncp_neurons", [None, 12])
+def test_the_deep_heads_optimism_gradient_equals_autograds(ncp_neurons):
+    torch.manual_seed(0)
+    head = DeepCritics(5, 1, 4, (16, 16), ncp_neurons=ncp_neurons).double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    fast = head.optimism_gradient(x, beta=2.5)
+    # the generic path: autograd through the members, the Prediction and the spread
+    slow = CriticHead.optimism_gradient(head, x, beta=2.5)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    # by hand, from the members' own input gradients
+    xs = x.clone().requires_grad_(True)
+    q = head(xs).squeeze(-1)  # (N, B)
+    dq = torch.stack([torch.autograd.grad(q[m].sum(), xs, retain_graph=True)[0]
+                      for m in range(4)])  # (N, B, in)
+    dev = (q - q.mean(0)).detach()
+    by_hand = dq.mean(0) + 2.5 * (dev.unsqueeze(-1) * dq).mean(0) / dev.std(0, correction=0
+                                                                              ).unsqueeze(-1)
+    torch.testing.assert_close(fast, by_hand, rtol=1e-8, atol=1e-10)
+    assert all(p.grad is None for p in head.parameters())
+
+
+def test_agreeing_members_give_the_mean_gradient_only():
+    head = DeepCritics(3, 1, 3, (8,))
+    with torch.no_grad():
+        for w in (*head.weights, *head.biases):
+            w.copy_(w[:1].expand_as(w))  # three copies of one member: no spread
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(head.optimism_gradient(x, beta=10.0),
+                               head.optimism_gradient(x, beta=0.0))
+    torch.testing.assert_close(head.optimism_gradient(x, beta=10.0),
+                               CriticHead.optimism_gradient(head, x, beta=10.0))
 
 
 def test_the_batch_head_shares_one_weight_and_differs_by_rank_one_factors():
