@@ -221,19 +221,6 @@ class LiquidCritics(CriticHead):
         self.layer(x)  # solves the delegation; keeps ys, D and power
         return self.layer.last_ys.transpose(0, 1)
 
-    def optimism_gradient(self, x: torch.Tensor, beta: float,
-                          uncertainty: str = "epistemic") -> torch.Tensor:
-        """The gradient ``(B, in)`` of ``mean + beta * spread`` of the members' values
-        (one output each) with respect to the input ``x`` ``(B, in)``, parameters held
-        fixed: OAC's direction of optimism. Autograd here; the deep ensemble computes
-        it without a graph."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            q = self(x, detach_params=True)
-            score = self.prediction(q).mean + beta * self.uncertainty(q, uncertainty)
-            (grad,) = torch.autograd.grad(score.sum(), x)
-        return grad
-
     def call_detached(self, x: torch.Tensor) -> torch.Tensor:
         params = {k: v.detach() for k, v in self.named_parameters()}
         functional_call(self.layer, {k[len("layer."):]: v for k, v in params.items()}, (x,))
