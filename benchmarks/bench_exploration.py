@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bench_rl import evaluate  # the same deterministic evaluation as bench_rl's pages
+from bench_ppo import plot_learning_curves
+from bench_rl import evaluate, interleaved_rates  # bench_rl's evaluation and timing
 from report import machine, write_atomic
 
 from agents.hyperparams import TUNED_HYPERPARAMS
@@ -322,27 +322,10 @@ def deep_sea_table(task: Task, names: list[str], results: list[dict], head: list
 
 
 def plot(results: list[dict], names: list[str], task: Task, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in names:
-        runs = [r for r in results if r["arm"] == name]
-        steps = [s for s, _ in runs[0]["curve"]]
-        values = np.array([[v for _, v in r["curve"]] for r in runs])
-        line, = ax.plot(steps, values.mean(0), label=f"{name} ({len(runs)} seeds)")
-        ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(),
-                        alpha=0.15)
-    ax.axhline(task.target, color="gray", ls="--", lw=1)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("deterministic return")
-    ax.set_title(f"{task.env_id} (mean, min-max over seeds)")
-    ax.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    labels = {name: f"{name} ({sum(r['arm'] == name for r in results)} seeds)"
+              for name in names}
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # matplotlib's cycle
+    plot_learning_curves(results, "arm", labels, colors, task.env_id, path, task.target)
 
 
 # ---------------------------------------------------------------------- heads x strategies
@@ -424,14 +407,9 @@ def throughput(rounds: int, chunk: int, out: Path, argv: list[str]) -> int:
     sac = sb3.SAC("MlpPolicy", MC_ID, seed=0, train_freq=1, gradient_steps=1, **common)
     ours.learn(300)
     sac.learn(300)
-    rates: dict[str, list[float]] = {"NeuroFlow": [], "SAC": []}
-    for _ in range(rounds):
-        for name, learn in (("NeuroFlow", lambda: ours.learn(chunk, reset_num_timesteps=False)),
-                            ("SAC", lambda: sac.learn(chunk, reset_num_timesteps=False))):
-            start = time.perf_counter()
-            learn()
-            rates[name].append(chunk / (time.perf_counter() - start))
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med = interleaved_rates({"NeuroFlow": lambda: ours.learn(chunk, reset_num_timesteps=False),
+                             "SAC": lambda: sac.learn(chunk, reset_num_timesteps=False)},
+                            rounds, chunk)
     ratio = med["NeuroFlow"] / med["SAC"]
     met = ratio >= 1.5
     lines = [

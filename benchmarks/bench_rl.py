@@ -22,8 +22,10 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from report import machine, write_atomic
@@ -231,6 +233,20 @@ def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
     plt.close(fig)
 
 
+def interleaved_rates(learners: dict[str, Callable[[], Any]], rounds: int, chunk: int
+                      ) -> dict[str, float]:
+    """Median steps per second of each learner, each call training ``chunk`` steps,
+    timed in ``rounds`` interleaved rounds (so a change in the machine's load affects
+    every learner alike)."""
+    rates: dict[str, list[float]] = {name: [] for name in learners}
+    for _ in range(rounds):
+        for name, learn in learners.items():
+            start = time.perf_counter()
+            learn()
+            rates[name].append(chunk / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
 def throughput(rounds: int, chunk: int, out: Path) -> int:
     """Interleaved chunks of training, NeuroFlow vs SB3 SAC, on Pendulum-v1."""
     import stable_baselines3 as sb3
@@ -244,14 +260,9 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
     sac = sb3.SAC("MlpPolicy", "Pendulum-v1", seed=0, train_freq=1, gradient_steps=1, **common)
     ours.learn(300)
     sac.learn(300)
-    rates: dict[str, list[float]] = {"NeuroFlow": [], "SAC": []}
-    for _ in range(rounds):
-        for name, learn in (("NeuroFlow", lambda: ours.learn(chunk)),
-                            ("SAC", lambda: sac.learn(chunk, reset_num_timesteps=False))):
-            start = time.perf_counter()
-            learn()
-            rates[name].append(chunk / (time.perf_counter() - start))
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med = interleaved_rates({"NeuroFlow": lambda: ours.learn(chunk),
+                             "SAC": lambda: sac.learn(chunk, reset_num_timesteps=False)},
+                            rounds, chunk)
     ratio = med["NeuroFlow"] / med["SAC"]
     met = ratio >= 2.0
     lines = [

@@ -607,3 +607,27 @@ def test_bench_irregular_error_from_a_fresh_process():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "bench_irregular.py: error: --seeds must be an integer, got 'x'"
+
+
+# --- benchmarks/bench_rl.py: the interleaved timing both throughput pages use -------------
+def test_interleaved_rates_alternate_the_learners_and_take_medians(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_rl
+
+    clock = iter(range(100))  # one tick per perf_counter call
+    monkeypatch.setattr(bench_rl.time, "perf_counter", lambda: float(next(clock)))
+    calls: list[str] = []
+    durations = {"a": iter([1, 3, 2]), "b": iter([4, 4, 8])}  # seconds each call takes
+
+    def learner(name):
+        def learn():
+            calls.append(name)
+            for _ in range(next(durations[name]) - 1):  # the clock advances that far
+                next(clock)
+        return learn
+
+    rates = bench_rl.interleaved_rates({"a": learner("a"), "b": learner("b")}, 3, 60)
+    assert calls == ["a", "b"] * 3
+    assert rates == {"a": 60 / 2, "b": 60 / 4}  # medians of 60/1, 60/3, 60/2 and 60/4, 60/4, 60/8
