@@ -37,12 +37,34 @@ class LiquidActor(nn.Module):
     ``(H, |A|)`` matrix drawn from ``N(0, exp(log_std)^2)`` and held for several steps
     (:meth:`gsde_matrices`), so the action's standard deviation is
     ``sqrt(phi^2 @ exp(log_std)^2 + 1e-6)`` per dimension; ``log_std`` is ``(H, |A|)``.
+
+    ``head_layers=(64,)`` puts a small MLP between the liquid network and the policy
+    outputs, as SB3's ``net_arch=dict(pi=[64])`` after RecurrentPPO's LSTM: the network
+    gets ``head_layers[0]`` motor neurons, then ReLU and linear layers of the given widths
+    and a linear output layer. ``dense_recurrence=True`` connects every command neuron to
+    every other (:class:`~velora_ens.wiring.Wiring`). On PendulumNoVel, where the policy
+    must infer the angular velocity from positions, the two together learn about twice as
+    fast as the plain NCP (``docs/benchmarks/rl/index.md``).
+
+    >>> actor = LiquidActor(2, gym.spaces.Box(-1, 1, (1,)), 64, seed=0,
+    ...                     distribution="gaussian", head_layers=(64,), dense_recurrence=True)
+    >>> out, state = actor(torch.zeros(4, 2))
+    >>> tuple(out.shape), tuple(state.shape)
+    ((4, 1), (4, 25))
     """
 
     def __init__(self, obs_dim: int, action_space: gym.Space, n_neurons: int = 32, *,
                  cell: str = "cfc", seed: int | None = None,
-                 distribution: str = "squashed_gaussian", log_std_init: float = 0.0) -> None:
+                 distribution: str = "squashed_gaussian", log_std_init: float = 0.0,
+                 head_layers: tuple[int, ...] | list[int] = (),
+                 dense_recurrence: bool = False) -> None:
         super().__init__()
+        if (isinstance(head_layers, (str, bytes)) or not hasattr(head_layers, "__iter__")
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
+                           for w in head_layers)):
+            raise ValueError(f"head_layers must be a sequence of layer widths (integers "
+                             f">= 1), e.g. (64,), got {head_layers!r}")
+        head_layers = tuple(int(w) for w in head_layers)
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got "
                              f"{distribution!r}")
@@ -54,7 +76,13 @@ class LiquidActor(nn.Module):
         self.gsde = distribution == "gsde"
         self.gaussian = distribution in ("gaussian", "gsde") and not self.discrete
         out = self.action_dim if self.discrete or self.gaussian else 2 * self.action_dim
-        self.net = LiquidNCPNetwork(obs_dim, max(n_neurons, out), out, cell=cell, seed=seed)
+        motor = head_layers[0] if head_layers else out
+        self.net = LiquidNCPNetwork(obs_dim, max(n_neurons, motor), motor, cell=cell, seed=seed,
+                                    dense_recurrence=dense_recurrence)
+        # motor neurons -> ReLU -> [Linear -> ReLU]... -> Linear to the outputs
+        self.head = (None if not head_layers else nn.Sequential(*(
+            layer for a, b in zip(head_layers, (*head_layers[1:], out), strict=True)
+            for layer in (nn.ReLU(), nn.Linear(a, b)))))
         if self.gaussian:
             shape = ((self.net.hidden_size, self.action_dim) if self.gsde
                      else (self.action_dim,))
@@ -64,6 +92,10 @@ class LiquidActor(nn.Module):
                        "seed": seed}
         if distribution != "squashed_gaussian":
             self.config["distribution"] = distribution
+        if head_layers:
+            self.config["head_layers"] = list(head_layers)
+        if dense_recurrence:
+            self.config["dense_recurrence"] = True
 
     @property
     def state_dim(self) -> int:
@@ -73,8 +105,9 @@ class LiquidActor(nn.Module):
                 episode_start: torch.Tensor | None = None,
                 return_states: bool = False, dt: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(obs, state, dt=dt, episode_start=episode_start,
-                        return_states=return_states)
+        out, states = self.net(obs, state, dt=dt, episode_start=episode_start,
+                               return_states=return_states)
+        return (out if self.head is None else self.head(out)), states
 
     def final_state(self, obs: torch.Tensor, state: torch.Tensor | None = None, *,
                     episode_start: torch.Tensor | None = None,

@@ -67,6 +67,14 @@ class LiquidPPO(BaseAgent):
             ``Discrete``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
         critic_neurons: the same for the critic's own network.
+        actor_head: widths of an MLP between the actor's liquid network and the policy
+            outputs (its first width is the number of motor neurons; ReLU between layers),
+            as SB3's ``net_arch=dict(pi=[64])`` after RecurrentPPO's LSTM. ``()``
+            (default): the motor neurons are the outputs.
+        actor_dense_recurrence: all-to-all recurrent synapses between the actor's command
+            neurons instead of the NCP's sparse ones (:class:`velora_ens.wiring.Wiring`).
+            With ``actor_head=(64,)``, the tuned PendulumNoVel setting: a policy that must
+            integrate positions into velocities learns faster.
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
         shared_critic: a linear value head on the actor's liquid state instead of a
             separate liquid critic.
@@ -137,6 +145,8 @@ class LiquidPPO(BaseAgent):
         *,
         actor_neurons: int = 32,
         critic_neurons: int = 32,
+        actor_head: tuple[int, ...] | list[int] = (),
+        actor_dense_recurrence: bool = False,
         cell: str = "cfc",
         shared_critic: bool = False,
         learning_rate: float | str | Callable[[float], float] = 3e-4,
@@ -221,7 +231,8 @@ class LiquidPPO(BaseAgent):
             raise ValueError(f"use_sde=True needs Box actions, got {self.action_space}")
         self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                  seed=seed, distribution="gsde" if use_sde else "gaussian",
-                                 log_std_init=log_std_init).to(self.device)
+                                 log_std_init=log_std_init, head_layers=actor_head,
+                                 dense_recurrence=actor_dense_recurrence).to(self.device)
         self.discrete = self.actor.discrete
         self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
                                    self.obs_normalizer,

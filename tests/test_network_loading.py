@@ -136,3 +136,21 @@ def test_a_seedless_agent_loads_with_the_wiring_it_was_saved_with(tmp_path):
         a, b = (a.net, b.net) if name == "actor" else (a, b)
         assert b.get_config() == a.get_config()
         assert same_wiring(b.wiring, a.wiring)
+
+
+def test_dense_recurrence_reaches_the_cells_and_survives_a_state_dict_round_trip():
+    for cell in ("cfc", "ltc"):
+        net = LiquidNCPNetwork(3, 12, 2, cell=cell, seed=4, dense_recurrence=True)
+        assert bool(net.command.recurrent_mask.bool().all())  # every pair, self included
+        sparse = LiquidNCPNetwork(3, 12, 2, cell=cell, seed=4)
+        assert not bool(sparse.command.recurrent_mask.bool().all())
+        config = net.get_config()
+        assert config["dense_recurrence"] is True
+        assert "dense_recurrence" not in sparse.get_config()
+        fresh = LiquidNCPNetwork(**config)
+        fresh.load_state_dict(net.state_dict())
+        x = torch.randn(2, 5, 3)
+        assert torch.equal(fresh(x)[0], net(x)[0])
+        # the masks are the wiring's: a sparse network refuses the dense weights
+        with pytest.raises(ValueError, match="wiring masks"):
+            sparse.load_state_dict(net.state_dict())

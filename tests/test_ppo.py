@@ -243,6 +243,8 @@ def test_same_seed_same_run():
                                    "elapsed_time_unit": 0.05, "seq_len": 8}),
     ("Pendulum-v1", {"use_sde": True, "sde_sample_freq": 3, "n_envs": 2, "seq_len": 8}),
     ("Pendulum-v1", {"use_sde": True, "log_std_init": -1.0}),
+    ("PendulumNoVel-v1", {"actor_head": [16, 8], "actor_dense_recurrence": True,
+                          "seq_len": 8}),
 ])
 def test_resume_is_exact_mid_rollout(tmp_path, env_id, extra):
     """Stop in the middle of a rollout, save with the rollout, load, continue: the same
@@ -303,6 +305,9 @@ def test_save_load_round_trip_and_the_policy_file(tmp_path):
     ({"use_sde": True}, r"use_sde=True needs Box actions, got Discrete\(2\)"),
     ({"use_sde": 1}, "use_sde must be True or False, got 1"),
     ({"use_sde": True, "sde_sample_freq": -2}, "sde_sample_freq"),
+    ({"actor_head": 64}, r"head_layers must be a sequence of layer widths .* got 64"),
+    ({"actor_head": [64, 0]}, r"head_layers .* got \[64, 0\]"),
+    ({"actor_dense_recurrence": 1}, "dense_recurrence must be True or False, got 1"),
 ])
 def test_bad_options_raise_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -564,3 +569,28 @@ def test_gsde_first_minibatch_ratio_is_one_and_learning_runs(tmp_path):
     policy = LiquidPolicy.load(agent.policy.save(tmp_path / "policy"))
     assert policy.actor.gsde and policy.actor.log_std.shape == agent.actor.log_std.shape
     np.testing.assert_array_equal(policy.predict(obs, deterministic=True)[0], a1)
+
+
+def test_the_actor_head_reads_the_motor_neurons_through_relu_and_linear_layers():
+    """``actor_head=(16, 8)``: 16 motor neurons, then ReLU, Linear(16, 8), ReLU,
+    Linear(8, |A|), checked against the same maths written out with the weights."""
+    agent = small("PendulumNoVel-v1", actor_neurons=16, actor_head=(16, 8),
+                  actor_dense_recurrence=True)
+    actor = agent.actor
+    c = actor.net.hidden_size
+    assert actor.net.out_features == 16
+    assert bool(actor.net.command.recurrent_mask[:c].bool().all())
+    x = torch.randn(3, 5, actor.config["obs_dim"])
+    out, states = actor(x, return_states=True)
+    motor = actor.net.motor
+    m = states @ (motor.weight * motor.mask).t() + motor.bias
+    (w1, b1), (w2, b2) = [(layer.weight, layer.bias) for layer in actor.head
+                          if isinstance(layer, torch.nn.Linear)]
+    expected = torch.relu(torch.relu(m) @ w1.t() + b1) @ w2.t() + b2
+    torch.testing.assert_close(out, expected)
+    assert out.shape == (3, 5, 1)
+    plain = small("PendulumNoVel-v1", actor_neurons=16, actor_dense_recurrence=True).actor
+    motor_params = (16 - 1) * (c + 1)  # the 15 extra motor neurons' weights and biases
+    head_params = 16 * 8 + 8 + 8 * 1 + 1
+    assert (sum(p.numel() for p in actor.parameters())
+            == sum(p.numel() for p in plain.parameters()) + motor_params + head_params)

@@ -309,3 +309,38 @@ def test_bad_inputs_raise_value_error_naming_the_value(args, kwargs, fragments):
     msg = str(info.value)
     for frag in fragments:
         assert frag in msg, f"{frag!r} not in {msg!r}"
+
+
+# ------------------------------------------------------------------ dense recurrence
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8])
+def test_dense_recurrence_connects_every_command_pair_and_keeps_the_other_masks(sparsity):
+    sparse = Wiring(3, 20, 2, sparsity_level=sparsity, seed=5)
+    dense = Wiring(3, 20, 2, sparsity_level=sparsity, seed=5, dense_recurrence=True)
+    c = dense.counts.command
+    assert sparse.masks.recurrent.count_nonzero() < c * c  # the NCP's recurrence is sparse
+    assert dense.masks.recurrent.shape == (c, c)
+    assert int(dense.masks.recurrent.count_nonzero()) == c * c
+    assert set(dense.masks.recurrent.unique().tolist()) == {-1, 1}  # both polarities drawn
+    assert dense.synapses.recurrent_command == c * c
+    for k in ("inter", "command", "motor"):  # drawn before the recurrence: unchanged
+        assert torch.equal(getattr(sparse.masks, k), getattr(dense.masks, k))
+    assert (dense.n_connections - sparse.n_connections
+            == c * c - int(sparse.masks.recurrent.count_nonzero()))
+    assert "dense_recurrence=True" in repr(dense) and "dense_recurrence" not in repr(sparse)
+
+
+def test_dense_recurrence_round_trips_through_the_config():
+    dense = Wiring(4, 10, 1, seed=2, dense_recurrence=True)
+    cfg = json.loads(json.dumps(dense.get_config()))
+    assert cfg["dense_recurrence"] is True
+    back = Wiring.from_config(cfg)
+    assert back.dense_recurrence
+    for k in ("inter", "command", "motor", "recurrent"):
+        assert torch.equal(getattr(dense.masks, k), getattr(back.masks, k))
+    # a sparse wiring's config is what it was before the option existed
+    assert "dense_recurrence" not in Wiring(4, 10, 1, seed=2).get_config()
+
+
+def test_dense_recurrence_must_be_a_boolean():
+    with pytest.raises(ValueError, match="dense_recurrence must be True or False, got 'yes'"):
+        Wiring(4, 10, 1, dense_recurrence="yes")

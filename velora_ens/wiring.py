@@ -10,6 +10,9 @@ Decisions (see ``SPEC.md``, "Wiring"):
 * Fan-outs follow ncps ``AutoNCP`` with density ``d = 1 - sparsity_level``.
 * Synapses are sampled **without replacement**; every neuron ends up with at least
   one incoming and one outgoing synapse (orphans are connected).
+* ``dense_recurrence=True`` connects every command neuron to every command neuron (the
+  recurrence of ncps's fully connected CfC) instead of AutoNCP's ``2 d command`` recurrent
+  synapses; those polarities are drawn last, so the other masks are the sparse wiring's.
 * The only randomness is a PCG64 stream seeded by ``seed`` and read through
   ``Generator.random`` (uniform doubles), so masks do not depend on the global numpy
   state. With ``seed=None`` a seed is drawn from torch's global generator, so
@@ -73,6 +76,10 @@ class Wiring:
         sparsity_level: fraction of the possible synapses left out, in ``[0, 1)``.
         seed: seed of the wiring's own generator; ``None`` draws one from torch's
             global generator.
+        dense_recurrence: all-to-all command -> command synapses (random polarities)
+            instead of the sparse AutoNCP recurrence; the other masks are unchanged. A
+            policy that must integrate its observations over time (velocities from
+            positions) learns faster with it (``docs/benchmarks/rl/index.md``).
 
     Example:
         >>> wiring = Wiring(4, 10, 1, seed=0)
@@ -89,6 +96,7 @@ class Wiring:
         *,
         sparsity_level: float = 0.5,
         seed: int | None = None,
+        dense_recurrence: bool = False,
     ) -> None:
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
@@ -104,6 +112,9 @@ class Wiring:
         if not (0.0 <= float(sparsity_level) < 1.0):
             raise ValueError(f"sparsity_level must be in [0, 1), got {sparsity_level!r}")
         self.sparsity_level = float(sparsity_level)
+        if not isinstance(dense_recurrence, (bool, np.bool_)):
+            raise ValueError(f"dense_recurrence must be True or False, got {dense_recurrence!r}")
+        self.dense_recurrence = bool(dense_recurrence)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
         self.seed = check_int("seed", seed, 0)
@@ -120,7 +131,8 @@ class Wiring:
         self.synapses = SynapseCounts(
             sensory_fanout=max(int(c.inter * density), 1),
             inter_fanout=max(int(c.command * density), 1),
-            recurrent_command=min(max(int(c.command * density * 2), 1), c.command**2),
+            recurrent_command=(c.command**2 if self.dense_recurrence
+                               else min(max(int(c.command * density * 2), 1), c.command**2)),
             motor_fanin=max(int(c.command * density), 1),
         )
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
@@ -169,8 +181,11 @@ class Wiring:
         command = self._fan_out(c.inter, c.command, s.inter_fanout)
         motor = self._fan_in(c.command, c.motor, s.motor_fanin)
         recurrent = np.zeros((c.command, c.command), dtype=np.int8)
-        pairs = self._choose(c.command * c.command, s.recurrent_command)
-        recurrent.flat[pairs] = self._polarity(len(pairs))
+        if self.dense_recurrence:
+            recurrent.flat[:] = self._polarity(c.command * c.command)
+        else:
+            pairs = self._choose(c.command * c.command, s.recurrent_command)
+            recurrent.flat[pairs] = self._polarity(len(pairs))
         return LayerMasks(*(torch.from_numpy(m) for m in (inter, command, motor, recurrent)))
 
     # ------------------------------------------------------------------ access
@@ -185,23 +200,28 @@ class Wiring:
 
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments; :meth:`from_config` rebuilds the
-        identical wiring from them."""
-        return {
+        identical wiring from them (``dense_recurrence`` only when it is set)."""
+        config: dict[str, Any] = {
             "in_features": self.in_features,
             "n_neurons": self.n_neurons,
             "out_features": self.out_features,
             "sparsity_level": self.sparsity_level,
             "seed": self.seed,
         }
+        if self.dense_recurrence:
+            config["dense_recurrence"] = True
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Wiring:
         """Rebuild a wiring from :meth:`get_config`'s output."""
         expected = {"in_features", "n_neurons", "out_features", "sparsity_level", "seed"}
-        if not isinstance(config, dict) or set(config) != expected:
+        if not isinstance(config, dict) or not expected <= set(config) <= expected | {
+                "dense_recurrence"}:
             got = sorted(config) if isinstance(config, dict) else type(config).__name__
             raise ValueError(
-                f"Wiring config must have exactly the keys {sorted(expected)}, got {got}"
+                f"Wiring config must have exactly the keys {sorted(expected)} (and optionally "
+                f"'dense_recurrence'), got {got}"
             )
         return cls(
             config["in_features"],
@@ -209,6 +229,7 @@ class Wiring:
             config["out_features"],
             sparsity_level=config["sparsity_level"],
             seed=config["seed"],
+            dense_recurrence=config.get("dense_recurrence", False),
         )
 
     def neuron_names(self) -> dict[str, list[str]]:
@@ -246,6 +267,7 @@ class Wiring:
         return (
             f"Wiring(sensory={c.sensory}, inter={c.inter}, command={c.command}, "
             f"motor={c.motor}, sparsity_level={self.sparsity_level}, seed={self.seed}, "
+            f"{'dense_recurrence=True, ' if self.dense_recurrence else ''}"
             f"synapses={self.n_connections})"
         )
 

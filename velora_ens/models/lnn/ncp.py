@@ -173,6 +173,9 @@ class LiquidNCPNetwork(_WiredNetwork):
         activation: activation after the inter layer.
         ode_unfolds: LTC solver sub-steps.
         sign_constrained: CfC only, see :class:`NCPLiquidCell`.
+        dense_recurrence: every command neuron synapses onto every command neuron
+            (:class:`~velora_ens.wiring.Wiring`'s option) instead of the NCP's sparse
+            recurrence.
 
     ``forward(x, h=None, *, dt=None, episode_start=None) -> (y, h)``: ``x`` is
     ``(B, in_features)`` (one step, ``y: (B, out_features)``) or ``(B, L, in_features)``
@@ -199,6 +202,7 @@ class LiquidNCPNetwork(_WiredNetwork):
         activation: str = "silu",
         ode_unfolds: int = 6,
         sign_constrained: bool = False,
+        dense_recurrence: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -206,7 +210,8 @@ class LiquidNCPNetwork(_WiredNetwork):
         if cell not in ("cfc", "ltc"):
             raise ValueError(f"cell must be 'cfc' or 'ltc', got {cell!r}")
         self.wiring = Wiring(in_features, n_neurons, out_features,
-                             sparsity_level=sparsity_level, seed=seed)
+                             sparsity_level=sparsity_level, seed=seed,
+                             dense_recurrence=dense_recurrence)
         masks, counts = self.wiring.data()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.n_neurons, self.cell_type, self.activation = int(n_neurons), cell, activation
@@ -292,7 +297,7 @@ class LiquidNCPNetwork(_WiredNetwork):
     def get_config(self) -> dict:
         """Constructor arguments (JSON-serialisable) that rebuild this architecture."""
         cmd = self.command
-        return {
+        config = {
             "in_features": self.in_features,
             "n_neurons": self.n_neurons,
             "out_features": self.out_features,
@@ -304,6 +309,9 @@ class LiquidNCPNetwork(_WiredNetwork):
             "ode_unfolds": getattr(cmd, "ode_unfolds", 6),
             "sign_constrained": getattr(cmd, "sign_constrained", False),
         }
+        if self.wiring.dense_recurrence:  # only when set: older configs stay as they were
+            config["dense_recurrence"] = True
+        return config
 
 
 class NCPNetwork(_WiredNetwork):
