@@ -48,12 +48,15 @@ TUNED_PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
                          "clip_range": "lin_0.2", "ent_coef": 0.01, "target_kl": 0.02,
                          "actor_neurons": 64, "critic_neurons": 64,
                          "normalize_observations": True, "normalize_rewards": True},
-    # RL Zoo's rollout, discount and normalisation; 20 epochs at a 3x larger step size and
-    # 64-neuron networks (RL Zoo's 10 epochs at 1e-3 moved the policy little per update:
-    # approximate KL about 0.004; screened on seed 0 at 60k steps: -470 against -840)
+    # RL Zoo's rollout, discount and normalisation; an actor whose 64 motor neurons feed a
+    # ReLU and a linear layer (RecurrentPPO's pi=[64] head) over all-to-all recurrent command
+    # neurons, 20 epochs at RL Zoo's step size decaying linearly, noise held for 4 steps (in
+    # gSDE's place); 64-neuron networks. Trials: docs/benchmarks/rl/index.md
     "PendulumNoVel-v1": {"n_envs": 4, "n_steps": 1024, "batch_size": 128, "seq_len": 32,
                          "n_epochs": 20, "gamma": 0.9, "gae_lambda": 0.95,
-                         "learning_rate": 3e-3, "actor_neurons": 64, "critic_neurons": 64,
+                         "learning_rate": "lin_1e-3", "noise_hold_steps": 4,
+                         "actor_neurons": 64, "critic_neurons": 64, "actor_head": [64],
+                         "actor_dense_recurrence": True,
                          "normalize_observations": True, "normalize_rewards": True},
 }
 
