@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from velora_ens._validation import check_int
 from velora_ens.models import LiquidNCPNetwork
 
 __all__ = ["LiquidActor"]
@@ -42,9 +43,9 @@ class LiquidActor(nn.Module):
     outputs, as SB3's ``net_arch=dict(pi=[64])`` after RecurrentPPO's LSTM: the network
     gets ``head_layers[0]`` motor neurons, then ReLU and linear layers of the given widths
     and a linear output layer. ``dense_recurrence=True`` connects every command neuron to
-    every other (:class:`~velora_ens.wiring.Wiring`). On PendulumNoVel, where the policy
-    must infer the angular velocity from positions, the two together learn about twice as
-    fast as the plain NCP (``docs/benchmarks/rl/index.md``).
+    every other (:class:`~velora_ens.wiring.Wiring`). Together they are LiquidPPO's tuned
+    actor on PendulumNoVel, where the policy must infer the angular velocity from
+    positions (trials in ``docs/benchmarks/rl/index.md``).
 
     >>> actor = LiquidActor(2, gym.spaces.Box(-1, 1, (1,)), 64, seed=0,
     ...                     distribution="gaussian", head_layers=(64,), dense_recurrence=True)
@@ -59,12 +60,11 @@ class LiquidActor(nn.Module):
                  head_layers: tuple[int, ...] | list[int] = (),
                  dense_recurrence: bool = False) -> None:
         super().__init__()
-        if (isinstance(head_layers, (str, bytes)) or not hasattr(head_layers, "__iter__")
-                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-                           for w in head_layers)):
-            raise ValueError(f"head_layers must be a sequence of layer widths (integers "
-                             f">= 1), e.g. (64,), got {head_layers!r}")
-        head_layers = tuple(int(w) for w in head_layers)
+        if not isinstance(head_layers, (tuple, list)):
+            raise ValueError(f"head_layers must be a sequence of layer widths, e.g. (64,), "
+                             f"got {head_layers!r}")
+        head_layers = tuple(check_int(f"head_layers[{i}]", w, 1)
+                            for i, w in enumerate(head_layers))
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got "
                              f"{distribution!r}")

@@ -45,7 +45,7 @@ from agents.rollout_buffer import RolloutBuffer
 from agents.schedules import as_schedule, progress_remaining
 from agents.targets import gae_advantages
 from agents.values import make_value
-from velora_ens._validation import check_int, check_number
+from velora_ens._validation import check_bool, check_int, check_number
 
 __all__ = ["LiquidPPO"]
 
@@ -73,8 +73,8 @@ class LiquidPPO(BaseAgent):
             (default): the motor neurons are the outputs.
         actor_dense_recurrence: all-to-all recurrent synapses between the actor's command
             neurons instead of the NCP's sparse ones (:class:`velora_ens.wiring.Wiring`).
-            With ``actor_head=(64,)``, the tuned PendulumNoVel setting: a policy that must
-            integrate positions into velocities learns faster.
+            With ``actor_head=(64,)``, the tuned PendulumNoVel setting (trials in
+            ``docs/benchmarks/rl/index.md``).
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
         shared_critic: a linear value head on the actor's liquid state instead of a
             separate liquid critic.
@@ -186,8 +186,7 @@ class LiquidPPO(BaseAgent):
                                  ("noise_hold_steps", noise_hold_steps, 1)):
             check_int(name, value, low)
         check_int("sde_sample_freq", sde_sample_freq, -1)
-        if not isinstance(use_sde, bool):
-            raise ValueError(f"use_sde must be True or False, got {use_sde!r}")
+        check_bool("use_sde", use_sde)
         if use_sde and noise_hold_steps != 1:
             raise ValueError(f"use_sde=True and noise_hold_steps={noise_hold_steps} are two "
                              "ways of correlating the exploration noise in time; choose one "

@@ -305,8 +305,8 @@ def test_save_load_round_trip_and_the_policy_file(tmp_path):
     ({"use_sde": True}, r"use_sde=True needs Box actions, got Discrete\(2\)"),
     ({"use_sde": 1}, "use_sde must be True or False, got 1"),
     ({"use_sde": True, "sde_sample_freq": -2}, "sde_sample_freq"),
-    ({"actor_head": 64}, r"head_layers must be a sequence of layer widths .* got 64"),
-    ({"actor_head": [64, 0]}, r"head_layers .* got \[64, 0\]"),
+    ({"actor_head": 64}, r"head_layers must be a sequence of layer widths, e.g. \(64,\), got 64"),
+    ({"actor_head": [64, 0]}, r"head_layers\[1\] must be an integer >= 1, got 0"),
     ({"actor_dense_recurrence": 1}, "dense_recurrence must be True or False, got 1"),
 ])
 def test_bad_options_raise_clear_errors(kw, match):

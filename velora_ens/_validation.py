@@ -6,7 +6,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_number"]
+__all__ = ["check_bool", "check_int", "check_number"]
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (not 0, 1 or a string); else raise a
+    ``ValueError`` naming the argument and the value."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from velora_ens._validation import check_int
+from velora_ens._validation import check_bool, check_int
 
 __all__ = ["LayerMasks", "NeuronCounts", "SynapseCounts", "Wiring"]
 
@@ -77,9 +77,9 @@ class Wiring:
         seed: seed of the wiring's own generator; ``None`` draws one from torch's
             global generator.
         dense_recurrence: all-to-all command -> command synapses (random polarities)
-            instead of the sparse AutoNCP recurrence; the other masks are unchanged. A
-            policy that must integrate its observations over time (velocities from
-            positions) learns faster with it (``docs/benchmarks/rl/index.md``).
+            instead of the sparse AutoNCP recurrence; the other masks are unchanged.
+            LiquidPPO's tuned PendulumNoVel actor uses it, where velocities must be
+            inferred from positions (``docs/benchmarks/rl/index.md``).
 
     Example:
         >>> wiring = Wiring(4, 10, 1, seed=0)
@@ -112,9 +112,7 @@ class Wiring:
         if not (0.0 <= float(sparsity_level) < 1.0):
             raise ValueError(f"sparsity_level must be in [0, 1), got {sparsity_level!r}")
         self.sparsity_level = float(sparsity_level)
-        if not isinstance(dense_recurrence, (bool, np.bool_)):
-            raise ValueError(f"dense_recurrence must be True or False, got {dense_recurrence!r}")
-        self.dense_recurrence = bool(dense_recurrence)
+        self.dense_recurrence = check_bool("dense_recurrence", dense_recurrence)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
         self.seed = check_int("seed", seed, 0)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from velora_ens._validation import check_bool
 from velora_ens.models.lnn.cell import NCPLiquidCell
 from velora_ens.models.lnn.ncp import LiquidNCPNetwork, NCPNetwork
 
@@ -60,8 +61,7 @@ class InferenceGraph(nn.Module):
                                   or steps < 1):
             raise ValueError(f"steps must be None (one step) or an integer >= 1 (a sequence "
                              f"length), got {steps!r}")
-        if not isinstance(elapsed_time, bool):
-            raise ValueError(f"elapsed_time must be True or False, got {elapsed_time!r}")
+        check_bool("elapsed_time", elapsed_time)
         self.net = net
         self.recurrent = isinstance(net, LiquidNCPNetwork)
         if not self.recurrent and elapsed_time:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from velora_ens._validation import check_bool
 from velora_ens.training.allocator import retain_freed_cpu_memory
 from velora_ens.training.checkpoint import (
     CHECKPOINT_JSON,
@@ -263,8 +264,7 @@ class Trainer:
         self.eval_every = eval_every
 
         # --- model, optimizer, EMA --------------------------------------------------------
-        if not isinstance(retain_cpu_memory, bool):
-            raise ValueError(f"retain_cpu_memory must be True or False, got {retain_cpu_memory!r}")
+        check_bool("retain_cpu_memory", retain_cpu_memory)
         self.retains_cpu_memory = (self.device.type == "cpu" and retain_cpu_memory
                                    and retain_freed_cpu_memory())
         self.model = model.to(self.device)
