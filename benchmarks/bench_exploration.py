@@ -36,7 +36,7 @@ from bench_ppo import plot_learning_curves
 from bench_rl import evaluate, interleaved_rates  # bench_rl's evaluation and timing
 from report import machine, write_atomic
 
-from agents.hyperparams import TUNED_HYPERPARAMS
+from agents.common.hyperparams import TUNED_HYPERPARAMS
 
 OUT = Path("docs/benchmarks/rl")
 
@@ -358,8 +358,8 @@ def run_grid_cell(args: tuple[str, str, int]) -> dict:
 def grid(seed: int, jobs: int, out: Path, argv: list[str]) -> int:
     import torch
 
-    from agents.exploration import STRATEGIES
-    from agents.heads import HEADS
+    from agents.neuroflow.exploration import STRATEGIES
+    from agents.neuroflow.heads import HEADS
 
     cells = [(h, s, seed) for h in HEADS for s in STRATEGIES
              if not (h == "moe" and s == "thompson")]  # thompson needs fixed members

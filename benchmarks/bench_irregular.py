@@ -13,7 +13,7 @@ budget and for several seeds, four variants:
 - ``recurrent_ppo``: sb3-contrib RecurrentPPO (``MlpLstmPolicy``, RL Zoo's
   ``hyperparams/ppo_lstm.yml`` settings of the NoVel task) on the wrapped task.
 
-The NeuroFlow variants use ``agents.hyperparams.tuned_hyperparams("NeuroFlow", <NoVel id>)``.
+The NeuroFlow variants use ``agents.common.hyperparams.tuned_hyperparams("NeuroFlow", <NoVel id>)``.
 Every run evaluates its deterministic policy every 5,000 steps on 10 episodes (20 at the
 end) of a separately seeded environment built as for training, and the script writes a
 Markdown page, a JSON file and a learning-curve PNG:
@@ -88,7 +88,7 @@ def settings(variant: str, task: Task) -> dict:
     """The variant's settings for the task (RL Zoo's spelling for RecurrentPPO)."""
     if variant == "recurrent_ppo":
         return dict(PPO_LSTM_YML[task.base_id])
-    from agents.hyperparams import tuned_hyperparams
+    from agents.common.hyperparams import tuned_hyperparams
 
     config = tuned_hyperparams("NeuroFlow", task.base_id)
     if variant == "cells":

@@ -1,7 +1,7 @@
 """LiquidPPO against RecurrentPPO and frame-stacked PPO on partially observed tasks, in one run.
 
 Each task trains, on the same budget and for several seeds, LiquidPPO (``agents.LiquidPPO``
-with ``agents.hyperparams.TUNED_PPO_HYPERPARAMS``), sb3-contrib's RecurrentPPO
+with ``agents.common.hyperparams.TUNED_PPO_HYPERPARAMS``), sb3-contrib's RecurrentPPO
 (``MlpLstmPolicy``) with RL Zoo's ``hyperparams/ppo_lstm.yml`` settings, and SB3 PPO
 (``MlpPolicy``, memory-free) on 4 stacked frames with RL Zoo's ``hyperparams/ppo.yml``
 settings of the fully observed task. Every run evaluates its deterministic policy on 10
@@ -99,7 +99,7 @@ def settings(algo: str, task: Task, liquid: dict | None = None) -> dict:
     ``liquid``: LiquidPPO keyword arguments that replace or extend its tuned settings
     (``--liquid-settings``), e.g. ``{"n_steps": 512}`` for a settings trial."""
     if algo == "liquid_ppo":
-        from agents.hyperparams import TUNED_PPO_HYPERPARAMS
+        from agents.common.hyperparams import TUNED_PPO_HYPERPARAMS
 
         return {**TUNED_PPO_HYPERPARAMS[task.env_id], **(liquid or {})}
     if algo == "recurrent_ppo":
@@ -409,7 +409,7 @@ def throughput_settings() -> dict[str, Any]:
     """LiquidPPO's settings for the throughput comparison: RL Zoo's CartPoleNoVel-v1 ones
     (8 envs, n_steps 32, batch 256, 20 epochs, no KL stop) with the tuned networks' sizes,
     so that both agents run the same number of updates on the same rollouts."""
-    from agents.hyperparams import tuned_hyperparams
+    from agents.common.hyperparams import tuned_hyperparams
 
     tuned = tuned_hyperparams("LiquidPPO", "CartPoleNoVel-v1")
     zoo = {k: v for k, v in PPO_LSTM_YML["CartPoleNoVel-v1"].items()
@@ -478,12 +478,12 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
 def liquid_missing(env_id: str | None) -> str | None:
     """Why LiquidPPO cannot run here (it is written elsewhere), or None."""
     import agents
-    import agents.hyperparams as hp
+    import agents.common.hyperparams as hp
 
     if not hasattr(agents, "LiquidPPO"):
         return "agents.LiquidPPO is not available; pass --algos recurrent_ppo ppo_stacked"
     if env_id is not None and env_id not in getattr(hp, "TUNED_PPO_HYPERPARAMS", {}):
-        return (f"agents.hyperparams.TUNED_PPO_HYPERPARAMS has no {env_id!r} entry; pass "
+        return (f"agents.common.hyperparams.TUNED_PPO_HYPERPARAMS has no {env_id!r} entry; pass "
                 "--algos recurrent_ppo ppo_stacked")
     return None
 

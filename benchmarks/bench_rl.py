@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from report import machine, write_atomic
 
-from agents.hyperparams import TUNED_HYPERPARAMS
+from agents.common.hyperparams import TUNED_HYPERPARAMS
 
 OUT = Path("docs/benchmarks/rl")
 

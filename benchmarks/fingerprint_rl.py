@@ -76,7 +76,7 @@ def ppo_fingerprint(agent) -> str:
 def fingerprint(agent, ignore: frozenset[str] = frozenset()) -> str:
     """SHA-256 over the bytes of every tensor that training changes, in a fixed order.
 
-    Written against NeuroFlow's attributes only (not ``agents.persistence``), so that it
+    Written against NeuroFlow's attributes only (not ``agents.common.persistence``), so that it
     runs unchanged on older checkouts.
     """
     import torch

@@ -346,7 +346,7 @@ def test_bench_ppo_settings_follow_rl_zoo(bench_ppo):
 def test_bench_ppo_throughput_runs_rl_zoos_updates(bench_ppo):
     # the throughput comparison must not inherit the tuned early stop or epoch count: both
     # agents run RL Zoo's rollouts and epochs, LiquidPPO with its tuned networks' sizes
-    from agents.hyperparams import tuned_hyperparams
+    from agents.common.hyperparams import tuned_hyperparams
 
     zoo = bench_ppo.PPO_LSTM_YML["CartPoleNoVel-v1"]
     ours = bench_ppo.throughput_settings()
@@ -403,7 +403,7 @@ def test_bench_ppo_liquid_settings_reach_the_model(bench_ppo, tmp_path):
     # The run (in a worker process) must build LiquidPPO with the overrides: its parameter
     # count is that of a LiquidPPO built here with them, not that of the tuned sizes.
     from agents import LiquidPPO
-    from agents.hyperparams import TUNED_PPO_HYPERPARAMS
+    from agents.common.hyperparams import TUNED_PPO_HYPERPARAMS
 
     out = tmp_path / "trial"
     argv = ["cartpole-novel", "--steps", "64", "--eval-every", "64", "--seeds", "0",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agents import NeuroFlow
-from agents.hyperparams import TUNED_PPO_HYPERPARAMS
+from agents.common.hyperparams import TUNED_PPO_HYPERPARAMS
 from velora_ens.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -111,7 +111,7 @@ def test_hand_written_backward_equals_autograd_bit_for_bit(out, ncp, case):
 
 
 def test_hand_written_backward_is_used_and_checked_by_gradcheck():
-    from agents.critics import StackedMLP
+    from agents.neuroflow.critics import StackedMLP
 
     ens = CriticEnsemble(3, 1, n_critics=2, hidden=(5,)).double()
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)

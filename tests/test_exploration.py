@@ -1,4 +1,4 @@
-"""Exploration strategies (agents.exploration), each against a hand computation, and
+"""Exploration strategies (agents.neuroflow.exploration), each against a hand computation, and
 their saving, resuming and option checks."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from agents import NeuroFlow
-from agents.exploration import (
+from agents.neuroflow.exploration import (
     Disagreement,
     OptimisticActorCritic,
     ThompsonSampling,
     UCBSelection,
 )
-from agents.heads import CriticHead
+from agents.neuroflow.heads import CriticHead
 
 SMALL = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
              critic_hidden=(32, 32))

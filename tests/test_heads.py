@@ -1,4 +1,4 @@
-"""Critic heads (agents.heads): the member shape, one definition of disagreement, priors,
+"""Critic heads (agents.neuroflow.heads): the member shape, one definition of disagreement, priors,
 bootstrap masks and REDQ subsets, each against a direct computation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents import NeuroFlow
-from agents.heads import (
+from agents.neuroflow.heads import (
     HEADS,
     BatchCritics,
     BayesianCritics,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from agents import NeuroFlow
-from agents.heads import make_critic_head
-from agents.hyperparams import TUNED_HYPERPARAMS
-from agents.targets import n_step_targets
+from agents.common.hyperparams import TUNED_HYPERPARAMS
+from agents.neuroflow.heads import make_critic_head
+from agents.neuroflow.targets import n_step_targets
 from velora_ens.cli import main
 
 SMALL = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,

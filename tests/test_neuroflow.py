@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 from rl_envs import BadEnv, CounterEnv, CueEnv, MalformedEnv
 
 from agents import NeuroFlow
-from agents.targets import n_step_targets
+from agents.neuroflow.targets import n_step_targets
 from envs import make_vec_env
 
 

@@ -12,7 +12,7 @@ import torch
 
 import envs
 from agents import NeuroFlow, evaluate_policy
-from agents.callbacks import EvalCallback
+from agents.common.callbacks import EvalCallback
 
 SMALL = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
              critic_hidden=(32, 32))
@@ -213,7 +213,7 @@ def test_elapsed_time_errors_name_the_step():
 
 
 def test_buffers_refuse_missing_or_unexpected_elapsed_times():
-    from agents.buffers import SequenceReplayBuffer
+    from agents.neuroflow.replay import SequenceReplayBuffer
 
     timed = SequenceReplayBuffer(8, 1, 2, 1, 3, elapsed=True)
     plain = SequenceReplayBuffer(8, 1, 2, 1, 3)
@@ -284,7 +284,7 @@ def test_after_step_takes_a_truncated_copys_final_time_from_final_info():
     """Worked example of ElapsedTime.after_step: copy 1 was truncated and reset within the
     step (SAME_STEP), so it acts next on a fresh episode (dt 1) while its real next
     observation came 2.0 after the last one (info["final_info"])."""
-    from agents.elapsed import ElapsedTime
+    from agents.driver.elapsed import ElapsedTime
 
     reader = ElapsedTime("elapsed_time", unit=0.5, n_envs=3)
     info = {"elapsed_time": np.array([1.0, 0.5, 1.5]), "_elapsed_time": np.ones(3, bool),

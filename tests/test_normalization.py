@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agents import NeuroFlow
-from agents.normalization import ObservationNormalizer
+from agents.common.normalization import ObservationNormalizer
 
 
 def test_batched_updates_equal_the_statistics_of_all_rows():
@@ -67,7 +67,7 @@ def test_reward_scaling_matches_sb3_vecnormalize():
     copies left out of a step (reset rows) neither update nor get a reward."""
     from stable_baselines3.common.running_mean_std import RunningMeanStd
 
-    from agents.normalization import RewardNormalizer
+    from agents.common.normalization import RewardNormalizer
 
     rng = np.random.default_rng(1)
     gamma, n_envs = 0.9, 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
+from agents.common.optim import clip_grad_norm, fused_adam_step, zero_grad
 
 
 def _problem(seed: int) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:

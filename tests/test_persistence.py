@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from agents import NeuroFlow
-from agents.persistence import read_agent_file
+from agents.common.persistence import read_agent_file
 
 SMALL = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
              critic_hidden=(32, 32))

@@ -13,7 +13,7 @@ from rl_envs import CounterEnv, CueEnv
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from agents import LiquidPolicy, LiquidPPO, load_agent
-from agents.targets import gae_advantages
+from agents.ppo.gae import gae_advantages
 from envs import make_vec_env
 
 

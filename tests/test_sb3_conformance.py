@@ -24,7 +24,7 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import NeuroFlow, load_agent
-from agents.spaces import ObservationEncoder
+from agents.driver.spaces import ObservationEncoder
 from envs import make_vec_env
 from velora_ens.bench.report import machine
 
@@ -452,7 +452,7 @@ def test_importing_velora_ens_loads_no_agent_or_env_module():
 
 # ------------------------------------------------------------------ small pieces
 def test_schedules_spellings_and_checks():
-    from agents.schedules import as_schedule, progress_remaining
+    from agents.common.schedules import as_schedule, progress_remaining
 
     lin = as_schedule("lin_1e-3", "learning_rate")
     assert (lin(1.0), lin(0.25), lin.constant) == (1e-3, 2.5e-4, False)

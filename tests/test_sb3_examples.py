@@ -34,7 +34,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecNormalize
 
 from agents import NeuroFlow
-from agents.acting import LiquidPolicy
+from agents.common.policy import LiquidPolicy
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import NeuroFlow, NonFiniteTrainingError
-from agents.callbacks import (
+from agents.common.callbacks import (
     BaseCallback,
     CheckpointCallback,
     EvalCallback,

@@ -106,7 +106,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     the tuned ones may set n_envs)."""
     config = {} if args.config is None else _read_config(Path(args.config))
     if args.config is None:
-        from agents.hyperparams import tuned_hyperparams
+        from agents.common.hyperparams import tuned_hyperparams
 
         env = args.env if args.env is not None else _RUN_OPTIONS["env"]
         config = tuned_hyperparams(ALGOS[args.algo], env)
@@ -188,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
     from stable_baselines3.common.monitor import Monitor
 
     import envs
-    from agents.callbacks import CheckpointCallback, EvalCallback
+    from agents.common.callbacks import CheckpointCallback, EvalCallback
 
     torch.set_num_threads(args.threads)
     settings, hyper = _settings(args)
@@ -231,7 +231,7 @@ def _train(args: argparse.Namespace) -> int:
               f"{eval_cb.best_mean_reward:.1f})")
     print(f"  tensorboard   tensorboard --logdir {run / 'tensorboard'}")
     if not args.no_video:
-        from agents.callbacks import record_video, renders_rgb
+        from agents.common.callbacks import record_video, renders_rgb
 
         if not renders_rgb(env_id):
             print(f"  video         (none: {env_id} has no rgb_array rendering)")
@@ -284,7 +284,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from agents.callbacks import record_video
+    from agents.common.callbacks import record_video
 
     out = Path(args.out)
     try:

@@ -8,7 +8,7 @@ An algorithm declares what it has by filling in a few hooks:
 
 * :meth:`_learn_iteration`: one iteration of collection and updates (step the driver
   with :meth:`_env_step`, train, then :meth:`_callback_step`); returns whether to go on;
-* ``self.policy``: an :class:`~agents.acting.LiquidPolicy` (what acts, ``predict``);
+* ``self.policy``: an :class:`~agents.common.policy.LiquidPolicy` (what acts, ``predict``);
 * :meth:`_start_rollout`: what a fresh rollout needs (called after the seeded reset);
 * what it saves: :meth:`_persistent_modules`, :meth:`_persistent_optimizers`,
   :meth:`_persistent_tensors` and :meth:`_persistent_counters` (and their ``_load_``
@@ -30,11 +30,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents import persistence
-from agents.elapsed import ElapsedTime
-from agents.normalization import ObservationNormalizer
-from agents.schedules import as_schedule, progress_remaining
-from agents.vec_env import EnvDriver, EnvStep
+from agents.common import persistence
+from agents.common.normalization import ObservationNormalizer
+from agents.common.schedules import as_schedule, progress_remaining
+from agents.driver.driver import EnvDriver, EnvStep
+from agents.driver.elapsed import ElapsedTime
 from velora_ens._validation import check_int
 
 __all__ = ["POLICY_ALIASES", "BaseAgent", "NonFiniteTrainingError", "get_device"]
@@ -225,7 +225,7 @@ class BaseAgent:
         and train; returns ``self``.
 
         ``callback``: a Stable-Baselines3 callback (any ``BaseCallback``, see
-        :mod:`agents.callbacks`), a list of them, or a function
+        :mod:`agents.common.callbacks`), a list of them, or a function
         ``callback(locals, globals) -> bool``; called after every environment step and
         that step's updates with SB3's names in ``locals`` (``infos``, ``rewards``,
         ``dones``, ``new_obs``, ``actions``, ...), and a false return value stops
@@ -241,7 +241,7 @@ class BaseAgent:
             total_timesteps = int(total_timesteps)  # SB3 allows learn(1e4)
         total_timesteps = check_int("total_timesteps", total_timesteps, 1)
         log_interval = check_int("log_interval", log_interval, 1)
-        from agents.callbacks import make_callback
+        from agents.common.callbacks import make_callback
 
         callback = make_callback(callback, progress_bar)
         if reset_num_timesteps:
@@ -308,7 +308,7 @@ class BaseAgent:
         return bool(callback.on_step())
 
     def _sb3_infos(self, step: EnvStep) -> list[dict[str, Any]]:
-        from agents.sb3_vec_env import split_infos
+        from agents.driver.sb3 import split_infos
 
         infos = split_infos(step.info, self.n_envs)
         for i in np.flatnonzero(step.dones):
@@ -355,7 +355,7 @@ class BaseAgent:
         """Actions for one observation or a batch, and the next recurrent state
         ``(n, state_size)``: the sb3-contrib RecurrentPPO contract, so
         ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged
-        (:meth:`agents.acting.LiquidPolicy.predict`: observation checks and encoding,
+        (:meth:`agents.common.policy.LiquidPolicy.predict`: observation checks and encoding,
         episode-start resets, then the policy's step). ``elapsed_time`` (optional): the
         time since each observation's predecessor, for agents trained with
         ``elapsed_time_key``."""

@@ -42,7 +42,12 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from agents.critics import CriticEnsemble, StackedMLP, _stacked_mlp, stacked_mlp_input_gradient
+from agents.neuroflow.critics import (
+    CriticEnsemble,
+    StackedMLP,
+    _stacked_mlp,
+    stacked_mlp_input_gradient,
+)
 from velora_ens._validation import check_int
 from velora_ens.ensembles import DelegatingMLPExperts, LiquidEnsembleLayer, Prediction
 from velora_ens.ensembles import batchensemble as _batchensemble
@@ -138,7 +143,7 @@ class CriticHead(nn.Module):
 
 
 class DeepCritics(CriticHead, CriticEnsemble):
-    """The vectorised deep ensemble: :class:`~agents.critics.CriticEnsemble` as a head."""
+    """The vectorised deep ensemble: :class:`~agents.neuroflow.critics.CriticEnsemble` as a head."""
 
     kind = "deep"
 

@@ -12,7 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.spaces import ObservationEncoder
+from agents.driver.spaces import ObservationEncoder
 
 __all__ = ["CheckedEnv"]
 
@@ -31,7 +31,7 @@ class CheckedEnv(gym.Wrapper):
 
     def _check_obs(self, obs: Any) -> None:
         if not isinstance(self.observation_space, gym.spaces.Box):
-            try:  # a discrete or composite space: it must encode (see agents.spaces)
+            try:  # a discrete or composite space: it must encode (see agents.driver.spaces)
                 ObservationEncoder(self.observation_space).encode(obs, batched=False)
             except ValueError as exc:
                 raise ValueError(f"{self._where()} returned a malformed observation: {exc}"

@@ -3,8 +3,8 @@
 One class for Box actions (SAC, tanh-squashed Gaussian) and Discrete actions
 (SAC-Discrete: full probability vector, positive target entropy). The actor is a
 :class:`~velora_ens.models.LiquidNCPNetwork`; the critics are a batched
-:class:`~agents.critics.CriticEnsemble` (MLPs or NCP-wired MLPs) that read the
-observation, the critics' view of the history (:mod:`agents.history`) and, for Box
+:class:`~agents.neuroflow.critics.CriticEnsemble` (MLPs or NCP-wired MLPs) that read the
+observation, the critics' view of the history (:mod:`agents.neuroflow.history`) and, for Box
 actions, the action.
 
 Recurrent training follows R2D2: the replay buffer keeps whole trajectories; an update
@@ -16,7 +16,7 @@ training. Targets bootstrap on ``terminated`` only (a time-limit truncation is n
 terminal state).
 
 The plumbing (environments, ``learn``'s loop, ``predict``, saving, callbacks, logs) is
-:class:`~agents.base.BaseAgent`'s; this module holds the algorithm: its networks, one
+:class:`~agents.common.base.BaseAgent`'s; this module holds the algorithm: its networks, one
 iteration of acting and updates, and the update itself (:meth:`NeuroFlow.train_step`).
 """
 
@@ -30,16 +30,16 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from agents.acting import LiquidPolicy
-from agents.base import BaseAgent, NonFiniteTrainingError
-from agents.buffers import SequenceReplayBuffer
-from agents.elapsed import ElapsedTime
-from agents.exploration import make_exploration
-from agents.heads import HeadOptions, bootstrap_masks, make_critic_head
-from agents.history import make_history
-from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
-from agents.policies import LiquidActor
-from agents.targets import n_step_targets, one_step_targets
+from agents.common.actor import LiquidActor
+from agents.common.base import BaseAgent, NonFiniteTrainingError
+from agents.common.optim import clip_grad_norm, fused_adam_step, zero_grad
+from agents.common.policy import LiquidPolicy
+from agents.driver.elapsed import ElapsedTime
+from agents.neuroflow.exploration import make_exploration
+from agents.neuroflow.heads import HeadOptions, bootstrap_masks, make_critic_head
+from agents.neuroflow.history import make_history
+from agents.neuroflow.replay import SequenceReplayBuffer
+from agents.neuroflow.targets import n_step_targets, one_step_targets
 from velora_ens._validation import check_int
 
 __all__ = ["NeuroFlow", "NonFiniteTrainingError"]
@@ -77,22 +77,22 @@ class NeuroFlow(BaseAgent):
             ``gymnasium.Env``, a Gymnasium vector env or a Stable-Baselines3 ``VecEnv``.
             Observations may be 1-D ``Box``, ``Discrete``, ``MultiDiscrete``,
             ``MultiBinary`` or ``Dict``/``Tuple`` of these (encoded as SB3 does, see
-            :mod:`agents.spaces`); actions ``Box`` or ``Discrete``.
+            :mod:`agents.driver.spaces`); actions ``Box`` or ``Discrete``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
         critic_hidden: hidden widths of each MLP critic.
         critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
         n_critics: critics in the ensemble head (targets use their minimum).
-        critic_head: the critics' ensemble head (:mod:`agents.heads`): ``"deep"`` (N
+        critic_head: the critics' ensemble head (:mod:`agents.neuroflow.heads`): ``"deep"`` (N
             independent MLPs in one batched call, the default), ``"batch"``
             (BatchEnsemble), ``"liquid"`` (Liquid Ensemble: delegating experts,
             power-weighted value) or ``"moe"`` (Bayesian: parameters drawn per member).
-        critic_head_kwargs: options of the head (:class:`agents.heads.HeadOptions`):
+        critic_head_kwargs: options of the head (:class:`agents.neuroflow.heads.HeadOptions`):
             ``prior_scale`` (frozen randomised priors), ``bootstrap`` (the probability
             that a transition trains a member; masks kept in replay), ``target_subset``
             (REDQ's random-subset minimum), and the head's own (``solver``; ``init_std``,
             ``prior_std``, ``kl_weight``).
-        exploration: how the agent acts while collecting (:mod:`agents.exploration`):
+        exploration: how the agent acts while collecting (:mod:`agents.neuroflow.exploration`):
             ``"none"`` (the policy), ``"oac"``, ``"ucb"``, ``"thompson"`` or
             ``"disagreement"``; ``predict`` always acts with the policy.
         exploration_kwargs: the strategy's options (e.g. ``{"beta": 4.66, "delta":
@@ -167,7 +167,7 @@ class NeuroFlow(BaseAgent):
         tensorboard_log: folder for TensorBoard runs (one subfolder per run), with SB3's
             keys (``rollout/ep_rew_mean``, ``train/critic_loss``, ``time/fps``, ...) plus
             ``train/q_epistemic``, the critics' disagreement (the epistemic standard
-            deviation of their values, :meth:`agents.heads.CriticHead.prediction`),
+            deviation of their values, :meth:`agents.neuroflow.heads.CriticHead.prediction`),
             and each exploration strategy's own keys.
         verbose: 1 prints SB3's log table every ``log_interval`` episodes.
     """
@@ -666,7 +666,7 @@ class NeuroFlow(BaseAgent):
         and action log (what :meth:`load_replay_buffer` needs to continue exactly), as a
         safetensors file at ``path`` (whatever its suffix; ``.safetensors`` is added when
         it has none)."""
-        from agents.persistence import save_training_state
+        from agents.common.persistence import save_training_state
 
         return save_training_state(self, path)
 
@@ -674,6 +674,6 @@ class NeuroFlow(BaseAgent):
         """SB3's ``load_replay_buffer``: restore what :meth:`save_replay_buffer` wrote
         (``truncate_last_traj`` is accepted for SB3's signature; trajectories are kept
         whole)."""
-        from agents.persistence import load_training_state
+        from agents.common.persistence import load_training_state
 
         load_training_state(self, path)

@@ -4,10 +4,10 @@ The actor is a :class:`~velora_ens.models.LiquidNCPNetwork` (CfC by default, LTC
 option) with a categorical head (Discrete actions) or a Gaussian one (Box actions: the
 mean from the network, a learned state-independent log-std, actions clipped to the
 bounds when sent, as Stable-Baselines3's PPO); the critic is a liquid network of its own
-by default (:mod:`agents.values`).
+by default (:mod:`agents.ppo.values`).
 
 A rollout of ``n_steps`` rows per environment copy is stored with the recurrent states
-the networks had before each row (:class:`~agents.rollout_buffer.RolloutBuffer`).
+the networks had before each row (:class:`~agents.ppo.rollout.RolloutBuffer`).
 Training cuts it into windows of ``seq_len`` consecutive rows of one copy (whole columns
 by default) and re-runs the networks over each window from its start state, with the
 states reset inside the networks wherever an episode starts: no padding, no masks over
@@ -21,7 +21,7 @@ observation, read with the critic's state after the last step (a time limit is n
 terminal state); Gymnasium's NEXT_STEP reset rows are not transitions and are masked out.
 
 The plumbing (environments, ``learn``'s loop, ``predict``, saving, callbacks, logs) is
-:class:`~agents.base.BaseAgent`'s; this module holds the rollout and the update
+:class:`~agents.common.base.BaseAgent`'s; this module holds the rollout and the update
 (:meth:`LiquidPPO.train`).
 """
 
@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from agents.acting import LiquidPolicy
-from agents.base import BaseAgent
-from agents.elapsed import ElapsedTime
-from agents.normalization import RewardNormalizer
-from agents.optim import clip_grad_norm, fused_adam_step, zero_grad
-from agents.policies import LiquidActor
-from agents.rollout_buffer import RolloutBuffer
-from agents.schedules import as_schedule, progress_remaining
-from agents.targets import gae_advantages
-from agents.values import make_value
+from agents.common.actor import LiquidActor
+from agents.common.base import BaseAgent
+from agents.common.normalization import RewardNormalizer
+from agents.common.optim import clip_grad_norm, fused_adam_step, zero_grad
+from agents.common.policy import LiquidPolicy
+from agents.common.schedules import as_schedule, progress_remaining
+from agents.driver.elapsed import ElapsedTime
+from agents.ppo.gae import gae_advantages
+from agents.ppo.rollout import RolloutBuffer
+from agents.ppo.values import make_value
 from velora_ens._validation import check_bool, check_int, check_number
 
 __all__ = ["LiquidPPO"]
@@ -63,7 +63,7 @@ class LiquidPPO(BaseAgent):
     Args:
         env: a Gymnasium id (``"module:EnvId"`` imports ``module`` first), a
             ``gymnasium.Env``, a Gymnasium vector env or a Stable-Baselines3 ``VecEnv``.
-            Observations as :class:`~agents.neuroflow.NeuroFlow`'s; actions ``Box`` or
+            Observations as :class:`~agents.neuroflow.neuroflow.NeuroFlow`'s; actions ``Box`` or
             ``Discrete``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
         critic_neurons: the same for the critic's own network.
@@ -353,7 +353,7 @@ class LiquidPPO(BaseAgent):
     def _read_elapsed(self, info: dict[str, Any], truncated: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
         """The elapsed times of the observations the next step acts on and of the real
-        next observations (:meth:`agents.elapsed.ElapsedTime.after_step`)."""
+        next observations (:meth:`agents.driver.elapsed.ElapsedTime.after_step`)."""
         if self.elapsed is None:
             return self._dt, self._dt
         return self.elapsed.after_step(

@@ -33,7 +33,7 @@ from stable_baselines3.common.callbacks import (
 from stable_baselines3.common.callbacks import EvalCallback as _SB3EvalCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from agents.evaluation import elapsed_time_kwargs
+from agents.common.evaluation import elapsed_time_kwargs
 from velora_ens._validation import check_int
 
 __all__ = [

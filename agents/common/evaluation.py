@@ -5,7 +5,7 @@ deterministic)``: it cannot hand a policy the time since the previous observatio
 one does the same evaluation on a single Gymnasium env and, for an agent trained with
 ``elapsed_time_key``, reads ``info[elapsed_time_key]`` after every reset and step and
 passes it as ``predict(..., elapsed_time=)``. Any other model with SB3's recurrent
-``predict`` (an SB3 or sb3-contrib model, a :class:`~agents.acting.LiquidPolicy`) is
+``predict`` (an SB3 or sb3-contrib model, a :class:`~agents.common.policy.LiquidPolicy`) is
 evaluated as SB3 would.
 
 >>> import gymnasium as gym, envs

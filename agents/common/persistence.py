@@ -1,6 +1,6 @@
 """Saving and loading agents: one safetensors file, nothing pickled.
 
-Written against :class:`~agents.base.BaseAgent`'s hooks only: it imports no algorithm,
+Written against :class:`~agents.common.base.BaseAgent`'s hooks only: it imports no algorithm,
 and loading builds the class recorded in the file (every agent class registers itself
 here when it is defined).
 
@@ -45,7 +45,7 @@ from velora_ens.training.checkpoint import (
 )
 
 if TYPE_CHECKING:
-    from agents.base import BaseAgent
+    from agents.common.base import BaseAgent
 
 __all__ = ["FORMAT", "TRAINING_STATE_FORMAT", "agent_class", "load_agent", "load_module",
            "load_training_state", "read_agent_file", "register_agent_class", "resolve_load_path",
@@ -357,7 +357,7 @@ def load_agent(cls: type[BaseAgent], path: str | os.PathLike, env: Any = None, *
                **overrides: Any) -> BaseAgent:
     """Rebuild an agent saved by :func:`save_agent`; ``overrides`` replace constructor
     arguments (for example a learning-rate callable, which cannot be saved)."""
-    from agents.base import BaseAgent
+    from agents.common.base import BaseAgent
 
     meta, tensors = read_agent_file(path)
     path = Path(meta["path"])

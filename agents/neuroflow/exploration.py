@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agents.critics import CriticEnsemble
+from agents.neuroflow.critics import CriticEnsemble
 from velora_ens._validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
-    from agents.neuroflow import NeuroFlow
+    from agents.neuroflow.neuroflow import NeuroFlow
 
 __all__ = ["STRATEGIES", "Disagreement", "Exploration", "NoExploration", "OptimisticActorCritic",
            "ThompsonSampling", "UCBSelection", "make_exploration"]
@@ -121,7 +121,7 @@ class Exploration:
     def _spread(self, q: torch.Tensor, uncertainty: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and spread ``(B, out)`` of member values ``(N, B, out)`` from the head's
         last call on them, through its one definition
-        (:meth:`agents.heads.CriticHead.prediction`)."""
+        (:meth:`agents.neuroflow.heads.CriticHead.prediction`)."""
         head = self.agent.critics
         return head.prediction(q).mean, head.uncertainty(q, uncertainty)
 

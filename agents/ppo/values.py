@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agents.policies import LiquidActor
+from agents.common.actor import LiquidActor
 from velora_ens.models import LiquidNCPNetwork
 
 __all__ = ["SeparateValue", "SharedValue", "make_value"]

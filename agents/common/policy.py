@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.normalization import ObservationNormalizer
-from agents.policies import LiquidActor
-from agents.spaces import ActionAdapter, ObservationEncoder
+from agents.common.actor import LiquidActor
+from agents.common.normalization import ObservationNormalizer
+from agents.driver.spaces import ActionAdapter, ObservationEncoder
 
 __all__ = ["LiquidPolicy"]
 
@@ -81,7 +81,7 @@ class LiquidPolicy(nn.Module):
         ``stable_baselines3.common.evaluation.evaluate_policy`` works unchanged.
 
         ``state=None`` starts from zeros; ``episode_start[i]`` resets sample ``i`` first.
-        Observations are encoded as for training (see :mod:`agents.spaces`).
+        Observations are encoded as for training (see :mod:`agents.driver.spaces`).
         ``elapsed_time`` (optional): the time since each sample's previous observation,
         as the environment reports it (``info["elapsed_time"]`` of
         :class:`envs.IrregularTiming`), for agents trained with ``elapsed_time_key``; it
@@ -138,7 +138,7 @@ class LiquidPolicy(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy alone (safetensors, atomically; ``.safetensors`` is appended
         when ``path`` has no suffix); returns the path."""
-        from agents import persistence
+        from agents.common import persistence
 
         meta = {"format": POLICY_FORMAT, "actor": self.actor.config,
                 "observation_space": persistence.space_to_json(self.observation_space),
@@ -153,8 +153,8 @@ class LiquidPolicy(nn.Module):
     def load(cls, path: str | os.PathLike, device: torch.device | str = "auto") -> LiquidPolicy:
         """A policy written by :meth:`save` (``path`` with or without its suffix); never
         unpickles anything."""
-        from agents import persistence
-        from agents.base import get_device
+        from agents.common import persistence
+        from agents.common.base import get_device
 
         meta, tensors = persistence.read_agent_file(path, formats=(POLICY_FORMAT,))
         observation_space = persistence.space_from_json(meta["observation_space"])

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from agents.policies import LiquidActor
+from agents.common.actor import LiquidActor
 from velora_ens.models import LiquidNCPNetwork
 
 __all__ = ["ActorStateHistory", "CriticHistory", "NoHistory", "OwnEncoderHistory",

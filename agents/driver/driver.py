@@ -24,9 +24,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from agents.env_checks import CheckedEnv
-from agents.sb3_vec_env import GymnasiumFromSB3, SB3FromGymnasium
-from agents.spaces import ActionAdapter, ObservationEncoder
+from agents.driver.env_checks import CheckedEnv
+from agents.driver.sb3 import GymnasiumFromSB3, SB3FromGymnasium
+from agents.driver.spaces import ActionAdapter, ObservationEncoder
 from envs import make_vec_env
 
 __all__ = ["ActionLog", "EnvDriver", "EnvStep", "as_vector_env"]
@@ -83,7 +83,7 @@ def as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
                   ) -> gym.vector.VectorEnv:
     """A Gymnasium vector env for ``env``: an id (``n_envs`` copies), a
     ``gymnasium.Env`` (one copy), a Gymnasium vector env (as is) or a Stable-Baselines3
-    ``VecEnv`` (adapted by :class:`~agents.sb3_vec_env.GymnasiumFromSB3`)."""
+    ``VecEnv`` (adapted by :class:`~agents.driver.sb3.GymnasiumFromSB3`)."""
     if isinstance(env, str):
         return make_vec_env(env, n_envs, seed=seed, vectorization=vectorization)
     if isinstance(env, gym.vector.VectorEnv) or _is_sb3_vec_env(env):
@@ -108,7 +108,7 @@ def as_vector_env(env: Any, n_envs: int, seed: int | None, vectorization: str
 @dataclass
 class EnvStep:
     """One step of every copy. Arrays are ``(n_envs, ...)``; observations are encoded
-    (flat float vectors, see :class:`~agents.spaces.ObservationEncoder`)."""
+    (flat float vectors, see :class:`~agents.driver.spaces.ObservationEncoder`)."""
 
     obs: np.ndarray            # the observations acted on
     episode_start: np.ndarray  # whether each of them starts an episode
