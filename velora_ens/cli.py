@@ -86,7 +86,8 @@ def _add_bench(sub) -> None:
         p.add_argument("--out", default=f"bench-results/{name}",
                        help=f"output folder (default bench-results/{name})")
         p.add_argument("--device", default=None,
-                       help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
+                       help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA, then MPS, "
+                            "then CPU)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
         p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model")
