@@ -105,3 +105,30 @@ def test_cli_demo_line_follows_the_numbers(capsys):
     liquid = float(out.split("test MSE (liquid)")[1].split()[0])
     persistence = float(out.split("test MSE (persistence)")[1].split()[0])
     assert ("higher" in out) == (liquid > persistence)  # 2 steps: worse than persistence
+
+
+def test_command_line_modules_import_without_a_circle():
+    """agent_cli takes its helpers from cli_options, not from cli: importing it alone
+    loads neither cli nor the agents; cli still offers integer_option (benchmarks/ use it)."""
+    code = ("import sys, velora_ens.agent_cli; "
+            "print(sorted(m for m in sys.modules if m == 'velora_ens.cli' "
+            "or m.split('.')[0] in ('agents', 'envs')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    from velora_ens import cli, cli_options
+
+    assert cli.integer_option is cli_options.integer_option
+
+
+def test_integer_option_names_the_option():
+    import argparse
+
+    from velora_ens.cli_options import integer_option
+
+    seed = integer_option("--seed", 0)
+    assert seed("0") == 0 and seed("12") == 12
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^--seed must be an integer, got 'x'$"):
+        seed("x")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^--seed must be >= 0, got -1$"):
+        seed("-1")

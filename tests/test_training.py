@@ -270,7 +270,8 @@ def test_non_scalar_loss_is_refused(tmp_path):
         ({"ema_decay": 1.5}, "ema_decay must be in (0, 1)"),
         ({"schedule": "step"}, "schedule must be one of ('cosine', 'constant'), got 'step'"),
         ({"optimizer": "lion"}, "optimizer must be one of"),
-        ({"device": "tpu"}, "device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'"),
+        ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a "
+                            "torch.device, got 'tpu'"),
         ({"distributed": "yes"}, "distributed must be 'auto', True or False, got 'yes'"),
     ],
 )

@@ -1,8 +1,9 @@
 """``velora-ens train | evaluate | record``: NeuroFlow and LiquidPPO agents from the command
 line.
 
-The only part of ``velora_ens`` that imports the ``agents`` and ``envs`` packages (lazily,
-inside the handlers), as DESIGN.md allows for the command line.
+With :mod:`velora_ens.cli`, which adds these subcommands, the one place where
+``velora_ens`` imports the ``agents`` and ``envs`` packages: lazily, inside the handlers,
+so importing this module loads neither.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from velora_ens.cli import integer_option
+from velora_ens.cli_options import integer_option
 
 __all__ = ["add_agent_commands", "run_agent_command"]
 

@@ -12,6 +12,10 @@ Subcommands:
 
 User mistakes (bad options, bad values) end with one clear line on stderr and exit
 code 2, not a traceback.
+
+This command is the one place where ``velora_ens`` imports the ``agents`` and ``envs``
+packages: only inside the ``train``, ``evaluate`` and ``record`` subcommands
+(:mod:`velora_ens.agent_cli`), when they run, so importing this module loads neither.
 """
 
 from __future__ import annotations
@@ -23,20 +27,11 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+# integer_option lives in cli_options, which agent_cli imports too (no import circle);
+# velora_ens.cli.integer_option stays importable for the scripts under benchmarks/
+from velora_ens.cli_options import integer_option
+
 __all__ = ["main"]
-
-
-def integer_option(name: str, low: int):
-    """An argparse ``type``: an integer >= ``low``, with errors naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {value}")
-        return value
-    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +81,8 @@ def _add_bench(sub) -> None:
         p.add_argument("--out", default=f"bench-results/{name}",
                        help=f"output folder (default bench-results/{name})")
         p.add_argument("--device", default=None,
-                       help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
+                       help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA, then MPS, "
+                            "then CPU)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
         p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -119,7 +119,8 @@ class Trainer:
         grad_clip: clip the gradient norm to this (``None``: no clipping).
         schedule: ``"cosine"`` (decay to ``min_lr_ratio * lr``) or ``"constant"``, after
             ``warmup_steps`` of linear warm-up.
-        device: ``None`` picks CUDA, then MPS, then the CPU.
+        device: ``None`` (or ``"auto"``) picks CUDA, then MPS, then the CPU; see
+            :func:`~velora_ens.training.device.select_device`.
         compile: run the model through ``torch.compile``.
         channels_last: channels-last memory format for 4-D inputs and the model (default:
             on CUDA when the model has a ``Conv2d``).

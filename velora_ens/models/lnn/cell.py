@@ -10,6 +10,7 @@ from torch import nn
 
 from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.loop import unroll
 from velora_ens.models.lnn.scan import cfc_scan
 from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
 
@@ -174,10 +175,14 @@ class NCPLiquidCell(nn.Module):
         dt = as_elapsed_time(dt, batch, steps, self.input_weight, who)
         keep = as_keep_mask(episode_start, batch, steps, self.input_weight, who)
         if steps is None:
-            if keep is not None:
-                h = h * keep
-            h_new = self.step(self.project_input(x), h, self.effective_recurrent_weight().t(), dt)
-            return h_new, h_new
+            # The projection runs inside the step, after the reset: the order of
+            # operations this path has always had.
+            def one_step(drive: tuple[torch.Tensor, ...], state: torch.Tensor,
+                         dt_step: torch.Tensor | None) -> torch.Tensor:
+                return self.step(self.project_input(drive[0]), state,
+                                 self.effective_recurrent_weight().t(), dt_step)
+
+            return unroll(one_step, (x,), h, dt, keep)
         # Time-major projection of every step at once.
         w_hh = self.effective_recurrent_weight().t()
         u = self.project_input(x.transpose(0, 1))
@@ -189,18 +194,11 @@ class NCPLiquidCell(nn.Module):
                 and not (dt_tm is not None and dt_tm.requires_grad)):
             states = cfc_scan(u.contiguous(), w_hh, h, dt_tm, keep_tm, self.mode)
         else:
-            # unbind, not u[t]: a trace then records the sequence length and refuses
-            # another one instead of silently running the traced number of steps.
-            u_t = u.unbind(0)
-            dt_t = None if dt_tm is None else dt_tm.unbind(0)
-            keep_t = None if keep_tm is None else keep_tm.unbind(0)
-            out = []
-            for t in range(steps):
-                if keep_t is not None:
-                    h = h * keep_t[t]
-                h = self.step(u_t[t], h, w_hh, None if dt_t is None else dt_t[t])
-                out.append(h)
-            states = torch.stack(out)
+            def seq_step(drive: tuple[torch.Tensor, ...], state: torch.Tensor,
+                         dt_step: torch.Tensor | None) -> torch.Tensor:
+                return self.step(drive[0], state, w_hh, dt_step)
+
+            states, _ = unroll(seq_step, (u,), h, dt_tm, keep_tm, time_dim=0)
         return states.transpose(0, 1), states[-1]
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.loop import unroll
 from velora_ens.models.lnn.sparse import as_mask
 
 __all__ = ["LTCCell"]
@@ -150,25 +151,13 @@ class LTCCell(nn.Module):
         v = as_state(h, batch, self.n_hidden, self.vleak, who)
         dt = as_elapsed_time(dt, batch, steps, self.vleak, who)
         keep = as_keep_mask(episode_start, batch, steps, self.vleak, who)
-        num_s, den_s = self.sensory_drive(x)
-        if steps is None:
-            if keep is not None:
-                v = v * keep
-            v = self.step(num_s, den_s, v, dt)
-            return v, v
-        # unbind, not [:, t]: a trace then records the sequence length and refuses another
-        # one instead of silently running the traced number of steps.
-        num_t, den_t = num_s.unbind(1), den_s.unbind(1)
-        dt_t = None if dt is None else dt.unbind(1)
-        keep_t = None if keep is None else keep.unbind(1)
-        out = []
-        for t in range(steps):
-            if keep_t is not None:
-                v = v * keep_t[t]
-            v = self.step(num_t[t], den_t[t], v, None if dt_t is None else dt_t[t])
-            out.append(v)
-        states = torch.stack(out, dim=1)
-        return states, v
+
+        def one_step(drive: tuple[torch.Tensor, ...], state: torch.Tensor,
+                     dt_step: torch.Tensor | None) -> torch.Tensor:
+            return self.step(drive[0], drive[1], state, dt_step)
+
+        return unroll(one_step, self.sensory_drive(x), v, dt, keep,
+                      time_dim=None if steps is None else 1)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, n_hidden={self.n_hidden}, "
