@@ -50,9 +50,9 @@ def test_discrete_ucb_picks_the_argmax_of_mean_plus_lambda_std():
     table = torch.tensor([[[1.0, 0.0, 2.5], [0.0, 5.0, 0.0]],
                           [[1.0, 4.0, 2.5], [0.0, 5.0, 3.0]],
                           [[1.0, 2.0, 2.5], [0.0, 5.0, 6.0]]])  # (N=3, B=2, A=3)
-    agent = SimpleNamespace(critics=TableHead(table), discrete=True)
+    actor = SimpleNamespace(discrete=True)  # a strategy gets its parts, not the agent
     for lam, expected in ((0.0, [2, 1]), (2.0, [1, 2])):
-        ucb = UCBSelection(agent, lam=lam)
+        ucb = UCBSelection(actor, TableHead(table), None, lam=lam)
         q = table.numpy()
         by_hand = (q.mean(0) + lam * q.std(0)).argmax(-1)  # numpy's std: the population one
         assert by_hand.tolist() == expected
@@ -62,9 +62,9 @@ def test_discrete_ucb_picks_the_argmax_of_mean_plus_lambda_std():
 def test_box_ucb_takes_the_best_scored_candidate():
     candidates = torch.tensor([[[0.1], [0.5]], [[-0.4], [0.9]], [[0.7], [-0.2]]])  # (k=3, n=2, 1)
     centres = torch.tensor([[0.6], [0.0]])
-    actor = SimpleNamespace(act=lambda out, deterministic: candidates.reshape(-1, 1))
-    agent = SimpleNamespace(critics=QuadraticHead(centres), discrete=False, actor=actor)
-    ucb = UCBSelection(agent, lam=1.5, n_candidates=3)
+    actor = SimpleNamespace(act=lambda out, deterministic: candidates.reshape(-1, 1),
+                            discrete=False)
+    ucb = UCBSelection(actor, QuadraticHead(centres), None, lam=1.5, n_candidates=3)
     chosen = ucb.act(torch.zeros(2, 2), torch.zeros(2, 0))
     a = candidates.squeeze(-1).numpy()  # (k, n)
     q = -(a[None] - centres.numpy()[:, :, None]) ** 2  # (N, k, n)
@@ -74,9 +74,9 @@ def test_box_ucb_takes_the_best_scored_candidate():
 
 def test_oac_shifted_mean_matches_the_closed_form_on_a_quadratic_critic():
     centres = torch.tensor([[0.5, -0.3], [0.1, 0.4], [-0.2, 0.0]], dtype=torch.float64)
-    agent = SimpleNamespace(critics=QuadraticHead(centres), discrete=False)
     beta, delta = 2.0, 0.7
-    oac = OptimisticActorCritic(agent, beta=beta, delta=delta)
+    oac = OptimisticActorCritic(SimpleNamespace(discrete=False), QuadraticHead(centres),
+                                beta=beta, delta=delta)
     mu = torch.tensor([[0.3, -0.2], [-0.6, 0.8]], dtype=torch.float64)
     std = torch.tensor([[0.5, 0.2], [0.3, 0.9]], dtype=torch.float64)
     shifted = oac.shifted_mean(mu, std, torch.zeros(2, 0, dtype=torch.float64))
@@ -137,9 +137,8 @@ def test_a_thompson_member_is_fixed_within_an_episode_and_redrawn_per_copy(env_i
 
 def test_thompson_acts_with_the_drawn_member():
     table = torch.tensor([[[0.0, 30.0]], [[30.0, 0.0]]])  # member 0 prefers action 1
-    agent = SimpleNamespace(critics=TableHead(table), discrete=True, n_envs=1,
-                            config={"seed": 0}, log_alpha=torch.tensor(0.0))
-    thompson = ThompsonSampling(agent)
+    thompson = ThompsonSampling(SimpleNamespace(discrete=True), TableHead(table),
+                                log_alpha=torch.tensor(0.0), n_envs=1, agent_seed=0)
     thompson.members[:] = 0
     assert thompson.act(torch.zeros(1, 2), torch.zeros(1, 1)).tolist() == [1]
     thompson.members[:] = 1

@@ -13,6 +13,7 @@ import torch
 import envs
 from agents import NeuroFlow, evaluate_policy
 from agents.common.callbacks import EvalCallback
+from agents.neuroflow.replay import unroll_with_burn_in
 
 SMALL = dict(seed=0, learning_starts=32, batch_size=32, seq_len=4, burn_in=2, actor_neurons=8,
              critic_hidden=(32, 32))
@@ -131,8 +132,9 @@ def test_training_feeds_the_sampled_elapsed_times_to_every_network():
 
     # the unroll, burn-in included, against a direct step-by-step computation
     with torch.no_grad():
-        out, states = agent._unroll(agent.actor, b.obs, b.episode_start,
-                                    b.start_state[:, :agent.actor.state_dim], dt=b.dt)
+        out, states = unroll_with_burn_in(agent.actor, b.obs, b.episode_start,
+                                          b.start_state[:, :agent.actor.state_dim],
+                                          agent.burn_in, dt=b.dt)
         state = b.start_state[:, :agent.actor.state_dim]
         direct = []
         for t in range(b.obs.shape[1]):

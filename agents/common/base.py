@@ -23,21 +23,28 @@ import os
 import random
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 
 from agents.common import persistence
+from agents.common.actor import LiquidActor
+from agents.common.callbacks import make_callback
 from agents.common.normalization import ObservationNormalizer
+from agents.common.policy import LiquidPolicy
 from agents.common.schedules import as_schedule, progress_remaining
 from agents.driver.driver import EnvDriver, EnvStep
 from agents.driver.elapsed import ElapsedTime
+from agents.driver.sb3 import split_infos
 from velora_ens._validation import check_int
+from velora_ens.training.device import select_device
 
-__all__ = ["POLICY_ALIASES", "BaseAgent", "NonFiniteTrainingError", "get_device"]
+__all__ = ["POLICY_ALIASES", "ActingStep", "BaseAgent", "NonFiniteTrainingError"]
 
 # Stable-Baselines3's names of its default policies, accepted as the first argument (an
 # agent's policy is its liquid actor; these names only say "the default one").
@@ -46,6 +53,18 @@ POLICY_ALIASES = ("MlpPolicy", "MultiInputPolicy")
 
 class NonFiniteTrainingError(FloatingPointError):
     """A loss or gradient became NaN or infinite; the update was not applied."""
+
+
+@dataclass
+class ActingStep:
+    """The start of one acting step of every copy (:meth:`BaseAgent._act_prelude`)."""
+
+    obs: torch.Tensor                # encoded, normalised observations (n, obs_dim)
+    start: torch.Tensor              # (n,) bool: whether each starts an episode
+    dt: torch.Tensor | None          # their elapsed times (n, 1), None without the key
+    states: list[torch.Tensor]       # the recurrent states before the step (reset)
+    out: torch.Tensor                # the actor's outputs
+    actor_state: torch.Tensor        # the actor's state after the step
 
 
 def _resolve_env(agent: str, policy: Any, env: Any) -> Any:
@@ -65,27 +84,42 @@ def _resolve_env(agent: str, policy: Any, env: Any) -> Any:
                      f"accepted for compatibility) or only the environment")
 
 
-def get_device(device: torch.device | str) -> torch.device:
-    """``"auto"`` is CUDA where available, else the CPU; a CUDA device that is not there
-    is a clear error."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, "
-                         f"got {device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available "
-                         "here; use device='auto' or 'cpu'")
-    return device
-
-
 class BaseAgent:
     """Plumbing shared by every agent (see the module docstring).
 
     Subclasses call :meth:`_setup` first in their constructor, with ``locals()`` of
     their ``__init__`` as ``config`` (the JSON-able arguments ``save`` records).
+
+    Arguments every agent takes (each agent's own are in its class):
+
+    - ``env``: a Gymnasium id (``"module:EnvId"`` imports ``module`` first), a
+      ``gymnasium.Env``, a Gymnasium vector env or a Stable-Baselines3 ``VecEnv``.
+      Observations may be 1-D ``Box``, ``Discrete``, ``MultiDiscrete``, ``MultiBinary``
+      or ``Dict``/``Tuple`` of these (encoded as SB3 does, :mod:`agents.driver.spaces`).
+      SB3's spelling ``Algo("MlpPolicy", env)`` works too: the policy is always the
+      liquid actor, and SB3's default policy names are accepted.
+    - ``learning_rate``: Adam's step size: a number, ``"lin_<x>"`` (RL Zoo's linear
+      decay from ``x`` to 0 over each ``learn`` call) or, as in SB3, a schedule called
+      with the progress remaining in the call (1 at its start, 0 at its end).
+    - ``normalize_observations``: normalise observations by a running mean and variance
+      (SB3's ``VecNormalize``, clipped at 10), updated from every observation collected.
+    - ``elapsed_time_key``: read the time elapsed since the previous observation from
+      ``info[elapsed_time_key]`` at every step (``"elapsed_time"`` for
+      :class:`envs.IrregularTiming`), store it beside the observation and feed it to
+      every liquid network as ``dt``; ``predict`` then takes it as ``elapsed_time=``
+      (and :func:`agents.evaluate_policy` passes it). ``None`` (default): every step is
+      one unit of time. The discount stays per agent step.
+    - ``elapsed_time_unit``: the elapsed time the cells see as 1 (their default ``dt``),
+      e.g. the task's nominal step (0.05 s for Pendulum).
+    - ``n_envs``: environment copies when ``env`` is an id; ``vectorization``:
+      ``"sync"`` or ``"async"`` vector env then.
+    - ``seed``: seeds torch, the agent's sampling, the environments and action spaces.
+    - ``device``: ``"auto"`` (CUDA where available, else the CPU), ``"cpu"``, ``"cuda"``
+      or ``"cuda:N"`` (:func:`velora_ens.training.select_device`).
+    - ``tensorboard_log``: folder for TensorBoard runs (one subfolder per run), with
+      SB3's keys (``rollout/ep_rew_mean``, ``time/fps``, the algorithm's ``train/``
+      keys, ...).
+    - ``verbose``: 1 prints SB3's log table every ``log_interval`` episodes.
     """
 
     env_id: str | None
@@ -112,7 +146,8 @@ class BaseAgent:
     # ------------------------------------------------------------------ construction
     def _setup(self, config: dict[str, Any], *, policy: Any, env: Any, seed: int | None,
                n_envs: int, vectorization: str, learning_rate: Any,
-               normalize_observations: bool, device: torch.device | str,
+               normalize_observations: bool, elapsed_time_key: str | None,
+               elapsed_time_unit: float, device: torch.device | str,
                tensorboard_log: str | None, verbose: int) -> None:
         name = type(self).__name__
         self.config: dict[str, Any] = {k: v for k, v in config.items()
@@ -133,10 +168,13 @@ class BaseAgent:
         if seed is not None:
             self.action_space.seed(seed)
             self.driver.env.action_space.seed(seed)
-        self.device = get_device(device)
+        self.device = select_device(device, allow_mps=False)
         self.obs_normalizer = (ObservationNormalizer(self.obs_dim).to(self.device)
                                if normalize_observations else None)
         self.lr_schedule = as_schedule(learning_rate, "learning_rate")
+        self.elapsed = (None if elapsed_time_key is None
+                        else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))
+        self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
         self.tensorboard_log, self.verbose = tensorboard_log, verbose
         self.logger: Any = None  # an SB3 Logger, made by the first ``learn`` call
         self.num_timesteps = 0
@@ -182,15 +220,58 @@ class BaseAgent:
         pass
 
     def _rollout_tensors(self) -> dict[str, torch.Tensor]:
-        """The algorithm's part of a started rollout (e.g. the recurrent state)."""
-        return {}
+        """What a started rollout needs for an exact resume: the elapsed time of the
+        current observations here; an algorithm adds its own (the recurrent states)."""
+        if self.elapsed is None:
+            return {}
+        return {"rollout.dt": torch.from_numpy(self._dt.copy())}
 
     def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        pass
+        if "rollout.dt" in tensors:  # written by every LiquidPPO before 2026-12
+            self._dt = tensors["rollout.dt"].numpy().copy()
 
     # ------------------------------------------------------------------ helpers
+    def _set_actor(self, actor: LiquidActor) -> None:
+        """The liquid actor the algorithm trains, and the policy that acts with it."""
+        self.actor = actor.to(self.device)
+        self.discrete = actor.discrete
+        self.policy = LiquidPolicy(actor, self.observation_space, self.action_space,
+                                   self.obs_normalizer,
+                                   None if self.elapsed is None else self.elapsed.unit)
+
     def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
         return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
+
+    def _act_prelude(self, states: list[torch.Tensor]) -> ActingStep:
+        """The start of every acting step (call it without gradients): the current
+        observations normalised, the recurrent ``states`` zeroed where an episode starts,
+        the observations' elapsed times, and one actor step from the first
+        ``actor.state_dim`` columns of ``states[0]``."""
+        driver, device = self.driver, self.device
+        obs = self._normalized(torch.as_tensor(driver.obs, dtype=torch.float32, device=device))
+        start = torch.as_tensor(driver.episode_start, device=device)
+        if driver.episode_start.any():
+            keep = (~start).float().unsqueeze(1)
+            states = [state * keep for state in states]
+        dt = self._dt_tensor(self._dt)
+        out, actor_state = self.actor(obs, states[0][:, :self.actor.state_dim], dt=dt)
+        return ActingStep(obs, start, dt, list(states), out, actor_state)
+
+    def _read_elapsed(self, step: EnvStep) -> tuple[np.ndarray, np.ndarray]:
+        """After an environment step: the elapsed times ``(n_envs,)`` of the observations
+        just acted on and of each copy's real next observation (the successor a target
+        bootstraps from, :meth:`agents.driver.elapsed.ElapsedTime.after_step`); keeps
+        those of the observations the next step acts on. Without ``elapsed_time_key``,
+        ones."""
+        acted = self._dt
+        if self.elapsed is None:
+            return acted, acted
+        truncated = np.flatnonzero(step.valid & step.truncated & ~step.terminated)
+        self._dt, real = self.elapsed.after_step(
+            step.info, self.driver.episode_start,
+            self.driver.autoreset_mode == AutoresetMode.SAME_STEP, self.num_timesteps,
+            truncated)
+        return acted, real
 
     def _update_learning_rate(self, first_step: int, total_timesteps: int) -> None:
         """Set every optimiser's rate from the schedule (SB3's progress remaining)."""
@@ -241,8 +322,6 @@ class BaseAgent:
             total_timesteps = int(total_timesteps)  # SB3 allows learn(1e4)
         total_timesteps = check_int("total_timesteps", total_timesteps, 1)
         log_interval = check_int("log_interval", log_interval, 1)
-        from agents.common.callbacks import make_callback
-
         callback = make_callback(callback, progress_bar)
         if reset_num_timesteps:
             self.num_timesteps, self._episode_num = 0, 0
@@ -263,6 +342,7 @@ class BaseAgent:
                 obs = self.driver.reset(self.seed)
                 if self.obs_normalizer is not None:
                     self.obs_normalizer.update(obs)
+                self._dt = np.ones(self.n_envs, np.float32)
                 self._start_rollout(obs)
             first_step = self.num_timesteps
             end = first_step + total_timesteps
@@ -308,8 +388,6 @@ class BaseAgent:
         return bool(callback.on_step())
 
     def _sb3_infos(self, step: EnvStep) -> list[dict[str, Any]]:
-        from agents.driver.sb3 import split_infos
-
         infos = split_infos(step.info, self.n_envs)
         for i in np.flatnonzero(step.dones):
             infos[i]["terminal_observation"] = step.real_next_obs[i]
@@ -425,24 +503,10 @@ class BaseAgent:
         self.driver.env.action_space.seed(seed)
         self.driver.end_rollout()
 
-    def _parameter_groups(self) -> dict[str, Any]:
-        """SB3's names: ``"policy"`` (what acts), the other networks by name, and the
-        optimiser(s) (``"policy.optimizer"`` when there is one)."""
-        groups: dict[str, Any] = {"policy": self.policy}
-        inside = {id(m) for m in self.policy.modules()}
-        for name, module in self._persistent_modules().items():
-            if id(module) not in inside:
-                groups[name] = module
-        optimizers = self._persistent_optimizers()
-        for name, optimizer in optimizers.items():
-            groups["policy.optimizer" if len(optimizers) == 1 else f"{name}.optimizer"] = \
-                optimizer
-        return groups
-
     def get_parameters(self) -> dict[str, dict[str, Any]]:
         """SB3's ``get_parameters``: the state dict of every network and optimiser, by name
         (``"policy"``, ``"critics"``, ..., ``"policy.optimizer"``)."""
-        return {name: part.state_dict() for name, part in self._parameter_groups().items()}
+        return persistence.get_parameters(self)
 
     def set_parameters(self, load_path_or_dict: str | os.PathLike | dict[str, dict[str, Any]],
                        exact_match: bool = True, device: torch.device | str = "auto") -> None:
@@ -450,26 +514,7 @@ class BaseAgent:
         parameters of a saved agent file. ``exact_match`` requires every part to be
         given; shapes must match (``device`` is accepted for SB3's signature: the
         tensors go to the agent's device)."""
-        groups = self._parameter_groups()
-        if isinstance(load_path_or_dict, dict):
-            params = load_path_or_dict
-        else:
-            params = persistence.read_parameters(load_path_or_dict, groups,
-                                                 self._persistent_optimizers())
-        unknown = sorted(set(params) - set(groups))
-        if unknown:
-            raise ValueError(f"set_parameters: unknown names {unknown}; expected some of "
-                             f"{sorted(groups)}")
-        missing = [name for name in groups if name not in params]
-        if exact_match and missing:
-            raise ValueError(f"set_parameters: {missing} missing (pass exact_match=False to "
-                             "load only some)")
-        for name, state in params.items():
-            part = groups[name]
-            if isinstance(part, torch.nn.Module):
-                persistence.load_module("set_parameters", name, part, dict(state), {})
-            else:
-                part.load_state_dict(state)
+        persistence.set_parameters(self, load_path_or_dict, exact_match)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | os.PathLike, include_buffer: bool = False) -> Path:
@@ -494,5 +539,6 @@ class BaseAgent:
         raises ``ValueError``. Called on :class:`BaseAgent`, it builds the class recorded
         in the file."""
         overrides = {**(custom_objects or {}), **kwargs}
-        return persistence.load_agent(cls, path, env, device=device,
-                                      print_system_info=print_system_info, **overrides)
+        return persistence.load_agent(path, env, expected=None if cls is BaseAgent else cls,
+                                      device=device, print_system_info=print_system_info,
+                                      **overrides)

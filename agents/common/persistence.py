@@ -1,64 +1,88 @@
-"""Saving and loading agents: one safetensors file, nothing pickled.
+"""Saving and loading agents through hooks: one safetensors file, nothing pickled.
 
-Written against :class:`~agents.common.base.BaseAgent`'s hooks only: it imports no algorithm,
-and loading builds the class recorded in the file (every agent class registers itself
-here when it is defined).
+Persistence knows agents only through :class:`SavedAgent`, the hooks every agent has
+(:class:`~agents.common.base.BaseAgent` implements them; an algorithm fills in the
+``_persistent_*`` ones), and imports no agent class: loading builds the class the file
+names, which every agent class registers here when it is defined.
 
-The file holds every tensor (networks, target networks, optimiser moments, the
-algorithm's own tensors such as the temperature, observation statistics, and optionally
-the replay buffer and the rollout state) and, in the safetensors header's metadata, one
-JSON document: the format tag, the class, the constructor's arguments, the spaces,
-counters, random-generator states, the system it was saved on and a SHA-256 of the
-tensors. It is written to a temporary file and moved into place (``os.replace``), so a
-crash mid-write leaves the previous file intact. Loading parses JSON and raw tensor
-bytes only: a pickle, a truncated file or edited tensors are refused with a clear error
-and nothing in them is executed.
+The file (:mod:`agents.common.files`) holds every tensor (networks, target networks,
+optimiser moments, the algorithm's own tensors such as the temperature, observation
+statistics, and optionally the replay buffer and the rollout state) and one JSON
+document: the format tag, the class, the constructor's arguments, the spaces, counters,
+random-generator states and the system it was saved on.
 
 Exact resume (``include_buffer=True``, or the separate training-state file of
 ``save_replay_buffer``) also needs the environments' state, which Gymnasium cannot
-serialise in general. The driver keeps a log of every action batch sent to the vector
-env since the seeded reset; loading rebuilds the environments, resets them with the
-same seed and replays the log, then checks that the observation it ends on is the
-saved one.
+serialise in general: the driver keeps a log of every action batch sent since the
+seeded reset, and loading replays it (:meth:`~agents.driver.driver.EnvDriver.resume`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
 import platform
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from velora_ens.training.checkpoint import (
-    flatten_optimizer_state,
-    state_dict_mismatch,
-    unflatten_optimizer_state,
-    write_file_atomic,
+from agents.common.files import (
+    check_space,
+    load_module,
+    prefixed,
+    read_document,
+    resolve_save_path,
+    space_to_json,
+    unprefixed,
+    write_document,
 )
+from agents.driver.driver import EnvDriver
+from velora_ens.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
-if TYPE_CHECKING:
-    from agents.common.base import BaseAgent
-
-__all__ = ["FORMAT", "TRAINING_STATE_FORMAT", "agent_class", "load_agent", "load_module",
-           "load_training_state", "read_agent_file", "register_agent_class", "resolve_load_path",
-           "resolve_save_path", "save_agent", "save_training_state", "space_from_json",
-           "space_to_json", "write_document"]
+__all__ = ["FORMAT", "TRAINING_STATE_FORMAT", "SavedAgent", "agent_class", "get_parameters",
+           "load_agent", "load_training_state", "read_agent_file", "register_agent_class",
+           "save_agent", "save_training_state", "set_parameters"]
 
 FORMAT = "velora_ens.agent/1"
 # the same layout, written before agents had a common base (NeuroFlow only)
 _READABLE = (FORMAT, "velora_ens.neuroflow/1")
 TRAINING_STATE_FORMAT = "velora_ens.training_state/1"
-SUFFIX = ".safetensors"
-_META_KEY = "velora_ens"
 _AGENT_CLASSES: dict[str, type] = {}
+
+
+class SavedAgent(Protocol):
+    """What persistence reads and sets on an agent."""
+
+    config: dict[str, Any]  # the constructor's arguments
+    env_id: str | None
+    observation_space: gym.Space
+    action_space: gym.Space
+    num_timesteps: int
+    n_updates: int
+    ep_info_buffer: Iterable[dict[str, float]]
+    last_losses: dict[str, float]
+    seed: int | None
+    rng: np.random.Generator
+    driver: EnvDriver
+    policy: torch.nn.Module  # what acts; SB3's parameter name "policy"
+
+    def _persistent_modules(self) -> dict[str, torch.nn.Module]: ...
+    def _persistent_optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+    def _persistent_tensors(self) -> dict[str, torch.Tensor]: ...
+    def _load_persistent_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+    def _persistent_counters(self) -> dict[str, Any]: ...
+    def _load_persistent_counters(self, meta: dict[str, Any]) -> None: ...
+    def _training_tensors(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]: ...
+    def _restore_training_tensors(self, meta: dict[str, Any],
+                                  tensors: dict[str, torch.Tensor], path: Any) -> None: ...
+    def _rollout_tensors(self) -> dict[str, torch.Tensor]: ...
+    def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 # ------------------------------------------------------------------------------ classes
@@ -75,115 +99,7 @@ def agent_class(name: str) -> type:
     return _AGENT_CLASSES[name]
 
 
-# ------------------------------------------------------------------------------ paths
-def _as_path(path: Any) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return Path(path)
-
-
-def resolve_save_path(path: Any) -> Path:
-    """SB3's rule: the suffix is appended when ``path`` has none."""
-    path = _as_path(path)
-    if path.is_dir() and path.suffix:
-        raise ValueError(f"cannot save to {path}: it is a directory")
-    return path.with_suffix(SUFFIX) if not path.suffix else path
-
-
-def resolve_load_path(path: Any) -> Path:
-    """The file ``save(path)`` wrote: ``path`` itself, else ``path`` with the suffix
-    (SB3's ``load`` finds what ``save`` wrote); a clear error otherwise."""
-    path = _as_path(path)
-    if path.is_file():
-        return path
-    with_suffix = Path(f"{path}{SUFFIX}")
-    if with_suffix.is_file():
-        return with_suffix
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a saved agent: pass the .safetensors "
-                         "file inside it")
-    sibling = path.with_suffix(SUFFIX)
-    if path.suffix and path.suffix != SUFFIX and sibling.is_file():
-        raise FileNotFoundError(f"no saved agent at {path}; velora_ens saves agents as "
-                                f"safetensors files: did you mean {sibling}?")
-    raise FileNotFoundError(f"no saved agent at {path} (nor {with_suffix})")
-
-
-# ------------------------------------------------------------------------------ spaces
-def _bounds(values: np.ndarray) -> list:  # JSON has no infinities: write them as text
-    return [v if np.isfinite(v) else str(v) for v in values.astype(np.float64).ravel()]
-
-
-def space_to_json(space: gym.Space) -> dict[str, Any]:
-    """A JSON description of the spaces the agents accept."""
-    if isinstance(space, gym.spaces.Discrete):
-        out: dict[str, Any] = {"type": "Discrete", "n": int(space.n)}
-        if int(space.start):
-            out["start"] = int(space.start)
-        return out
-    if isinstance(space, gym.spaces.Box):
-        return {"type": "Box", "shape": list(space.shape), "low": _bounds(space.low),
-                "high": _bounds(space.high)}
-    if isinstance(space, gym.spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(),
-                "start": np.broadcast_to(space.start, space.nvec.shape).tolist()}
-    if isinstance(space, gym.spaces.MultiBinary):
-        return {"type": "MultiBinary", "n": list(space.shape)}
-    if isinstance(space, gym.spaces.Dict):
-        return {"type": "Dict", "spaces": {k: space_to_json(s) for k, s in space.spaces.items()}}
-    if isinstance(space, gym.spaces.Tuple):
-        return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
-    raise ValueError(f"cannot describe the space {space}")
-
-
-def space_from_json(data: dict[str, Any]) -> gym.Space:
-    """The space :func:`space_to_json` described (``float32`` for a ``Box``)."""
-    kind = data["type"]
-    if kind == "Discrete":
-        return gym.spaces.Discrete(data["n"], start=data.get("start", 0))
-    if kind == "Box":
-        shape = tuple(data["shape"])
-        low = np.array([float(v) for v in data["low"]], np.float32).reshape(shape)
-        high = np.array([float(v) for v in data["high"]], np.float32).reshape(shape)
-        return gym.spaces.Box(low, high, shape, np.float32)
-    if kind == "MultiDiscrete":
-        return gym.spaces.MultiDiscrete(data["nvec"], start=data.get("start"))
-    if kind == "MultiBinary":
-        return gym.spaces.MultiBinary(data["n"])
-    if kind == "Dict":
-        return gym.spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
-    if kind == "Tuple":
-        return gym.spaces.Tuple([space_from_json(v) for v in data["spaces"]])
-    raise ValueError(f"unknown space type {kind!r}")
-
-
-def _check_space(path: Path, name: str, saved: dict[str, Any], space: gym.Space) -> None:
-    if space_to_json(space) != saved:
-        raise ValueError(f"{path}: the environment's {name} {space} does not match the saved "
-                         f"agent's {space_from_json(saved)}")
-
-
-# ------------------------------------------------------------------------------ helpers
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in state.items()}
-
-
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    start = len(prefix) + 1
-    return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
+# ------------------------------------------------------------------------------ save
 def _system_info() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -196,7 +112,7 @@ def _system_info() -> dict[str, str]:
     return info
 
 
-def _json_config(agent: BaseAgent) -> tuple[dict[str, Any], bool]:
+def _json_config(agent: SavedAgent) -> tuple[dict[str, Any], bool]:
     """The constructor's arguments as JSON; a callable learning rate cannot be stored, so
     the rate in use is stored instead (``True`` is returned to say so)."""
     config = dict(agent.config)
@@ -217,24 +133,11 @@ def _json_config(agent: BaseAgent) -> tuple[dict[str, Any], bool]:
     return config, lost_schedule
 
 
-def write_document(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write ``tensors`` with ``meta`` (JSON, plus their SHA-256) as safetensors, atomically."""
-    from safetensors.torch import save
-
-    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta["sha256"] = _digest(flat)
-    blob = save(flat, metadata={_META_KEY: json.dumps(meta, sort_keys=True, allow_nan=False)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(path, lambda p: p.write_bytes(blob))
-    return path
-
-
-# ------------------------------------------------------------------------------ save
-def _model_part(agent: BaseAgent) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _model_part(agent: SavedAgent) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     config, lost_schedule = _json_config(agent)
     tensors = dict(agent._persistent_tensors())
     for name, module in agent._persistent_modules().items():
-        tensors.update(_prefixed(name, module.state_dict()))
+        tensors.update(prefixed(name, module.state_dict()))
     optim_meta = {}
     for name, opt in agent._persistent_optimizers().items():
         flat, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"optim.{name}")
@@ -259,18 +162,13 @@ def _model_part(agent: BaseAgent) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return meta, tensors
 
 
-def _training_part(agent: BaseAgent) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _training_part(agent: SavedAgent) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     meta, tensors = agent._training_tensors()
     meta = dict(meta)
-    driver = agent.driver
-    started = driver.obs is not None
-    meta["rollout_started"] = started
-    if started:
-        tensors["rollout.obs"] = torch.from_numpy(np.asarray(driver.obs))
-        tensors["rollout.episode_start"] = torch.from_numpy(driver.episode_start)
-        tensors["rollout.pending_reset"] = torch.from_numpy(driver.pending_reset)
-        tensors["env.actions"] = torch.from_numpy(np.ascontiguousarray(
-            driver.action_log.array()))
+    rollout = agent.driver.resume_state()
+    meta["rollout_started"] = bool(rollout)
+    if rollout:
+        tensors.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rollout.items()})
         tensors.update(agent._rollout_tensors())
     tensors["rng.torch"] = torch.get_rng_state()
     meta["rng_numpy"] = agent.rng.bit_generator.state
@@ -279,9 +177,10 @@ def _training_part(agent: BaseAgent) -> tuple[dict[str, Any], dict[str, torch.Te
     return meta, tensors
 
 
-def save_agent(agent: BaseAgent, path: str | os.PathLike, include_buffer: bool = False
+def save_agent(agent: SavedAgent, path: str | os.PathLike, include_buffer: bool = False
                ) -> Path:
-    """Write ``agent`` to ``path`` (see :func:`resolve_save_path`); returns the path."""
+    """Write ``agent`` to ``path`` (see :func:`~agents.common.files.resolve_save_path`);
+    returns the path."""
     path = resolve_save_path(path)
     meta, tensors = _model_part(agent)
     meta["include_buffer"] = bool(include_buffer)
@@ -292,7 +191,7 @@ def save_agent(agent: BaseAgent, path: str | os.PathLike, include_buffer: bool =
     return write_document(path, meta, tensors)
 
 
-def save_training_state(agent: BaseAgent, path: str | os.PathLike) -> Path:
+def save_training_state(agent: SavedAgent, path: str | os.PathLike) -> Path:
     """Write only what an exact resume needs besides the model (SB3's
     ``save_replay_buffer``) to ``path`` (suffix added when it has none)."""
     path = resolve_save_path(path)
@@ -304,34 +203,8 @@ def save_training_state(agent: BaseAgent, path: str | os.PathLike) -> Path:
 # ------------------------------------------------------------------------------ load
 def read_agent_file(path: str | os.PathLike, formats: tuple[str, ...] = _READABLE
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON document and the tensors of a saved file, validated; never unpickles."""
-    from safetensors import safe_open
-
-    path = resolve_load_path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path} is not a saved velora_ens agent: it is not a valid "
-                         f"safetensors file (truncated or another format: {exc})") from None
-    if _META_KEY not in header:
-        raise ValueError(f"{path} is a safetensors file but not a saved velora_ens agent "
-                         f"(no {_META_KEY!r} metadata)")
-    try:
-        meta = json.loads(header[_META_KEY])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: the agent description is not valid JSON ({exc})") from None
-    if meta.get("format") not in formats:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected "
-                         f"{' or '.join(map(repr, formats))}")
-    digest = _digest(tensors)
-    if digest != meta.get("sha256"):
-        raise ValueError(f"{path}: the tensors do not match the checksum written with them "
-                         f"(sha256 {digest[:12]}..., expected {str(meta.get('sha256'))[:12]}...);"
-                         " the file was modified or damaged")
-    meta["path"] = str(path)
-    return meta, tensors
+    """The JSON document and the tensors of a saved agent, validated; never unpickles."""
+    return read_document(path, formats)
 
 
 def _constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
@@ -340,35 +213,19 @@ def _constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
             and p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
-def load_module(path: Any, name: str, module: torch.nn.Module,
-                state: dict[str, torch.Tensor], overrides: dict[str, Any]) -> None:
-    """``module.load_state_dict(state)`` with one clear line when the file's networks do
-    not fit (see :func:`~velora_ens.training.checkpoint.state_dict_mismatch`)."""
-    problems = state_dict_mismatch(module, state)
-    if problems is not None:
-        hint = (f" (built with {overrides}: arguments that change the networks' shapes "
-                "cannot be overridden when loading)" if overrides else "")
-        raise ValueError(f"{path}: the saved {name} does not fit this agent: {problems}{hint}")
-    module.load_state_dict(state)
-
-
-def load_agent(cls: type[BaseAgent], path: str | os.PathLike, env: Any = None, *,
+def load_agent(path: str | os.PathLike, env: Any = None, *, expected: type | None = None,
                device: Any = "auto", print_system_info: bool = False,
-               **overrides: Any) -> BaseAgent:
-    """Rebuild an agent saved by :func:`save_agent`; ``overrides`` replace constructor
-    arguments (for example a learning-rate callable, which cannot be saved)."""
-    from agents.common.base import BaseAgent
-
+               **overrides: Any) -> Any:
+    """Rebuild the agent saved by :func:`save_agent` at ``path``, of the class the file
+    names (which must be ``expected`` or a subclass of it, when given); ``overrides``
+    replace constructor arguments (for example a learning-rate callable, which cannot be
+    saved)."""
     meta, tensors = read_agent_file(path)
     path = Path(meta["path"])
-    saved_cls = agent_class(meta["class"])
-    if cls is BaseAgent:
-        cls = saved_cls
-    elif not issubclass(saved_cls, cls):
-        raise ValueError(f"{path} holds a {meta['class']}, not a {cls.__name__}; load it with "
-                         f"{meta['class']}.load or agents.load_agent")
-    else:
-        cls = saved_cls
+    cls = agent_class(meta["class"])
+    if expected is not None and not issubclass(cls, expected):
+        raise ValueError(f"{path} holds a {meta['class']}, not a {expected.__name__}; load it "
+                         f"with {meta['class']}.load or agents.load_agent")
     if print_system_info:
         saved = meta.get("system_info", {})
         print("== saved on ==\n" + "\n".join(f"{k}: {v}" for k, v in saved.items()))
@@ -396,12 +253,12 @@ def load_agent(cls: type[BaseAgent], path: str | os.PathLike, env: Any = None, *
     if "device" in arguments:
         config["device"] = device
     agent = cls(env, **config)
-    _check_space(path, "observation space", meta["observation_space"], agent.observation_space)
-    _check_space(path, "action space", meta["action_space"], agent.action_space)
+    check_space(path, "observation space", meta["observation_space"], agent.observation_space)
+    check_space(path, "action space", meta["action_space"], agent.action_space)
 
     agent._load_persistent_tensors(tensors)
     for name, module in agent._persistent_modules().items():
-        load_module(path, name, module, _unprefixed(name, tensors), overrides)
+        load_module(path, name, module, unprefixed(name, tensors), overrides)
     for name, opt in agent._persistent_optimizers().items():
         lr = opt.param_groups[0]["lr"]  # the constructor's (possibly overridden) rate
         opt.load_state_dict(unflatten_optimizer_state(tensors, meta["optimizers"][name]))
@@ -418,7 +275,7 @@ def load_agent(cls: type[BaseAgent], path: str | os.PathLike, env: Any = None, *
     return agent
 
 
-def load_training_state(agent: BaseAgent, path: str | os.PathLike) -> None:
+def load_training_state(agent: SavedAgent, path: str | os.PathLike) -> None:
     """Restore what :func:`save_training_state` wrote (SB3's ``load_replay_buffer``). If
     the agent's step count differs from the file's, only the algorithm's stored data
     (the replay buffer) is restored and training continues with new episodes."""
@@ -437,7 +294,7 @@ def load_training_state(agent: BaseAgent, path: str | os.PathLike) -> None:
     _restore_training_state(agent, meta, tensors, path)
 
 
-def _restore_training_state(agent: BaseAgent, meta: dict[str, Any],
+def _restore_training_state(agent: SavedAgent, meta: dict[str, Any],
                             tensors: dict[str, torch.Tensor], path: Path) -> None:
     agent._restore_training_tensors(meta, tensors, path)
     agent.rng.bit_generator.state = meta["rng_numpy"]
@@ -445,31 +302,69 @@ def _restore_training_state(agent: BaseAgent, meta: dict[str, Any],
     driver = agent.driver
     driver.end_rollout()
     if meta["rollout_started"]:
-        actions = tensors["env.actions"].numpy()
-        saved_obs = tensors["rollout.obs"].numpy()
         if agent.seed is None:
             warnings.warn(f"{path}: the agent was trained without a seed, so its "
                           "environments cannot be rebuilt; training resumes with new "
                           "episodes", stacklevel=4)
         else:
-            obs = driver.replay(actions, agent.seed)
-            if not np.array_equal(obs, saved_obs):
+            state = {k: tensors[k].numpy() for k in EnvDriver.RESUME_KEYS}
+            if not driver.resume(state, agent.seed):
                 raise ValueError(
                     f"{path}: replaying the saved actions did not bring the environment back "
                     "to the saved observation (is it deterministic for a seed?); load it "
                     "with a deterministic environment or save without include_buffer")
-            driver.obs = obs
-            driver.episode_start = tensors["rollout.episode_start"].numpy().copy()
-            driver.pending_reset = tensors["rollout.pending_reset"].numpy().copy()
             agent._restore_rollout_tensors(tensors)
     torch.set_rng_state(tensors["rng.torch"])
 
 
 # ------------------------------------------------------------------------------ parameters
-def read_parameters(path: str | os.PathLike, groups: dict[str, Any],
-                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
-    """The parameters of a saved agent file for the named ``groups`` (modules and
-    optimisers, as :meth:`BaseAgent.get_parameters` names them)."""
+def _parameter_groups(agent: SavedAgent) -> dict[str, Any]:
+    """SB3's names: ``"policy"`` (what acts), the other networks by name, and the
+    optimiser(s) (``"policy.optimizer"`` when there is one)."""
+    groups: dict[str, Any] = {"policy": agent.policy}
+    inside = {id(m) for m in agent.policy.modules()}
+    for name, module in agent._persistent_modules().items():
+        if id(module) not in inside:
+            groups[name] = module
+    optimizers = agent._persistent_optimizers()
+    for name, optimizer in optimizers.items():
+        groups["policy.optimizer" if len(optimizers) == 1 else f"{name}.optimizer"] = optimizer
+    return groups
+
+
+def get_parameters(agent: SavedAgent) -> dict[str, dict[str, Any]]:
+    """SB3's ``get_parameters``: every network's and optimiser's state dict, by name."""
+    return {name: part.state_dict() for name, part in _parameter_groups(agent).items()}
+
+
+def set_parameters(agent: SavedAgent, load_path_or_dict: str | os.PathLike | dict[str, Any],
+                   exact_match: bool = True) -> None:
+    """SB3's ``set_parameters``: load what :func:`get_parameters` returned, or the
+    parameters of a saved agent file (``exact_match``: every part must be given)."""
+    groups = _parameter_groups(agent)
+    if isinstance(load_path_or_dict, dict):
+        params = load_path_or_dict
+    else:
+        params = _read_parameters(load_path_or_dict, groups, agent._persistent_optimizers())
+    unknown = sorted(set(params) - set(groups))
+    if unknown:
+        raise ValueError(f"set_parameters: unknown names {unknown}; expected some of "
+                         f"{sorted(groups)}")
+    missing = [name for name in groups if name not in params]
+    if exact_match and missing:
+        raise ValueError(f"set_parameters: {missing} missing (pass exact_match=False to "
+                         "load only some)")
+    for name, state in params.items():
+        part = groups[name]
+        if isinstance(part, torch.nn.Module):
+            load_module("set_parameters", name, part, dict(state), {})
+        else:
+            part.load_state_dict(state)
+
+
+def _read_parameters(path: str | os.PathLike, groups: dict[str, Any],
+                     optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
+    """The parameters of a saved agent file for the named ``groups``."""
     meta, tensors = read_agent_file(path)
     by_identity = {id(o): name for name, o in optimizers.items()}
     params: dict[str, dict[str, Any]] = {}
@@ -478,7 +373,7 @@ def read_parameters(path: str | os.PathLike, groups: dict[str, Any],
             if name == "policy":  # its children are saved under their own names
                 params[name] = {k: tensors[k] for k in part.state_dict() if k in tensors}
             else:
-                params[name] = _unprefixed(name, tensors)
+                params[name] = unprefixed(name, tensors)
         else:
             saved = meta["optimizers"].get(by_identity[id(part)])
             if saved is not None:

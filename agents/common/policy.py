@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.common import files
 from agents.common.actor import LiquidActor
 from agents.common.normalization import ObservationNormalizer
 from agents.driver.spaces import ActionAdapter, ObservationEncoder
+from velora_ens.training.device import select_device
 
 __all__ = ["LiquidPolicy"]
 
@@ -138,27 +140,22 @@ class LiquidPolicy(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy alone (safetensors, atomically; ``.safetensors`` is appended
         when ``path`` has no suffix); returns the path."""
-        from agents.common import persistence
-
         meta = {"format": POLICY_FORMAT, "actor": self.actor.config,
-                "observation_space": persistence.space_to_json(self.observation_space),
-                "action_space": persistence.space_to_json(self.action_space),
+                "observation_space": files.space_to_json(self.observation_space),
+                "action_space": files.space_to_json(self.action_space),
                 "normalizer": self.obs_normalizer is not None}
         if self.elapsed_time_unit is not None:
             meta["elapsed_time_unit"] = self.elapsed_time_unit
         tensors = {k: v for k, v in self.state_dict().items()}
-        return persistence.write_document(persistence.resolve_save_path(path), meta, tensors)
+        return files.write_document(files.resolve_save_path(path), meta, tensors)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "auto") -> LiquidPolicy:
         """A policy written by :meth:`save` (``path`` with or without its suffix); never
         unpickles anything."""
-        from agents.common import persistence
-        from agents.common.base import get_device
-
-        meta, tensors = persistence.read_agent_file(path, formats=(POLICY_FORMAT,))
-        observation_space = persistence.space_from_json(meta["observation_space"])
-        action_space = persistence.space_from_json(meta["action_space"])
+        meta, tensors = files.read_document(path, formats=(POLICY_FORMAT,))
+        observation_space = files.space_from_json(meta["observation_space"])
+        action_space = files.space_from_json(meta["action_space"])
         config = dict(meta["actor"])
         actor = LiquidActor(config.pop("obs_dim"), action_space, config.pop("n_neurons"),
                             **config)
@@ -166,5 +163,5 @@ class LiquidPolicy(nn.Module):
             else None
         policy = cls(actor, observation_space, action_space, normalizer,
                      meta.get("elapsed_time_unit"))
-        persistence.load_module(meta["path"], "policy", policy, tensors, {})
-        return policy.to(get_device(device))
+        files.load_module(meta["path"], "policy", policy, tensors, {})
+        return policy.to(select_device(device, allow_mps=False))

@@ -222,14 +222,37 @@ class EnvDriver:
         self.obs = next_obs
         return result
 
-    def replay(self, actions: np.ndarray, seed: int | None) -> Any:
-        """Reset with ``seed`` and step the logged ``actions`` again (an exact resume);
-        returns the last observation, encoded."""
+    # ------------------------------------------------------------------ exact resume
+    #: the arrays :meth:`resume_state` gives and :meth:`resume` takes
+    RESUME_KEYS = ("rollout.obs", "rollout.episode_start", "rollout.pending_reset",
+                   "env.actions")
+
+    def resume_state(self) -> dict[str, np.ndarray]:
+        """What rebuilds the current rollout (``{}`` before one starts): the observations
+        acted on next, the episode-start and pending-reset flags, and the action log."""
+        if self.obs is None:
+            return {}
+        return dict(zip(self.RESUME_KEYS, (np.asarray(self.obs), self.episode_start,
+                                           self.pending_reset, self.action_log.array()),
+                        strict=True))
+
+    def resume(self, state: dict[str, np.ndarray], seed: int | None) -> bool:
+        """Rebuild the environments of a :meth:`resume_state`: reset with ``seed`` and
+        step the logged actions again; returns whether they came back to the saved
+        observations (if not, the driver starts a new rollout)."""
+        actions = state["env.actions"]
         raw, _ = self.env.reset(seed=seed)
         for batch in actions:
             raw = self.env.step(batch)[0]
+        obs = self.encoder.encode(raw, batched=True)
+        if not np.array_equal(obs, state["rollout.obs"]):
+            self.end_rollout()
+            return False
         self.action_log = ActionLog.from_array(actions)
-        return self.encoder.encode(raw, batched=True)
+        self.obs = obs
+        self.episode_start = state["rollout.episode_start"].copy()
+        self.pending_reset = state["rollout.pending_reset"].copy()
+        return True
 
     # ------------------------------------------------------------------ checks
     def observations(self, raw: Any, step: int) -> np.ndarray:

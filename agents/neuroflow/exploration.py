@@ -27,26 +27,49 @@ Interface (:class:`Exploration`): :meth:`~Exploration.reset` at episode starts,
 :meth:`~Exploration.act`, :meth:`~Exploration.rewards` (the intrinsic bonus),
 :meth:`~Exploration.update`, :meth:`~Exploration.backup_weights`, and the state to save
 (:meth:`~Exploration.modules`, :meth:`~Exploration.counters`).
+
+A strategy is given what it needs, not the agent: the agent offers its parts in an
+:class:`ExplorationSetup` (the actor that proposes actions, the critic members and their
+targets, the temperature, sizes, device and seed), and each strategy's
+:meth:`~Exploration.from_setup` keeps only those it reads.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from agents.common.actor import LiquidActor
 from agents.neuroflow.critics import CriticEnsemble
+from agents.neuroflow.heads import CriticHead
 from velora_ens._validation import check_int
 
-if TYPE_CHECKING:  # pragma: no cover
-    from agents.neuroflow.neuroflow import NeuroFlow
+__all__ = ["STRATEGIES", "Disagreement", "Exploration", "ExplorationSetup", "NoExploration",
+           "OptimisticActorCritic", "ThompsonSampling", "UCBSelection", "make_exploration"]
 
-__all__ = ["STRATEGIES", "Disagreement", "Exploration", "NoExploration", "OptimisticActorCritic",
-           "ThompsonSampling", "UCBSelection", "make_exploration"]
+
+@dataclass(frozen=True)
+class ExplorationSetup:
+    """What NeuroFlow offers a strategy when it builds one; each strategy keeps only the
+    parts it reads (see :meth:`Exploration.from_setup`)."""
+
+    actor: LiquidActor            # the policy, which proposes actions
+    critics: CriticHead           # the members whose disagreement drives exploration
+    critic_targets: CriticHead    # their target copies (for weighted backups)
+    log_alpha: torch.Tensor       # SAC's log-temperature, updated in place by training
+    action_space: gym.Space       # the environment's (single-copy) action space
+    obs_dim: int                  # encoded observation size
+    history_size: int             # size of the critics' view of the history
+    n_envs: int                   # environment copies
+    device: torch.device
+    seed: int | None
 
 
 class Exploration:
@@ -62,11 +85,13 @@ class Exploration:
     #: whether :meth:`backup_weights` wants the target critics' members
     weights_backups: ClassVar[bool] = False
 
-    def __init__(self, agent: NeuroFlow, **options: Any) -> None:
-        if options:
-            raise ValueError(f"exploration={self.name!r} takes no options, got "
-                             f"{sorted(options)}")
-        self.agent = agent
+    def __init__(self, actor: LiquidActor) -> None:
+        self.actor = actor
+
+    @classmethod
+    def from_setup(cls, setup: ExplorationSetup, **options: Any) -> Exploration:
+        """The strategy with ``options``, from the parts of ``setup`` it reads."""
+        return cls(setup.actor, **options)
 
     # ------------------------------------------------------------------ acting
     def reset(self, episode_start: np.ndarray) -> None:
@@ -76,7 +101,7 @@ class Exploration:
         """Policy-range actions for the actor's outputs ``out`` ``(n, ...)``;
         ``critic_in`` ``(n, obs + history)`` is what the critics read besides the action
         (``None`` unless :attr:`reads_critics`)."""
-        return self.agent.actor.act(out, deterministic=False)
+        return self.actor.act(out, deterministic=False)
 
     # ------------------------------------------------------------------ updates
     def rewards(self, rewards: torch.Tensor, obs: torch.Tensor, history: torch.Tensor,
@@ -114,15 +139,15 @@ class Exploration:
         """``k`` policy samples per row, ``(k, n, A)``, and every critic member's value
         of them ``(N, k n, 1)`` (candidate-major rows)."""
         n = out.shape[0]
-        actions = self.agent.actor.act(out.repeat(k, 1), deterministic=False)
-        q = self.agent.critics(torch.cat([critic_in.repeat(k, 1), actions], 1))
+        actions = self.actor.act(out.repeat(k, 1), deterministic=False)
+        q = self.critics(torch.cat([critic_in.repeat(k, 1), actions], 1))
         return actions.reshape(k, n, -1), q
 
     def _spread(self, q: torch.Tensor, uncertainty: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and spread ``(B, out)`` of member values ``(N, B, out)`` from the head's
         last call on them, through its one definition
         (:meth:`agents.neuroflow.heads.CriticHead.prediction`)."""
-        head = self.agent.critics
+        head = self.critics
         return head.prediction(q).mean, head.uncertainty(q, uncertainty)
 
 
@@ -140,18 +165,23 @@ class OptimisticActorCritic(Exploration):
     action_kinds = ("box",)
     reads_critics = True
 
-    def __init__(self, agent: NeuroFlow, beta: float = 4.66, delta: float = 23.53,
-                 uncertainty: str = "epistemic") -> None:
-        super().__init__(agent)
+    def __init__(self, actor: LiquidActor, critics: CriticHead, beta: float = 4.66,
+                 delta: float = 23.53, uncertainty: str = "epistemic") -> None:
+        super().__init__(actor)
+        self.critics = critics
         if not beta >= 0 or not delta >= 0:
             raise ValueError(f"oac: beta and delta must be >= 0, got {beta!r}, {delta!r}")
         self.beta, self.delta, self.uncertainty = float(beta), float(delta), uncertainty
+
+    @classmethod
+    def from_setup(cls, setup: ExplorationSetup, **options: Any) -> OptimisticActorCritic:
+        return cls(setup.actor, setup.critics, **options)
 
     def shifted_mean(self, mean: torch.Tensor, std: torch.Tensor, critic_in: torch.Tensor
                      ) -> torch.Tensor:
         """``mu_E`` for pre-tanh means and standard deviations ``(n, A)``."""
         action = torch.tanh(mean.detach())
-        grad = self.agent.critics.optimism_gradient(torch.cat([critic_in, action], 1),
+        grad = self.critics.optimism_gradient(torch.cat([critic_in, action], 1),
                                                     self.beta, self.uncertainty)
         g = grad[:, -action.shape[1]:] * (1 - action.square())  # through the tanh
         variance = std.square()
@@ -159,7 +189,7 @@ class OptimisticActorCritic(Exploration):
         return mean + math.sqrt(2.0 * self.delta) * variance * g / norm
 
     def act(self, out: torch.Tensor, critic_in: torch.Tensor | None) -> torch.Tensor:
-        mean, log_std = self.agent.actor.squashed_gaussian(out)
+        mean, log_std = self.actor.squashed_gaussian(out)
         std = log_std.exp()
         shifted = self.shifted_mean(mean, std, critic_in)
         return torch.tanh(shifted + std * torch.randn_like(shifted))
@@ -175,10 +205,11 @@ class UCBSelection(Exploration):
     min_members = 2
     reads_critics = True
 
-    def __init__(self, agent: NeuroFlow, lam: float = 1.0, n_candidates: int = 10,
-                 uncertainty: str = "epistemic", weighted_backup: float | None = None
-                 ) -> None:
-        super().__init__(agent)
+    def __init__(self, actor: LiquidActor, critics: CriticHead, critic_targets: CriticHead,
+                 lam: float = 1.0, n_candidates: int = 10, uncertainty: str = "epistemic",
+                 weighted_backup: float | None = None) -> None:
+        super().__init__(actor)
+        self.critics, self.critic_targets = critics, critic_targets
         if not lam >= 0:
             raise ValueError(f"ucb: lam must be >= 0, got {lam!r}")
         self.lam, self.uncertainty = float(lam), uncertainty
@@ -189,14 +220,18 @@ class UCBSelection(Exploration):
         self.temperature = weighted_backup
         self.weights_backups = weighted_backup is not None  # type: ignore[misc]
 
+    @classmethod
+    def from_setup(cls, setup: ExplorationSetup, **options: Any) -> UCBSelection:
+        return cls(setup.actor, setup.critics, setup.critic_targets, **options)
+
     def scores(self, q: torch.Tensor) -> torch.Tensor:
         """``mean + lam * std`` over the members ``(N, B, out)`` -> ``(B, out)``."""
         mean, std = self._spread(q, self.uncertainty)
         return mean + self.lam * std
 
     def act(self, out: torch.Tensor, critic_in: torch.Tensor | None) -> torch.Tensor:
-        if self.agent.discrete:
-            return self.scores(self.agent.critics(critic_in)).argmax(-1)  # (n, A) -> (n,)
+        if self.actor.discrete:
+            return self.scores(self.critics(critic_in)).argmax(-1)  # (n, A) -> (n,)
         actions, q = self._candidates(out, critic_in, self.n_candidates)
         k, n = actions.shape[:2]
         best = self.scores(q).reshape(k, n).argmax(0)  # (n,)
@@ -205,7 +240,7 @@ class UCBSelection(Exploration):
     def backup_weights(self, next_q: torch.Tensor) -> torch.Tensor | None:
         if self.temperature is None:
             return None
-        std = self.agent.critic_targets.uncertainty(next_q).reshape(next_q.shape[1], -1)
+        std = self.critic_targets.uncertainty(next_q).reshape(next_q.shape[1], -1)
         return torch.sigmoid(-std.mean(-1) * self.temperature) + 0.5
 
 
@@ -218,31 +253,38 @@ class ThompsonSampling(Exploration):
     min_members = 2
     reads_critics = True
 
-    def __init__(self, agent: NeuroFlow, n_candidates: int = 10, seed: int | None = None
-                 ) -> None:
-        super().__init__(agent)
-        if not agent.critics.fixed_members:
+    def __init__(self, actor: LiquidActor, critics: CriticHead, log_alpha: torch.Tensor,
+                 n_envs: int, agent_seed: int | None, n_candidates: int = 10,
+                 seed: int | None = None) -> None:
+        super().__init__(actor)
+        if not critics.fixed_members:
             raise ValueError(f"exploration='thompson' needs a head with fixed members "
                              f"('deep', 'batch', 'liquid'); critic_head="
-                             f"{agent.critics.kind!r} draws new members at every call "
+                             f"{critics.kind!r} draws new members at every call "
                              "(use 'ucb' or 'oac' with it)")
+        self.critics, self.log_alpha = critics, log_alpha
         self.n_candidates = check_int("n_candidates", n_candidates, 1)
-        base = agent.config.get("seed")
         self.rng = np.random.default_rng(
-            None if base is None and seed is None else (seed if seed is not None else base) + 17)
-        self.members = np.zeros(agent.n_envs, np.int64)
+            None if agent_seed is None and seed is None
+            else (seed if seed is not None else agent_seed) + 17)
+        self.members = np.zeros(n_envs, np.int64)
+
+    @classmethod
+    def from_setup(cls, setup: ExplorationSetup, **options: Any) -> ThompsonSampling:
+        return cls(setup.actor, setup.critics, setup.log_alpha, setup.n_envs, setup.seed,
+                   **options)
 
     def reset(self, episode_start: np.ndarray) -> None:
         ids = np.flatnonzero(episode_start)
         if ids.size:
-            self.members[ids] = self.rng.integers(0, self.agent.critics.n_members, ids.size)
+            self.members[ids] = self.rng.integers(0, self.critics.n_members, ids.size)
 
     def act(self, out: torch.Tensor, critic_in: torch.Tensor | None) -> torch.Tensor:
         members = torch.as_tensor(self.members, device=out.device)
         rows = torch.arange(out.shape[0], device=out.device)
-        if self.agent.discrete:
-            q = self.agent.critics(critic_in)[members, rows]  # (n, A)
-            probs = F.softmax(q / self.agent.log_alpha.exp().clamp_min(1e-8), -1)
+        if self.actor.discrete:
+            q = self.critics(critic_in)[members, rows]  # (n, A)
+            probs = F.softmax(q / self.log_alpha.exp().clamp_min(1e-8), -1)
             return torch.multinomial(probs, 1).squeeze(-1)
         actions, q = self._candidates(out, critic_in, self.n_candidates)
         q = q.reshape(q.shape[0], *actions.shape[:2])  # (N, k, n)
@@ -266,27 +308,31 @@ class Disagreement(Exploration):
 
     name = "disagreement"
 
-    def __init__(self, agent: NeuroFlow, scale: float = 1.0, n_models: int = 5,
+    def __init__(self, actor: LiquidActor, obs_dim: int, history_size: int,
+                 device: torch.device, scale: float = 1.0, n_models: int = 5,
                  hidden: tuple[int, ...] = (64, 64), learning_rate: float = 1e-3,
                  keep: float = 0.8) -> None:
-        super().__init__(agent)
+        super().__init__(actor)
         if not scale >= 0:
             raise ValueError(f"disagreement: scale must be >= 0, got {scale!r}")
         if not 0 < keep <= 1:
             raise ValueError(f"disagreement: keep must be in (0, 1], got {keep!r}")
         self.scale, self.keep = float(scale), float(keep)
         self.n_models = check_int("n_models", n_models, 2)
-        action_in = agent.actor.action_dim
-        in_features = agent.obs_dim + agent.history.state_size + action_in
-        self.models = CriticEnsemble(in_features, agent.obs_dim, self.n_models, tuple(hidden)
-                                     ).to(agent.device)
+        in_features = obs_dim + history_size + actor.action_dim
+        self.models = CriticEnsemble(in_features, obs_dim, self.n_models, tuple(hidden)
+                                     ).to(device)
         self.optimizer = torch.optim.Adam(self.models.parameters(), lr=learning_rate)
         self.last_bonus = 0.0
 
+    @classmethod
+    def from_setup(cls, setup: ExplorationSetup, **options: Any) -> Disagreement:
+        return cls(setup.actor, setup.obs_dim, setup.history_size, setup.device, **options)
+
     def _inputs(self, obs: torch.Tensor, history: torch.Tensor, actions: torch.Tensor
                 ) -> torch.Tensor:
-        if self.agent.discrete:
-            actions = F.one_hot(actions.long().reshape(-1), self.agent.actor.action_dim).float()
+        if self.actor.discrete:
+            actions = F.one_hot(actions.long().reshape(-1), self.actor.action_dim).float()
         return torch.cat([obs, history.detach(), actions], 1)
 
     def bonus(self, obs: torch.Tensor, history: torch.Tensor, actions: torch.Tensor
@@ -326,29 +372,32 @@ STRATEGIES: dict[str, type[Exploration]] = {
                               ThompsonSampling, Disagreement)}
 
 
-def make_exploration(name: str, kwargs: dict[str, Any] | None, agent: NeuroFlow
+def make_exploration(name: str, kwargs: dict[str, Any] | None, setup: ExplorationSetup
                      ) -> Exploration:
-    """The strategy ``name`` with its keyword arguments, checked against the agent's
-    action space and critic head."""
+    """The strategy ``name`` with its keyword arguments, checked against the actor's
+    action space and the critic head."""
     if name not in STRATEGIES:
         raise ValueError(f"exploration must be one of {sorted(STRATEGIES)}, got {name!r}")
     cls = STRATEGIES[name]
-    kind = "discrete" if agent.discrete else "box"
+    kind = "discrete" if setup.actor.discrete else "box"
     if kind not in cls.action_kinds:
         raise ValueError(f"exploration={name!r} supports {' and '.join(cls.action_kinds)} "
-                         f"actions, not this env's {agent.action_space}")
-    n = agent.critics.n_members
+                         f"actions, not this env's {setup.action_space}")
+    n = setup.critics.n_members
     if n < cls.min_members:
         raise ValueError(f"exploration={name!r} needs at least {cls.min_members} critic "
                          f"members to measure their disagreement, got n_critics={n}")
     kwargs = dict(kwargs or {})
-    allowed = sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "agent",
-                                                                          "options"})
+    # the options are the constructor's arguments with defaults (the parts have none)
+    allowed = sorted(k for k, p in inspect.signature(cls.__init__).parameters.items()
+                     if p.default is not inspect.Parameter.empty)
     unknown = sorted(set(kwargs) - set(allowed))
-    if unknown and name != "none":
+    if unknown:
+        if not allowed:
+            raise ValueError(f"exploration={name!r} takes no options, got {sorted(kwargs)}")
         raise ValueError(f"exploration_kwargs for exploration={name!r}: unknown option(s) "
                          f"{unknown}; expected some of {allowed}")
     try:
-        return cls(agent, **kwargs)
+        return cls.from_setup(setup, **kwargs)
     except TypeError as exc:
         raise ValueError(f"exploration_kwargs for exploration={name!r}: {exc}") from None

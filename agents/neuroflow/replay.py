@@ -12,6 +12,7 @@ their liquid cells.
 A sequence may run across an episode boundary: its ``episode_start`` flags go to the
 network, which resets the state to zero at that step, so no step ever sees the state of
 another episode. A sequence never spans the ring's write position (old and new data).
+:func:`unroll_with_burn_in` runs a network over sampled sequences as R2D2 does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SequenceBatch", "SequenceReplayBuffer"]
+__all__ = ["SequenceBatch", "SequenceReplayBuffer", "unroll_with_burn_in"]
 
 # saved field -> attribute
 _FIELDS = {"obs": "obs", "next_obs": "next_obs", "actions": "actions", "rewards": "rewards",
@@ -234,3 +235,20 @@ class SequenceReplayBuffer:
                                  f"{value.shape}, this agent's {target.shape} (n_envs differ)")
             else:
                 target[...] = value
+
+
+def unroll_with_burn_in(net: torch.nn.Module, obs: torch.Tensor, episode_start: torch.Tensor,
+                        state: torch.Tensor, burn_in: int, dt: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refresh the stored ``state`` over the first ``burn_in`` steps without gradients,
+    then run the trained steps; returns their outputs and states ``(B, T - burn_in, ...)``
+    (R2D2). ``net`` is a liquid network or actor (``final_state`` and a sequence call);
+    ``dt``: the elapsed times of all the steps ``(B, T, 1)`` (``None``: the cells'
+    default)."""
+    if burn_in:
+        with torch.no_grad():
+            state = net.final_state(obs[:, :burn_in], state,
+                                    episode_start=episode_start[:, :burn_in],
+                                    dt=None if dt is None else dt[:, :burn_in])
+    return net(obs[:, burn_in:], state, episode_start=episode_start[:, burn_in:],
+               return_states=True, dt=None if dt is None else dt[:, burn_in:])

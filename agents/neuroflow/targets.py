@@ -1,4 +1,5 @@
-"""NeuroFlow's bootstrapped targets as pure functions of tensors (no agent state).
+"""NeuroFlow's bootstrapped targets as functions of tensors (no agent state): how the
+target critics' members are combined, one-step and n-step targets.
 
 Gymnasium semantics throughout: only ``terminated`` stops bootstrapping; a truncated
 step still bootstraps from the value of its real next observation.
@@ -6,9 +7,32 @@ step still bootstraps from the value of its real next observation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["n_step_targets", "one_step_targets"]
+__all__ = ["TARGET_RULES", "n_step_targets", "one_step_targets", "reduce_members"]
+
+#: how ``target_q`` combines the target critics' members
+TARGET_RULES = ("min", "mean", "member")
+
+
+def reduce_members(q: torch.Tensor, rule: str, head: Any, subset: int | None = None
+                   ) -> torch.Tensor:
+    """Combine the target critics' member values ``q`` ``(N, B, out)``.
+
+    ``rule``: ``"min"`` (clipped double-Q) or ``"mean"`` (less pessimistic; "Revisiting
+    Discrete SAC" finds the minimum under-estimates with discrete actions), through the
+    ``head``'s reduction (a Liquid Ensemble's mean is power-weighted); ``"member"``: ``q``
+    unchanged, every member bootstraps from its own target member (Bootstrapped DQN).
+    ``subset=M`` (REDQ): the minimum over ``M`` members drawn at random for this call.
+    """
+    if rule == "member":
+        return q
+    if subset is not None:
+        members = torch.randperm(q.shape[0], device=q.device)[:subset]
+        return q[members].min(0).values
+    return head.reduce(q, rule)
 
 
 def one_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, next_values: torch.Tensor,

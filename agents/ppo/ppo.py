@@ -33,16 +33,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
 
 from agents.common.actor import LiquidActor
 from agents.common.base import BaseAgent
 from agents.common.normalization import RewardNormalizer
 from agents.common.optim import clip_grad_norm, fused_adam_step, zero_grad
-from agents.common.policy import LiquidPolicy
 from agents.common.schedules import as_schedule, progress_remaining
-from agents.driver.elapsed import ElapsedTime
 from agents.ppo.gae import gae_advantages
+from agents.ppo.noise import make_noise
 from agents.ppo.rollout import RolloutBuffer
 from agents.ppo.values import make_value
 from velora_ens._validation import check_bool, check_int, check_number
@@ -61,10 +59,12 @@ class LiquidPPO(BaseAgent):
     env, ...)``. The argument names and defaults follow sb3-contrib's ``RecurrentPPO``.
 
     Args:
-        env: a Gymnasium id (``"module:EnvId"`` imports ``module`` first), a
-            ``gymnasium.Env``, a Gymnasium vector env or a Stable-Baselines3 ``VecEnv``.
-            Observations as :class:`~agents.neuroflow.neuroflow.NeuroFlow`'s; actions ``Box`` or
-            ``Discrete``.
+        env: see :class:`~agents.common.base.BaseAgent`, as for ``learning_rate``,
+            ``normalize_observations`` (the rollout stores observations normalised as
+            acted on), the elapsed time, ``n_envs``, ``vectorization``, ``seed``,
+            ``device``, ``tensorboard_log`` (with SB3 PPO's keys: ``train/approx_kl``,
+            ``train/clip_fraction``, ``train/explained_variance``, ...) and ``verbose``.
+            Actions ``Box`` or ``Discrete``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
         critic_neurons: the same for the critic's own network.
         actor_head: widths of an MLP between the actor's liquid network and the policy
@@ -78,8 +78,6 @@ class LiquidPPO(BaseAgent):
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
         shared_critic: a linear value head on the actor's liquid state instead of a
             separate liquid critic.
-        learning_rate: Adam step size: a number, ``"lin_<x>"`` or a schedule of the
-            progress remaining (as SB3).
         n_steps: rows collected per environment copy before each update.
         batch_size: rows per minibatch (``batch_size // seq_len`` windows).
         n_epochs: passes over the rollout per update.
@@ -111,28 +109,9 @@ class LiquidPPO(BaseAgent):
         sde_sample_freq: with ``use_sde``, draw new exploration matrices (one per copy)
             every this many steps of the rollout; -1 (default) or 0: only at the start of
             each rollout (as SB3).
-        elapsed_time_key: read the time elapsed since the previous observation from
-            ``info[elapsed_time_key]`` at every step (``"elapsed_time"`` for
-            :class:`envs.IrregularTiming`), store it in the rollout beside the observation
-            and feed it to both liquid networks as ``dt`` when acting, for the successor
-            values and in training. ``None`` (default): evenly spaced observations.
-        elapsed_time_unit: the elapsed time the cells see as 1 (their default ``dt``),
-            e.g. the task's nominal step (0.05 s for Pendulum).
-        normalize_observations: normalise observations by running statistics (SB3's
-            ``VecNormalize``, clipped at 10); the rollout stores them normalised as acted on.
         normalize_rewards: divide rewards by the running standard deviation of the
             discounted return (``VecNormalize(norm_reward=True)``, clipped at 10). With
             both, RL Zoo's ``normalize: true``.
-        n_envs: environment copies when ``env`` is an id.
-        vectorization: ``"sync"`` or ``"async"`` vector env when ``env`` is an id.
-        seed: seeds torch, the minibatch shuffling, the environments and action spaces.
-        device: ``"auto"`` (CUDA where available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        tensorboard_log: folder for TensorBoard runs, with SB3 PPO's keys
-            (``train/approx_kl``, ``train/clip_fraction``, ``train/entropy_loss``,
-            ``train/explained_variance``, ``train/value_loss``,
-            ``train/policy_gradient_loss``, ...).
-        verbose: 1 prints SB3's log table every ``log_interval`` episodes.
-
     >>> agent = LiquidPPO("CartPoleNoVel-v1", n_envs=8, n_steps=32, batch_size=256,
     ...                   seed=0)                                     # doctest: +SKIP
     >>> agent.learn(100_000)                                          # doctest: +SKIP
@@ -209,8 +188,9 @@ class LiquidPPO(BaseAgent):
             for name, value in (("clip_range_vf", clip_range_vf), ("target_kl", target_kl)))
         self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
                     vectorization=vectorization, learning_rate=learning_rate,
-                    normalize_observations=normalize_observations, device=device,
-                    tensorboard_log=tensorboard_log, verbose=verbose)
+                    normalize_observations=normalize_observations,
+                    elapsed_time_key=elapsed_time_key, elapsed_time_unit=elapsed_time_unit,
+                    device=device, tensorboard_log=tensorboard_log, verbose=verbose)
         rollout_rows = n_steps * self.n_envs
         if batch_size > rollout_rows:
             raise ValueError(f"batch_size={batch_size} is larger than the rollout "
@@ -220,22 +200,13 @@ class LiquidPPO(BaseAgent):
         self.n_steps, self.batch_size, self.n_epochs = n_steps, batch_size, n_epochs
         self.seq_len = seq_len
         self.normalize_advantage = normalize_advantage
-        self.noise_hold_steps = noise_hold_steps
-        self.use_sde, self.sde_sample_freq = use_sde, sde_sample_freq
-        self.elapsed = (None if elapsed_time_key is None
-                        else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))
-        self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
-
         if use_sde and not isinstance(self.action_space, gym.spaces.Box):
             raise ValueError(f"use_sde=True needs Box actions, got {self.action_space}")
-        self.actor = LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
-                                 seed=seed, distribution="gsde" if use_sde else "gaussian",
-                                 log_std_init=log_std_init, head_layers=actor_head,
-                                 dense_recurrence=actor_dense_recurrence).to(self.device)
-        self.discrete = self.actor.discrete
-        self.policy = LiquidPolicy(self.actor, self.observation_space, self.action_space,
-                                   self.obs_normalizer,
-                                   None if elapsed_time_key is None else elapsed_time_unit)
+        self._set_actor(LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
+                                    seed=seed, distribution="gsde" if use_sde else "gaussian",
+                                    log_std_init=log_std_init, head_layers=actor_head,
+                                    dense_recurrence=actor_dense_recurrence))
+        self.noise = make_noise(self.discrete, noise_hold_steps, use_sde, sde_sample_freq)
         self.value = make_value(shared_critic, self.actor, self.obs_dim, critic_neurons, cell,
                                 0 if seed is None else seed + 1)
         for module in self.value.modules().values():
@@ -251,65 +222,27 @@ class LiquidPPO(BaseAgent):
                                      (self.actor.state_dim, self.value.state_size),
                                      self.device)
         self._states: list[torch.Tensor] = []
-        self._noise = torch.zeros(0)      # the held Gaussian noise per copy
-        self._noise_age = torch.zeros(0)  # steps since it was drawn
-        self._sde_matrices = torch.zeros(0)  # gSDE's held exploration matrices per copy
 
     # ------------------------------------------------------------------ collection
     def _start_rollout(self, obs: np.ndarray) -> None:
         self._states = [torch.zeros(self.n_envs, size, device=self.device)
                         for size in (self.actor.state_dim, self.value.state_size)]
         self.rollout.reset()
-        self._noise = torch.zeros(self.n_envs, self.actor.action_dim, device=self.device)
-        self._noise_age = torch.zeros(self.n_envs, dtype=torch.int64, device=self.device)
-        if self.use_sde:  # drawn at the rollout's first step (_gsde_matrices)
-            self._sde_matrices = torch.zeros(self.n_envs, *self.actor.log_std.shape,
-                                             device=self.device)
-        self._dt = np.ones(self.n_envs, np.float32)
-
-    def _exploration_noise(self, start: torch.Tensor) -> torch.Tensor | None:
-        """The Gaussian noise of this step (``None``: a fresh draw, the default)."""
-        if self.discrete or self.noise_hold_steps == 1:
-            return None
-        redraw = start | (self._noise_age % self.noise_hold_steps == 0)
-        if redraw.any():
-            fresh = torch.randn_like(self._noise)
-            self._noise = torch.where(redraw.unsqueeze(1), fresh, self._noise)
-            self._noise_age = torch.where(redraw, torch.zeros_like(self._noise_age),
-                                          self._noise_age)
-        self._noise_age = self._noise_age + 1
-        return self._noise
-
-    def _gsde_matrices(self) -> torch.Tensor:
-        """gSDE's exploration matrices of this step: drawn anew at the rollout's first
-        step and every ``sde_sample_freq`` steps of it (SB3's rule), held in between."""
-        pos, freq = self.rollout.pos, self.sde_sample_freq
-        if pos == 0 or (freq > 0 and pos % freq == 0):
-            self._sde_matrices = self.actor.gsde_matrices(self.n_envs)
-        return self._sde_matrices
+        self.noise.start(self.actor, self.n_envs, self.device)
 
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:
         """One step of every copy into the rollout; when it is full, the update."""
         if self.rollout.pos == 0:
             callback.on_rollout_start()
-        driver, device = self.driver, self.device
+        device = self.device
         with torch.no_grad():
-            obs = self._normalized(torch.as_tensor(driver.obs, dtype=torch.float32,
-                                                   device=device))
-            start = torch.as_tensor(driver.episode_start, device=device)
-            actor_state, critic_state = self._states
-            if driver.episode_start.any():
-                keep = (~start).float().unsqueeze(1)
-                actor_state, critic_state = actor_state * keep, critic_state * keep
-            dt = self._dt_tensor(self._dt)
-            out, next_actor = self.actor(obs, actor_state, dt=dt)
+            acting = self._act_prelude(self._states)
+            obs, start, dt, next_actor = acting.obs, acting.start, acting.dt, acting.actor_state
+            actor_state, critic_state = acting.states
             value, next_critic = self.value.step(obs, next_actor, critic_state, dt)
-            if self.use_sde:
-                action, log_prob = self.actor.sample(out, features=next_actor,
-                                                     matrices=self._gsde_matrices())
-            else:
-                action, log_prob = self.actor.sample(out, self._exploration_noise(start))
+            action, log_prob = self.noise.sample(self.actor, acting.out, next_actor, start,
+                                                 self.rollout.pos)
         sent = action if self.discrete else action.clamp(-1.0, 1.0)
         step = self._env_step(sent.cpu().numpy())
         rows = np.flatnonzero(step.valid)
@@ -323,7 +256,7 @@ class LiquidPPO(BaseAgent):
         if dt is not None:
             row["dt"] = dt
         truncated = step.valid & step.truncated & ~step.terminated
-        next_dt, real_dt = self._read_elapsed(step.info, np.flatnonzero(truncated))
+        _, real_dt = self._read_elapsed(step)
         if truncated.any():  # bootstrap from the final observation, the states after the row
             idx = np.flatnonzero(truncated)
             final_dt = self._dt_tensor(real_dt[idx])
@@ -336,7 +269,6 @@ class LiquidPPO(BaseAgent):
             row["next_values"] = bootstrap
         self.rollout.add(row, [actor_state, critic_state])
         self._states = [next_actor, next_critic]
-        self._dt = next_dt
         if not self._callback_step(callback, step, log_interval, rollout_buffer=self.rollout,
                                    n_steps=self.rollout.pos):
             return False
@@ -349,17 +281,6 @@ class LiquidPPO(BaseAgent):
             self.train(self.clip_range(progress))
             self.rollout.reset()
         return True
-
-    def _read_elapsed(self, info: dict[str, Any], truncated: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """The elapsed times of the observations the next step acts on and of the real
-        next observations (:meth:`agents.driver.elapsed.ElapsedTime.after_step`)."""
-        if self.elapsed is None:
-            return self._dt, self._dt
-        return self.elapsed.after_step(
-            info, self.driver.episode_start,
-            self.driver.autoreset_mode == AutoresetMode.SAME_STEP, self.num_timesteps,
-            truncated)
 
     def _finish_rollout(self) -> None:
         """Advantages and returns of the full rollout (GAE with the rollout's values)."""
@@ -513,17 +434,11 @@ class LiquidPPO(BaseAgent):
         self.rollout.load_state_tensors(meta, tensors, path)
 
     def _rollout_tensors(self) -> dict[str, torch.Tensor]:
-        return {"rollout.actor_state": self._states[0],
-                "rollout.critic_state": self._states[1],
-                "rollout.noise": self._noise, "rollout.noise_age": self._noise_age,
-                "rollout.dt": torch.from_numpy(self._dt.copy()),
-                **({"rollout.sde_matrices": self._sde_matrices} if self.use_sde else {})}
+        return {**super()._rollout_tensors(), "rollout.actor_state": self._states[0],
+                "rollout.critic_state": self._states[1], **self.noise.tensors()}
 
     def _restore_rollout_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super()._restore_rollout_tensors(tensors)
         self._states = [tensors[f"rollout.{name}_state"].clone().to(self.device)
                         for name in ("actor", "critic")]
-        self._noise = tensors["rollout.noise"].clone().to(self.device)
-        self._noise_age = tensors["rollout.noise_age"].clone().to(self.device)
-        self._dt = tensors["rollout.dt"].numpy().copy()
-        if self.use_sde:
-            self._sde_matrices = tensors["rollout.sde_matrices"].clone().to(self.device)
+        self.noise.load_tensors(tensors, self.device)
