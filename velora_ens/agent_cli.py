@@ -69,24 +69,27 @@ def add_agent_commands(sub: Any) -> None:
     train.add_argument("--threads", type=_positive("--threads"), default=1,
                        help="torch CPU threads (default 1)")
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a saved agent",
-                              description="Mean return of a saved agent over some episodes.")
-    evaluate.add_argument("path", help="a saved agent (.safetensors; the suffix may be left out)")
-    evaluate.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
-    evaluate.add_argument("--episodes", type=_positive("--episodes"), default=10)
+    evaluate = _saved_agent_parser(
+        sub, "evaluate", episodes=10, help="evaluate a saved agent",
+        description="Mean return of a saved agent over some episodes.")
     evaluate.add_argument("--stochastic", action="store_true",
                           help="sample actions instead of the deterministic policy")
-    evaluate.add_argument("--seed", type=_seed(), default=0,
-                          help="seed of the first episode (default 0)")
-
-    record = sub.add_parser("record", help="record mp4 videos of a saved agent",
-                            description="Play a saved agent deterministically and write mp4s.")
-    record.add_argument("path", help="a saved agent (.safetensors; the suffix may be left out)")
-    record.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
-    record.add_argument("--episodes", type=_positive("--episodes"), default=1)
+    record = _saved_agent_parser(
+        sub, "record", episodes=1, help="record mp4 videos of a saved agent",
+        description="Play a saved agent deterministically and write mp4s.")
     record.add_argument("--out", default="videos", help="output folder (default videos)")
-    record.add_argument("--seed", type=_seed(), default=0,
+
+
+def _saved_agent_parser(sub: Any, name: str, episodes: int, **text: str) -> Any:
+    """A subcommand that plays a saved agent: its path, env, episodes and seed."""
+    parser = sub.add_parser(name, **text)
+    parser.add_argument("path", help="a saved agent (.safetensors; the suffix may be left out)")
+    parser.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
+    parser.add_argument("--episodes", type=_positive("--episodes"), default=episodes,
+                        help=f"episodes (default {episodes})")
+    parser.add_argument("--seed", type=_seed(), default=0,
                         help="seed of the first episode (default 0)")
+    return parser
 
 
 def _read_config(path: Path) -> dict[str, Any]:

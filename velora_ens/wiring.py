@@ -79,7 +79,7 @@ class Wiring:
         dense_recurrence: all-to-all command -> command synapses (random polarities)
             instead of the sparse AutoNCP recurrence; the other masks are unchanged.
             LiquidPPO's tuned PendulumNoVel actor uses it, where velocities must be
-            inferred from positions (``docs/benchmarks/rl/index.md``).
+            inferred from positions (``benchmarks/README.md``).
 
     Example:
         >>> wiring = Wiring(4, 10, 1, seed=0)

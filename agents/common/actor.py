@@ -45,7 +45,7 @@ class LiquidActor(nn.Module):
     and a linear output layer. ``dense_recurrence=True`` connects every command neuron to
     every other (:class:`~velora_ens.wiring.Wiring`). Together they are LiquidPPO's tuned
     actor on PendulumNoVel, where the policy must infer the angular velocity from
-    positions (trials in ``docs/benchmarks/rl/index.md``).
+    positions (trials in ``benchmarks/README.md``).
 
     >>> actor = LiquidActor(2, gym.spaces.Box(-1, 1, (1,)), 64, seed=0,
     ...                     distribution="gaussian", head_layers=(64,), dense_recurrence=True)

@@ -1,19 +1,15 @@
-"""The base every agent shares: Stable-Baselines3's user API over an :class:`EnvDriver`.
+"""The base every agent shares: Stable-Baselines3's user API over an
+:class:`~agents.driver.driver.EnvDriver`.
 
-The base owns the plumbing: the constructor's preamble (policy name and environment,
-seed, spaces, observation normalisation, learning-rate schedule, device, logger),
-``learn`` (argument checks, callbacks, logger, the loop), ``predict`` (observation checks,
-episode-start resets), ``save``/``load``, ``get_env``/``set_env``, parameters and seeds.
-An algorithm declares what it has by filling in a few hooks:
-
-* :meth:`_learn_iteration`: one iteration of collection and updates (step the driver
-  with :meth:`_env_step`, train, then :meth:`_callback_step`); returns whether to go on;
-* ``self.policy``: an :class:`~agents.common.policy.LiquidPolicy` (what acts, ``predict``);
-* :meth:`_start_rollout`: what a fresh rollout needs (called after the seeded reset);
-* what it saves: :meth:`_persistent_modules`, :meth:`_persistent_optimizers`,
-  :meth:`_persistent_tensors` and :meth:`_persistent_counters` (and their ``_load_``
-  counterparts), plus :meth:`_training_tensors` and :meth:`_restore_training_tensors`
-  for an exact resume.
+The base owns the plumbing: construction (environment, seed, spaces, normalisation,
+schedules, elapsed time, device, the actor and its policy), ``learn``'s loop with
+callbacks and logs, the start of every acting step (:meth:`BaseAgent._act_prelude`) and
+the elapsed time read after it, ``predict``, ``save``/``load``, environments, parameters
+and seeds. An algorithm declares what it has by filling in a few hooks:
+:meth:`~BaseAgent._learn_iteration` (one iteration of collection and updates),
+:meth:`~BaseAgent._start_rollout`, and what it saves (the ``_persistent_*`` hooks and
+their ``_load_`` counterparts, ``_training_tensors`` and ``_rollout_tensors`` for an
+exact resume; :class:`agents.common.persistence.SavedAgent` lists them).
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from agents.common import persistence
 from agents.common.actor import LiquidActor
 from agents.common.callbacks import make_callback
 from agents.common.normalization import ObservationNormalizer
-from agents.common.policy import LiquidPolicy
+from agents.common.policy import LiquidPolicy, resolve_env
 from agents.common.schedules import as_schedule, progress_remaining
 from agents.driver.driver import EnvDriver, EnvStep
 from agents.driver.elapsed import ElapsedTime
@@ -44,12 +40,7 @@ from agents.driver.sb3 import split_infos
 from velora_ens._validation import check_int
 from velora_ens.training.device import select_device
 
-__all__ = ["POLICY_ALIASES", "ActingStep", "BaseAgent", "NonFiniteTrainingError"]
-
-# Stable-Baselines3's names of its default policies, accepted as the first argument (an
-# agent's policy is its liquid actor; these names only say "the default one").
-POLICY_ALIASES = ("MlpPolicy", "MultiInputPolicy")
-
+__all__ = ["ActingStep", "BaseAgent", "NonFiniteTrainingError"]
 
 class NonFiniteTrainingError(FloatingPointError):
     """A loss or gradient became NaN or infinite; the update was not applied."""
@@ -65,23 +56,6 @@ class ActingStep:
     states: list[torch.Tensor]       # the recurrent states before the step (reset)
     out: torch.Tensor                # the actor's outputs
     actor_state: torch.Tensor        # the actor's state after the step
-
-
-def _resolve_env(agent: str, policy: Any, env: Any) -> Any:
-    """SB3's ``Algo("MlpPolicy", env)`` or ours, ``Algo(env)``: the environment."""
-    if env is None:
-        if policy is None:
-            raise ValueError(f"{agent} needs an environment: {agent}(env) or SB3's "
-                             f"{agent}('MlpPolicy', env)")
-        if isinstance(policy, str) and policy in POLICY_ALIASES:
-            raise ValueError(f"{agent}({policy!r}) needs an environment as well: "
-                             f"{agent}({policy!r}, env)")
-        return policy
-    if policy is None or (isinstance(policy, str) and policy in POLICY_ALIASES):
-        return env
-    raise ValueError(f"policy {policy!r} is not available: {agent}'s policy is its liquid "
-                     f"network; pass one of {list(POLICY_ALIASES)} (Stable-Baselines3's names, "
-                     f"accepted for compatibility) or only the environment")
 
 
 class BaseAgent:
@@ -111,21 +85,14 @@ class BaseAgent:
       one unit of time. The discount stays per agent step.
     - ``elapsed_time_unit``: the elapsed time the cells see as 1 (their default ``dt``),
       e.g. the task's nominal step (0.05 s for Pendulum).
-    - ``n_envs``: environment copies when ``env`` is an id; ``vectorization``:
-      ``"sync"`` or ``"async"`` vector env then.
+    - ``n_envs``, ``vectorization``: copies and ``"sync"``/``"async"`` for an id's env.
     - ``seed``: seeds torch, the agent's sampling, the environments and action spaces.
     - ``device``: ``"auto"`` (CUDA where available, else the CPU), ``"cpu"``, ``"cuda"``
       or ``"cuda:N"`` (:func:`velora_ens.training.select_device`).
     - ``tensorboard_log``: folder for TensorBoard runs (one subfolder per run), with
-      SB3's keys (``rollout/ep_rew_mean``, ``time/fps``, the algorithm's ``train/``
-      keys, ...).
+      SB3's keys (``rollout/ep_rew_mean``, ``time/fps``, ``train/...``).
     - ``verbose``: 1 prints SB3's log table every ``log_interval`` episodes.
     """
-
-    env_id: str | None
-    #: reads the elapsed time between observations from ``info`` (algorithms built with
-    #: ``elapsed_time_key`` set it); ``None``: every step is one unit of time
-    elapsed: ElapsedTime | None = None
 
     @property
     def elapsed_time_key(self) -> str | None:
@@ -144,15 +111,14 @@ class BaseAgent:
         persistence.register_agent_class(cls)
 
     # ------------------------------------------------------------------ construction
-    def _setup(self, config: dict[str, Any], *, policy: Any, env: Any, seed: int | None,
-               n_envs: int, vectorization: str, learning_rate: Any,
-               normalize_observations: bool, elapsed_time_key: str | None,
-               elapsed_time_unit: float, device: torch.device | str,
-               tensorboard_log: str | None, verbose: int) -> None:
+    def _setup(self, config: dict[str, Any]) -> None:
+        """Everything the arguments every agent takes set up (the class docstring lists
+        them), read from ``config``, the ``locals()`` of the algorithm's ``__init__``."""
+        policy, env, seed, n_envs = (config[k] for k in ("policy", "env", "seed", "n_envs"))
         name = type(self).__name__
         self.config: dict[str, Any] = {k: v for k, v in config.items()
                                        if k not in ("self", "env", "policy", "__class__")}
-        env = _resolve_env(name, policy, env)
+        env = resolve_env(name, policy, env)
         check_int("n_envs", n_envs, 1)
         if seed is not None:
             seed = check_int("seed", seed, 0)
@@ -161,21 +127,22 @@ class BaseAgent:
         if seed is not None:
             torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.driver = EnvDriver(env, n_envs, seed, vectorization)
+        self.driver = EnvDriver(env, n_envs, seed, config["vectorization"])
         self.n_envs, self.obs_dim = self.driver.n_envs, self.driver.obs_dim
         self.observation_space = self.driver.observation_space
         self.action_space = self.driver.action_space
         if seed is not None:
             self.action_space.seed(seed)
             self.driver.env.action_space.seed(seed)
-        self.device = select_device(device, allow_mps=False)
+        self.device = select_device(config["device"], allow_mps=False)
         self.obs_normalizer = (ObservationNormalizer(self.obs_dim).to(self.device)
-                               if normalize_observations else None)
-        self.lr_schedule = as_schedule(learning_rate, "learning_rate")
-        self.elapsed = (None if elapsed_time_key is None
-                        else ElapsedTime(elapsed_time_key, elapsed_time_unit, self.n_envs))
+                               if config["normalize_observations"] else None)
+        self.lr_schedule = as_schedule(config["learning_rate"], "learning_rate")
+        key = config["elapsed_time_key"]
+        self.elapsed = (None if key is None
+                        else ElapsedTime(key, config["elapsed_time_unit"], self.n_envs))
         self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
-        self.tensorboard_log, self.verbose = tensorboard_log, verbose
+        self.tensorboard_log, self.verbose = config["tensorboard_log"], config["verbose"]
         self.logger: Any = None  # an SB3 Logger, made by the first ``learn`` call
         self.num_timesteps = 0
         self.n_updates = 0
@@ -471,16 +438,7 @@ class BaseAgent:
         episodes (``force_reset`` is accepted for SB3's signature)."""
         driver = EnvDriver(env, self.n_envs if isinstance(env, str) else 1, None,
                            self.config.get("vectorization", "sync"))
-        for name, old, new in (("observation space", self.observation_space,
-                                driver.observation_space),
-                               ("action space", self.action_space, driver.action_space)):
-            if old != new:
-                raise ValueError(f"set_env: the new environment's {name} {new} differs from "
-                                 f"the agent's {old}")
-        if driver.n_envs != self.n_envs:
-            raise ValueError(f"set_env: the new environment has {driver.n_envs} copies, the "
-                             f"agent was built for {self.n_envs} (its replay and state hold "
-                             "one stream per copy)")
+        driver.check_can_replace(self.driver)
         if self.seed is not None:
             driver.env.action_space.seed(self.seed)
         self.driver = driver

@@ -16,20 +16,15 @@ TUNED_HYPERPARAMS: dict[str, dict[str, Any]] = {
                          "critic_trains_state": True, "n_step": 3, "gamma": 0.98},
     # sparse reward: the forward models' disagreement as an intrinsic reward; on normalised
     # observations their variance is about 1e-4 where they have been trained, hence the
-    # scale (screened on seed 0 at 50k steps: scale 1 never reached the goal, 3000 reached
-    # it after about 5k steps and evaluated at 94.1; benchmarks/bench_exploration.py
-    # mountaincar: 5 of 5 seeds above 90 at 50k, OAC with 5 critics 2 of 3)
+    # scale (trials: benchmarks/README.md)
     "MountainCarContinuous-v0": {"learning_starts": 1000, "normalize_observations": True,
                                  "exploration": "disagreement",
                                  "exploration_kwargs": {"scale": 3000.0}},
     # deep exploration: Thompson sampling over 10 critics with randomised priors, each
-    # bootstrapping from its own target member (with the shared minimum target: no
-    # treasure in 2,000 episodes on seed 0), critics that read the observation only (a
-    # fully observed task; with the actor's liquid state as well, seed 0 was solved at
-    # episode 700 all the same), and a temperature so
-    # small that acting with a member is greedy, and fast target updates (tau 0.25, about
-    # bsuite's Bootstrapped DQN's copy every 4 updates; with tau 0.005 the values moved
-    # down the 20-step chain too slowly: 1,500 episodes without the treasure on seed 0)
+    # bootstrapping from its own target member, critics that read the observation only (a
+    # fully observed task), a temperature so small that acting with a member is greedy,
+    # and fast target updates (tau 0.25, about bsuite's Bootstrapped DQN's copy every 4
+    # updates) (trials: benchmarks/README.md)
     "DeepSea-v0": {"n_critics": 10, "critic_hidden": (64, 64), "exploration": "thompson",
                    "critic_head_kwargs": {"prior_scale": 5.0}, "target_q": "member",
                    "critic_encoder": "none", "ent_coef": 1e-4, "batch_size": 128,
@@ -42,7 +37,7 @@ TUNED_PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
     # RL Zoo's settings with 64-neuron networks, 30 epochs, target_kl 0.02 and an entropy
     # bonus of 0.01 (5 seeds, 100k steps, screened against RL Zoo's settings unchanged:
     # final 489.2 against 334.4, 475 reached after 18k steps against 25k;
-    # docs/benchmarks/rl/index.md)
+    # benchmarks/README.md)
     "CartPoleNoVel-v1": {"n_envs": 8, "n_steps": 32, "batch_size": 256, "n_epochs": 30,
                          "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": "lin_1e-3",
                          "clip_range": "lin_0.2", "ent_coef": 0.01, "target_kl": 0.02,
@@ -51,7 +46,7 @@ TUNED_PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
     # RL Zoo's rollout, discount and normalisation; an actor whose 64 motor neurons feed a
     # ReLU and a linear layer (RecurrentPPO's pi=[64] head) over all-to-all recurrent command
     # neurons, 20 epochs at RL Zoo's step size decaying linearly, noise held for 4 steps (in
-    # gSDE's place); 64-neuron networks. Trials: docs/benchmarks/rl/index.md
+    # gSDE's place); 64-neuron networks. Trials: benchmarks/README.md
     "PendulumNoVel-v1": {"n_envs": 4, "n_steps": 1024, "batch_size": 128, "seq_len": 32,
                          "n_epochs": 20, "gamma": 0.9, "gae_lambda": 0.95,
                          "learning_rate": "lin_1e-3", "noise_hold_steps": 4,

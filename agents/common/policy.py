@@ -1,6 +1,7 @@
 """The acting policy, Stable-Baselines3's ``model.policy``: the liquid actor with what it
 needs to act in an environment's spaces (observation encoding and statistics, action
-scaling), ``predict`` with the sb3-contrib RecurrentPPO contract, and its own file.
+scaling), ``predict`` with the sb3-contrib RecurrentPPO contract, and its own file; and
+SB3's policy names, which the agents accept as their first argument.
 
 A policy saved on its own is what a deployment needs, without the critics, optimisers
 or replay:
@@ -27,9 +28,29 @@ from agents.common.normalization import ObservationNormalizer
 from agents.driver.spaces import ActionAdapter, ObservationEncoder
 from velora_ens.training.device import select_device
 
-__all__ = ["LiquidPolicy"]
+__all__ = ["POLICY_ALIASES", "LiquidPolicy", "resolve_env"]
 
 POLICY_FORMAT = "velora_ens.policy/1"
+# Stable-Baselines3's names of its default policies, accepted as the first argument (an
+# agent's policy is its liquid actor; these names only say "the default one").
+POLICY_ALIASES = ("MlpPolicy", "MultiInputPolicy")
+
+
+def resolve_env(agent: str, policy: Any, env: Any) -> Any:
+    """SB3's ``Algo("MlpPolicy", env)`` or ours, ``Algo(env)``: the environment."""
+    if env is None:
+        if policy is None:
+            raise ValueError(f"{agent} needs an environment: {agent}(env) or SB3's "
+                             f"{agent}('MlpPolicy', env)")
+        if isinstance(policy, str) and policy in POLICY_ALIASES:
+            raise ValueError(f"{agent}({policy!r}) needs an environment as well: "
+                             f"{agent}({policy!r}, env)")
+        return policy
+    if policy is None or (isinstance(policy, str) and policy in POLICY_ALIASES):
+        return env
+    raise ValueError(f"policy {policy!r} is not available: {agent}'s policy is its liquid "
+                     f"network; pass one of {list(POLICY_ALIASES)} (Stable-Baselines3's names, "
+                     f"accepted for compatibility) or only the environment")
 
 
 class LiquidPolicy(nn.Module):

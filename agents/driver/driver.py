@@ -168,6 +168,20 @@ class EnvDriver:
         self.action_log = ActionLog()
         self._view: SB3FromGymnasium | None = None
 
+    def check_can_replace(self, other: EnvDriver) -> None:
+        """A clear error unless this driver's spaces and number of copies are ``other``'s
+        (an agent's ``set_env``: its networks, replay and state are built for those)."""
+        for name, old, new in (("observation space", other.observation_space,
+                                self.observation_space),
+                               ("action space", other.action_space, self.action_space)):
+            if old != new:
+                raise ValueError(f"set_env: the new environment's {name} {new} differs from "
+                                 f"the agent's {old}")
+        if self.n_envs != other.n_envs:
+            raise ValueError(f"set_env: the new environment has {self.n_envs} copies, the "
+                             f"agent was built for {other.n_envs} (its replay and state hold "
+                             "one stream per copy)")
+
     # ------------------------------------------------------------------ user views
     def sb3_env(self) -> Any:
         """The environment as an SB3 ``VecEnv``: the user's own if they passed one, else a

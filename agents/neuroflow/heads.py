@@ -54,7 +54,7 @@ from velora_ens.ensembles import batchensemble as _batchensemble
 from velora_ens.ensembles.moe import IIDGaussianGroup
 
 __all__ = ["HEADS", "BatchCritics", "BayesianCritics", "CriticHead", "DeepCritics",
-           "HeadOptions", "LiquidCritics", "WithPrior", "bootstrap_masks",
+           "HeadOptions", "LiquidCritics", "WithPrior", "bootstrap_masks", "loss_weights",
            "make_critic_head"]
 
 #: the head names ``critic_head`` accepts
@@ -464,3 +464,17 @@ def bootstrap_masks(n: int, n_members: int, p: float, rng: np.random.Generator
     if empty.size:
         masks[empty, rng.integers(0, n_members, size=empty.size)] = 1.0
     return masks
+
+
+def loss_weights(masks: torch.Tensor | None, weights: torch.Tensor | None, B: int, S: int
+                 ) -> torch.Tensor | None:
+    """Per-member, per-sample weights of the critic loss over ``B`` sequences of ``S``
+    trained steps: the bootstrap ``masks`` kept in replay ``(B, >= S, N)`` as ``(N, B S)``,
+    times an exploration strategy's backup ``weights`` of the ``B T`` target steps
+    ``(B T,)``, ``T >= S`` (``None``: neither)."""
+    if weights is not None and weights.numel() != B * S:
+        weights = weights.reshape(B, -1)[:, :S].reshape(B * S)
+    if masks is not None:
+        masks = masks[:, :S].reshape(B * S, -1).t()
+        weights = masks if weights is None else masks * weights
+    return weights

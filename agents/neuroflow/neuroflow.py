@@ -1,23 +1,17 @@
 """NeuroFlow: soft actor-critic with a liquid (recurrent) actor, trained on sequences.
 
-One class for Box actions (SAC, tanh-squashed Gaussian) and Discrete actions
-(SAC-Discrete: full probability vector, positive target entropy). The actor is a
-:class:`~velora_ens.models.LiquidNCPNetwork`; the critics are an ensemble head
-(:mod:`agents.neuroflow.heads`) that reads the observation, the critics' view of the
-history (:mod:`agents.neuroflow.history`) and, for Box actions, the action.
+Box actions (SAC, tanh-squashed Gaussian) and Discrete ones (SAC-Discrete). The actor is
+a :class:`~velora_ens.models.LiquidNCPNetwork`; the critics are an ensemble head
+(:mod:`agents.neuroflow.heads`) reading the observation, the critics' view of the history
+(:mod:`agents.neuroflow.history`) and, for Box actions, the action. Recurrent training
+follows R2D2: replay keeps whole trajectories; an update samples sequences of ``burn_in +
+seq_len`` steps from the actor state stored when the first was acted on, refreshes it
+over the burn-in without gradients and trains on the rest through time. States reset
+at episode starts; targets bootstrap on ``terminated`` only, not on truncations.
 
-Recurrent training follows R2D2: the replay buffer keeps whole trajectories; an update
-samples sequences of ``burn_in + seq_len`` steps starting from the actor state stored
-when the first step was acted on, refreshes that state over the burn-in prefix without
-gradients, and trains on the remaining ``seq_len`` steps with back-propagation through
-time. The state is reset to zero wherever an episode starts, when acting and when
-training. Targets bootstrap on ``terminated`` only (a time-limit truncation is not a
-terminal state).
-
-The plumbing (environments, ``learn``'s loop, ``predict``, saving, callbacks, logs) is
-:class:`~agents.common.base.BaseAgent`'s; the variants are small objects (the critic
-head, the history view, the exploration strategy, the temperature); this module holds
-one iteration of acting and the update itself (:meth:`NeuroFlow.train_step`).
+The plumbing is :class:`~agents.common.base.BaseAgent`'s and the variants are small
+objects (head, history view, exploration, temperature); this module holds one acting
+iteration and the update (:meth:`NeuroFlow.train_step`).
 """
 
 from __future__ import annotations
@@ -29,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.common import persistence
 from agents.common.actor import LiquidActor
 from agents.common.base import BaseAgent, NonFiniteTrainingError
 from agents.common.optim import clip_grad_norm, fused_adam_step, zero_grad
 from agents.neuroflow.exploration import ExplorationSetup, make_exploration
-from agents.neuroflow.heads import HeadOptions, bootstrap_masks, make_critic_head
+from agents.neuroflow.heads import HeadOptions, bootstrap_masks, loss_weights, make_critic_head
 from agents.neuroflow.history import make_history
 from agents.neuroflow.losses import actor_loss, critic_values, soft_td_targets
 from agents.neuroflow.replay import SequenceReplayBuffer, unroll_with_burn_in
@@ -172,11 +167,7 @@ class NeuroFlow(BaseAgent):
             raise ValueError("target_q='member' gives every member its own target; it "
                              "cannot be combined with critic_head_kwargs' target_subset "
                              f"({head_options.target_subset})")
-        self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
-                    vectorization=vectorization, learning_rate=learning_rate,
-                    normalize_observations=normalize_observations,
-                    elapsed_time_key=elapsed_time_key, elapsed_time_unit=elapsed_time_unit,
-                    device=device, tensorboard_log=tensorboard_log, verbose=verbose)
+        self._setup(config)
         self._set_actor(LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                     seed=seed))
         self.history = make_history(critic_encoder, critic_trains_state, self.actor,
@@ -360,8 +351,8 @@ class NeuroFlow(BaseAgent):
         obs, out, hist = flat(b.obs[:, burn:], S), flat(out, S), flat(hist, S)
         critic_in = torch.cat([obs, hist], 1)
         q = critic_values(self.critics, critic_in, flat(b.actions[:, burn:], S), self.discrete)
-        critic_loss = self.critics.loss(q, target,
-                                        self._backup_weights(b, backup_weights, B, T, S))
+        masks = None if b.masks is None else b.masks[:, burn:]
+        critic_loss = self.critics.loss(q, target, loss_weights(masks, backup_weights, B, S))
         # the disagreement of this very call (a Liquid Ensemble's weights are its last call's)
         spread = (self.critics.uncertainty(q.detach().unsqueeze(-1)).mean()
                   if self.critics.n_critics > 1 else None)
@@ -372,18 +363,6 @@ class NeuroFlow(BaseAgent):
         actor_in = critic_in if not hist.requires_grad else torch.cat([obs, hist.detach()], 1)
         actor_loss, entropy = self.actor_loss(out, actor_in, alpha)
         return self._apply_update(critic_loss, actor_loss, entropy, spread, explore_logs)
-
-    def _backup_weights(self, b: Any, weights: torch.Tensor | None, B: int, T: int, S: int
-                        ) -> torch.Tensor | None:
-        """Per-member, per-sample weights of the critic loss: the bootstrap masks kept
-        in replay ``(N, n)`` times the strategy's backup ``weights`` of the ``B * T``
-        target steps (``None``: neither)."""
-        if weights is not None and T != S:
-            weights = weights.reshape(B, T)[:, :S].reshape(B * S)
-        if b.masks is not None:
-            masks = b.masks[:, self.burn_in:self.burn_in + S].reshape(B * S, -1).t()
-            weights = masks if weights is None else masks * weights
-        return weights
 
     def _apply_update(self, critic_loss: torch.Tensor, actor_loss: torch.Tensor,
                       entropy: torch.Tensor, q_epistemic: torch.Tensor | None,
@@ -507,14 +486,10 @@ class NeuroFlow(BaseAgent):
         and action log (what :meth:`load_replay_buffer` needs to continue exactly), as a
         safetensors file at ``path`` (whatever its suffix; ``.safetensors`` is added when
         it has none)."""
-        from agents.common.persistence import save_training_state
-
-        return save_training_state(self, path)
+        return persistence.save_training_state(self, path)
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """SB3's ``load_replay_buffer``: restore what :meth:`save_replay_buffer` wrote
         (``truncate_last_traj`` is accepted for SB3's signature; trajectories are kept
         whole)."""
-        from agents.common.persistence import load_training_state
-
-        load_training_state(self, path)
+        persistence.load_training_state(self, path)

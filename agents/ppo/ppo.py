@@ -74,7 +74,7 @@ class LiquidPPO(BaseAgent):
         actor_dense_recurrence: all-to-all recurrent synapses between the actor's command
             neurons instead of the NCP's sparse ones (:class:`velora_ens.wiring.Wiring`).
             With ``actor_head=(64,)``, the tuned PendulumNoVel setting (trials in
-            ``docs/benchmarks/rl/index.md``).
+            ``benchmarks/README.md``).
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
         shared_critic: a linear value head on the actor's liquid state instead of a
             separate liquid critic.
@@ -186,11 +186,7 @@ class LiquidPPO(BaseAgent):
         self.clip_range_vf, self.target_kl = (
             None if value is None else check_number(name, value, 0.0, strict=True)
             for name, value in (("clip_range_vf", clip_range_vf), ("target_kl", target_kl)))
-        self._setup(config, policy=policy, env=env, seed=seed, n_envs=n_envs,
-                    vectorization=vectorization, learning_rate=learning_rate,
-                    normalize_observations=normalize_observations,
-                    elapsed_time_key=elapsed_time_key, elapsed_time_unit=elapsed_time_unit,
-                    device=device, tensorboard_log=tensorboard_log, verbose=verbose)
+        self._setup(config)
         rollout_rows = n_steps * self.n_envs
         if batch_size > rollout_rows:
             raise ValueError(f"batch_size={batch_size} is larger than the rollout "

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from velora_ens._validation import check_int
-from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import unroll
 from velora_ens.models.lnn.scan import cfc_scan
 from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
@@ -167,13 +167,7 @@ class NCPLiquidCell(nn.Module):
         autograd loop for sequences, the reference the fused scan is tested against.
         """
         fused = self.fused if fused is None else fused
-        who = type(self).__name__
-        x = as_features(x, self.in_features, self.input_weight, who)
-        batch = x.shape[0]
-        steps = x.shape[1] if x.dim() == 3 else None
-        h = as_state(h, batch, self.n_hidden, self.input_weight, who)
-        dt = as_elapsed_time(dt, batch, steps, self.input_weight, who)
-        keep = as_keep_mask(episode_start, batch, steps, self.input_weight, who)
+        x, h, dt, keep, steps = cell_inputs(self, x, h, dt, episode_start, self.input_weight)
         if steps is None:
             # The projection runs inside the step, after the reset: the order of
             # operations this path has always had.

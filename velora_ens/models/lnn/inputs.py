@@ -13,12 +13,13 @@ raise the same clear errors:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["as_features", "as_state", "as_elapsed_time", "as_keep_mask"]
+__all__ = ["CellInputs", "as_elapsed_time", "as_features", "as_keep_mask", "as_state",
+           "cell_inputs"]
 
 
 def as_features(x: Any, in_features: int, like: torch.Tensor, who: str) -> torch.Tensor:
@@ -121,3 +122,27 @@ def as_keep_mask(
     s = s.to(device=like.device)
     keep = (s == 0).to(like.dtype).reshape(expected + (1,))
     return keep
+
+
+class CellInputs(NamedTuple):
+    """A cell's ``forward`` arguments, checked and converted (:func:`cell_inputs`)."""
+
+    x: torch.Tensor               # (B, F) or (B, L, F)
+    h: torch.Tensor               # (B, H)
+    dt: torch.Tensor | None       # (B, 1) or (B, L, 1)
+    keep: torch.Tensor | None     # 1 - episode_start, (B, 1) or (B, L, 1)
+    steps: int | None             # L, or None for one step
+
+
+def cell_inputs(cell: Any, x: Any, h: Any, dt: Any, episode_start: Any, like: torch.Tensor
+                ) -> CellInputs:
+    """Every argument of a cell's ``forward(x, h, dt, episode_start)`` checked against
+    the cell's ``in_features`` and ``n_hidden``, and converted to ``like``'s dtype and
+    device; errors name the cell's class."""
+    who = type(cell).__name__
+    x = as_features(x, cell.in_features, like, who)
+    batch = x.shape[0]
+    steps = x.shape[1] if x.dim() == 3 else None
+    return CellInputs(x, as_state(h, batch, cell.n_hidden, like, who),
+                      as_elapsed_time(dt, batch, steps, like, who),
+                      as_keep_mask(episode_start, batch, steps, like, who), steps)

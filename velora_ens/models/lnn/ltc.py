@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from velora_ens._validation import check_int
-from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import unroll
 from velora_ens.models.lnn.sparse import as_mask
 
@@ -144,13 +144,7 @@ class LTCCell(nn.Module):
         episode_start: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``."""
-        who = type(self).__name__
-        x = as_features(x, self.in_features, self.vleak, who)
-        batch = x.shape[0]
-        steps = x.shape[1] if x.dim() == 3 else None
-        v = as_state(h, batch, self.n_hidden, self.vleak, who)
-        dt = as_elapsed_time(dt, batch, steps, self.vleak, who)
-        keep = as_keep_mask(episode_start, batch, steps, self.vleak, who)
+        x, v, dt, keep, steps = cell_inputs(self, x, h, dt, episode_start, self.vleak)
 
         def one_step(drive: tuple[torch.Tensor, ...], state: torch.Tensor,
                      dt_step: torch.Tensor | None) -> torch.Tensor:
