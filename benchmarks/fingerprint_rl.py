@@ -21,7 +21,8 @@ from pathlib import Path
 
 # Each configuration exercises other paths of the update: Box and Discrete actions, the
 # shared and the own encoder, n-step targets, normalisation, NCP critics, the LTC cell,
-# several environment copies, burn-in and schedules.
+# several environment copies, burn-in, schedules, every critic head and every
+# exploration strategy.
 CONFIGS: dict[str, dict] = {
     "pendulum": {"env": "Pendulum-v1"},
     "pendulum-n3-shared": {"env": "Pendulum-v1", "n_step": 3, "critic_trains_state": True},
@@ -38,10 +39,30 @@ CONFIGS: dict[str, dict] = {
                                "seq_len": 4, "batch_size": 64, "critic_encoder": "own"},
     "cartpole-novel-3-envs": {"env": "CartPoleNoVel-v1", "n_envs": 3, "burn_in": 5,
                               "n_step": 2},
+    # the critic heads and the exploration strategies
+    "pendulum-oac-5": {"env": "Pendulum-v1", "n_critics": 5, "exploration": "oac"},
+    "pendulum-batch-ucb-weighted": {"env": "Pendulum-v1", "critic_head": "batch",
+                                    "n_critics": 3, "exploration": "ucb",
+                                    "exploration_kwargs": {"weighted_backup": 10.0}},
+    "cartpole-thompson-member": {"env": "CartPole-v1", "n_critics": 4,
+                                 "exploration": "thompson", "target_q": "member",
+                                 "critic_encoder": "none",
+                                 "critic_head_kwargs": {"prior_scale": 1.0, "bootstrap": 0.5}},
+    "mountaincar-disagreement": {"env": "MountainCarContinuous-v0",
+                                 "exploration": "disagreement",
+                                 "normalize_observations": True},
+    "pendulum-liquid-redq": {"env": "Pendulum-v1", "critic_head": "liquid", "n_critics": 3,
+                             "critic_head_kwargs": {"target_subset": 2}},
+    "cartpole-moe-ucb": {"env": "CartPole-v1", "critic_head": "moe", "n_critics": 3,
+                         "exploration": "ucb"},
+    "pendulum-irregular-own": {"env": "PendulumNoVelIrregular-v1", "critic_encoder": "own",
+                               "elapsed_time_key": "elapsed_time",
+                               "elapsed_time_unit": 0.05, "n_envs": 2},
 }
 
 # LiquidPPO: whole columns and windows, both action kinds, the shared critic, the LTC
-# cell, normalisation, schedules, target_kl and held exploration noise.
+# cell, normalisation, schedules, target_kl, held exploration noise, gSDE with an actor
+# head, and the elapsed time between observations.
 PPO_CONFIGS: dict[str, dict] = {
     "ppo-cartpole-novel-tuned": {"env": "CartPoleNoVel-v1", "n_envs": 8, "n_steps": 32,
                                  "batch_size": 256, "n_epochs": 4, "gamma": 0.98,
@@ -56,6 +77,13 @@ PPO_CONFIGS: dict[str, dict] = {
                                   "clip_range_vf": 1.0},
     "ppo-cartpole-ltc-kl": {"env": "CartPole-v1", "cell": "ltc", "n_steps": 64,
                             "batch_size": 64, "target_kl": 0.005, "ent_coef": 0.01},
+    "ppo-pendulum-gsde-head": {"env": "Pendulum-v1", "use_sde": True, "sde_sample_freq": 8,
+                               "n_steps": 64, "batch_size": 64, "actor_head": [16],
+                               "actor_dense_recurrence": True},
+    "ppo-irregular-windows": {"env": "CartPoleNoVelIrregular-v1", "n_envs": 2,
+                              "n_steps": 64, "batch_size": 32, "seq_len": 16,
+                              "elapsed_time_key": "elapsed_time",
+                              "elapsed_time_unit": 0.02},
 }
 
 

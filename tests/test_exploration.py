@@ -156,8 +156,10 @@ def test_the_disagreement_bonus_is_zero_when_the_models_agree_and_is_their_varia
     np.testing.assert_allclose(strategy.bonus(obs, hist, actions).numpy(),
                                preds.var(0).mean(-1), rtol=1e-5)
     rewards = torch.zeros(n)
-    torch.testing.assert_close(strategy.rewards(rewards, obs, hist, actions, obs),
-                               2.0 * strategy.bonus(obs, hist, actions))
+    shaped, logs = strategy.rewards(rewards, obs, hist, actions, obs)
+    torch.testing.assert_close(shaped, 2.0 * strategy.bonus(obs, hist, actions))
+    assert logs["rollout/intrinsic_reward"] == pytest.approx(
+        float(strategy.bonus(obs, hist, actions).mean()))
     with torch.no_grad():  # every model the same function: no disagreement
         for p in (*strategy.models.weights, *strategy.models.biases):
             p.copy_(p[:1].clone().expand_as(p))

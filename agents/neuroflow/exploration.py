@@ -105,9 +105,11 @@ class Exploration:
 
     # ------------------------------------------------------------------ updates
     def rewards(self, rewards: torch.Tensor, obs: torch.Tensor, history: torch.Tensor,
-                actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        """The rewards the critics learn from (``(n,)``; extrinsic plus any bonus)."""
-        return rewards
+                actions: torch.Tensor, next_obs: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The rewards the critics learn from (``(n,)``; extrinsic plus any bonus) and
+        values to log."""
+        return rewards, {}
 
     def update(self, obs: torch.Tensor, history: torch.Tensor, actions: torch.Tensor,
                next_obs: torch.Tensor) -> dict[str, float]:
@@ -323,7 +325,6 @@ class Disagreement(Exploration):
         self.models = CriticEnsemble(in_features, obs_dim, self.n_models, tuple(hidden)
                                      ).to(device)
         self.optimizer = torch.optim.Adam(self.models.parameters(), lr=learning_rate)
-        self.last_bonus = 0.0
 
     @classmethod
     def from_setup(cls, setup: ExplorationSetup, **options: Any) -> Disagreement:
@@ -343,10 +344,10 @@ class Disagreement(Exploration):
             return pred.var(0, unbiased=False).mean(-1)
 
     def rewards(self, rewards: torch.Tensor, obs: torch.Tensor, history: torch.Tensor,
-                actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+                actions: torch.Tensor, next_obs: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         bonus = self.bonus(obs, history, actions)
-        self.last_bonus = float(bonus.mean())
-        return rewards + self.scale * bonus
+        return rewards + self.scale * bonus, {"rollout/intrinsic_reward": float(bonus.mean())}
 
     def update(self, obs: torch.Tensor, history: torch.Tensor, actions: torch.Tensor,
                next_obs: torch.Tensor) -> dict[str, float]:
@@ -357,8 +358,7 @@ class Disagreement(Exploration):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"forward_model_loss": float(loss.detach()),
-                "rollout/intrinsic_reward": self.last_bonus}
+        return {"forward_model_loss": float(loss.detach())}
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"exploration.models": self.models}

@@ -334,8 +334,8 @@ class NeuroFlow(BaseAgent):
         # the exploration strategy's view of the steps: its bonus and its own models
         seen = (flat(b.obs[:, burn:]), flat(hist), flat(b.actions[:, burn:]),
                 flat(b.next_obs[:, burn:]))
-        rewards = self.exploration.rewards(flat(b.rewards[:, burn:]), *seen)
-        explore_logs = self.exploration.update(*seen)
+        rewards, reward_logs = self.exploration.rewards(flat(b.rewards[:, burn:]), *seen)
+        explore_logs = {**self.exploration.update(*seen), **reward_logs}
         target, backup_weights = self._td_target(
             rewards, flat(b.terminated[:, burn:]), flat(b.next_obs[:, burn:]),
             flat(states).detach(), alpha, flat(target_hist),
