@@ -841,6 +841,30 @@ def test_every_benchmark_evaluation_goes_through_agents_evaluate_policy(tasks, m
         assert calls == episodes(type(model).__name__, 4, (3,))
 
 
+def test_rl_pages_render_from_their_json(tasks, tmp_path):
+    # the committed pages are what the writers render from the JSON beside them
+    import shutil
+    from pathlib import Path
+
+    import bench_exploration
+    import bench_rl
+
+    docs = Path(__file__).parents[1] / "docs" / "benchmarks" / "rl"
+    for name in ("pendulum", "cartpole-novel", "pendulum-novel"):
+        report = json.loads((docs / f"{name}.json").read_text())
+        lines, met = bench_rl.page(report)
+        assert "\n".join(lines) == (docs / f"{name}.md").read_text(), name
+        assert met and lines[7].startswith(f"- SB3 {report['algos'][1]} (MLP): `")
+        shutil.copy(docs / f"{name}.json", tmp_path)
+        assert bench_rl.main([name, "--render-only", "--out", str(tmp_path)]) == 0
+        assert (tmp_path / f"{name}.md").read_text() == "\n".join(lines)
+    grid = json.loads((docs / "exploration-grid.json").read_text())
+    assert "\n".join(bench_exploration.grid_page(grid)) == (
+        docs / "exploration-grid.md").read_text()
+    with pytest.raises(SystemExit):
+        bench_rl.main(["throughput", "--render-only", "--out", str(tmp_path)])
+
+
 def test_bench_rl_reuses_a_baseline_of_the_same_settings_only(tasks, tmp_path):
     from pathlib import Path
 
