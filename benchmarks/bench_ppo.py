@@ -38,6 +38,7 @@ from tasks import (
     Task,
     VecEnvAsEnv,
     add_options,
+    chunk_learner,
     command,
     evaluate,
     interleaved_rates,
@@ -334,16 +335,6 @@ def throughput_settings() -> dict[str, Any]:
            if k not in ("normalize", "policy_kwargs")}  # LiquidPPO reads "lin_x" itself
     sizes = {k: tuned[k] for k in ("actor_neurons", "critic_neurons")}
     return {**zoo, **sizes, "normalize_observations": True, "normalize_rewards": True}
-
-
-def chunk_learner(model: Any, chunk: int) -> Callable[[], int]:
-    """Train ``model`` for ``chunk`` more steps; returns the steps it trained (whole
-    rollouts: a PPO ``learn`` call may go past ``chunk``)."""
-    def learn() -> int:
-        before = model.num_timesteps
-        model.learn(chunk, reset_num_timesteps=False)
-        return model.num_timesteps - before
-    return learn
 
 
 def throughput(args: argparse.Namespace) -> int:

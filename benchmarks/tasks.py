@@ -28,9 +28,9 @@ import numpy as np
 
 OUT = Path("docs/benchmarks/rl")  # where the scripts write their pages by default
 
-__all__ = ["OUT", "Arm", "Task", "VecEnvAsEnv", "add_options", "command", "episode_seeds",
-           "evaluate", "interleaved_rates", "make_model", "rates_against_sac", "run_all",
-           "train_with_evaluations"]
+__all__ = ["OUT", "Arm", "Task", "VecEnvAsEnv", "add_options", "chunk_learner", "command",
+           "episode_seeds", "evaluate", "interleaved_rates", "make_model", "rates_against_sac",
+           "run_all", "train_with_evaluations"]
 
 
 @dataclass
@@ -266,11 +266,21 @@ def train_with_evaluations(model: Any, evaluate: Callable[[int], float], steps: 
             "steps_per_second": model.num_timesteps / train_seconds}
 
 
+def chunk_learner(model: Any, chunk: int) -> Callable[[], int]:
+    """Train ``model`` for ``chunk`` more steps; returns the steps it trained (a PPO
+    ``learn`` call trains whole rollouts and may go past ``chunk``)."""
+    def learn() -> int:
+        before = model.num_timesteps
+        model.learn(chunk, reset_num_timesteps=False)
+        return model.num_timesteps - before
+    return learn
+
+
 def interleaved_rates(learners: dict[str, Callable[[], int | None]], rounds: int, chunk: int
                       ) -> dict[str, float]:
     """Median steps per second of each learner, timed in ``rounds`` interleaved rounds (so
-    a change in the machine's load affects every learner alike). Each call trains
-    ``chunk`` steps, or returns how many it trained (a PPO rollout may overshoot)."""
+    a change in the machine's load affects every learner alike). Each call returns the
+    steps it trained (:func:`chunk_learner`), or ``None`` for ``chunk``."""
     rates: dict[str, list[float]] = {name: [] for name in learners}
     for _ in range(rounds):
         for name, learn in learners.items():
@@ -300,8 +310,7 @@ def rates_against_sac(env_id: str, neuroflow: dict, common: dict, rounds: int, c
     sac = sb3.SAC("MlpPolicy", env_id, seed=0, **settings["SAC"])
     ours.learn(300)
     sac.learn(300)
-    rates = interleaved_rates({"NeuroFlow": lambda: ours.learn(chunk, reset_num_timesteps=False),
-                               "SAC": lambda: sac.learn(chunk, reset_num_timesteps=False)},
-                              rounds, chunk)
+    rates = interleaved_rates({"NeuroFlow": chunk_learner(ours, chunk),
+                               "SAC": chunk_learner(sac, chunk)}, rounds, chunk)
     return ours, settings, rates
 

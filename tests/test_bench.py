@@ -882,3 +882,18 @@ def test_bench_rl_reuses_a_baseline_of_the_same_settings_only(tasks, tmp_path):
         bench_rl.reused_baseline(path, "pendulum", [0, 1, 2])
     with pytest.raises(SystemExit, match="another task"):
         bench_rl.reused_baseline(path, "pendulum", [0, 1])
+
+
+def test_bench_rl_throughput_page(tasks, tmp_path):
+    # both agents timed on the steps each chunk trained; the page names both settings
+    import bench_rl
+
+    code = bench_rl.main(["throughput", "--rounds", "1", "--chunk", "20", "--out", str(tmp_path)])
+    page = (tmp_path / "throughput.md").read_text()
+    assert page.splitlines()[-1].endswith(f"(target >= 2x: {'not ' * code}met).")
+    assert page.count("Command: `python benchmarks/bench_rl.py throughput --rounds 1 --chunk "
+                      f"20 --out {tmp_path}`") == 1
+    assert ("- SB3 SAC (MLP): `{'train_freq': 1, 'gradient_steps': 1, 'learning_rate': 0.001, "
+            "'batch_size': 256, 'learning_starts': 100}`") in page
+    sac = __import__("stable_baselines3").SAC("MlpPolicy", "Pendulum-v1", learning_starts=5)
+    assert tasks.chunk_learner(sac, 7)() == 7 and sac.num_timesteps == 7
