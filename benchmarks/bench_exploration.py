@@ -25,20 +25,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bench_ppo import plot_learning_curves
-from bench_rl import evaluate, interleaved_rates  # bench_rl's evaluation and timing
-from report import machine, write_atomic
+from report import (
+    machine,
+    plot_learning_curves,
+    run_line,
+    settings_list,
+    write_page,
+    write_report,
+)
+from tasks import (
+    OUT,
+    Arm,
+    Task,
+    add_options,
+    command,
+    evaluate,
+    make_model,
+    rates_against_sac,
+    run_all,
+    train_with_evaluations,
+)
 
 from agents.common.hyperparams import TUNED_HYPERPARAMS
-
-OUT = Path("docs/benchmarks/rl")
+from velora_ens.cli import integer_option
 
 MC_ID, DS_ID = "MountainCarContinuous-v0", "DeepSea-v0"
 MC = TUNED_HYPERPARAMS[MC_ID]
@@ -59,27 +73,6 @@ DQN_DS = dict(learning_rate=1e-3, batch_size=32, buffer_size=10_000, learning_st
               exploration_fraction=0.1, gamma=0.99, policy_kwargs={"net_arch": [50, 50]})
 
 
-@dataclass
-class Arm:
-    name: str
-    algo: str  # "NeuroFlow" or an SB3 class name
-    kwargs: dict
-    main: bool = True  # runs on --seeds (else on --screen-seeds)
-
-
-@dataclass
-class Task:
-    env_id: str
-    steps: int
-    eval_every: int
-    target: float
-    arms: list[Arm]
-    env_kwargs: dict = field(default_factory=dict)
-    episodes: int | None = None  # DeepSea: the budget in episodes (steps = episodes * size)
-    target_arm: str = ""  # the arm the target is measured on (its name's start)
-    per_seed: bool = True  # target: all seeds but one reach it (else: the mean does)
-
-
 def _strategies(base: dict, tuned: str) -> list[Arm]:
     """NeuroFlow with ``base`` and every strategy (its defaults, the tuned one as tuned)."""
     arms = [Arm("NeuroFlow, none", "NeuroFlow", {**base, **NO_EXPLORATION},
@@ -96,19 +89,21 @@ def _strategies(base: dict, tuned: str) -> list[Arm]:
     return arms
 
 
+# DeepSea's budget is in episodes (its steps: episodes * size); target: the return (per
+# seed, or the mean with per_seed=False) that target_arm's final evaluation must reach
 TASKS = {
-    "mountaincar": Task(MC_ID, 50_000, 5_000, 90.0, [
+    "mountaincar": Task(MC_ID, 50_000, 5_000, 90.0, arms=(
         *_strategies(MC, "disagreement"),
         Arm("SB3 SAC (default)", "SAC", {"learning_starts": MC["learning_starts"]},
             main=False),
         Arm("SB3 SAC (RL Zoo: gSDE, tuned noise)", "SAC", ZOO_SAC_MC, main=False),
-    ], target_arm="NeuroFlow, disagreement"),
-    "deepsea": Task(DS_ID, 0, 0, 0.0, [
+    ), target_arm="NeuroFlow, disagreement"),
+    "deepsea": Task(DS_ID, 0, 0, arms=(
         Arm("NeuroFlow, thompson (tuned)", "NeuroFlow", DS),
         Arm("NeuroFlow, none", "NeuroFlow", {**DS, **NO_EXPLORATION}, main=False),
         Arm("SB3 DQN (bsuite's DQN settings)", "DQN", DQN_DS, main=False),
-    ], env_kwargs={"size": 20}, episodes=3_000, target_arm="NeuroFlow, thompson"),
-    "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, [
+    ), env_kwargs={"size": 20}, episodes=3_000, target_arm="NeuroFlow, thompson"),
+    "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, arms=(
         Arm("NeuroFlow, none (tuned)", "NeuroFlow", PENDULUM),
         # the strategy as MountainCar's tuned settings switch it on, unchanged
         Arm("NeuroFlow, disagreement (MountainCar's settings)", "NeuroFlow",
@@ -116,23 +111,9 @@ TASKS = {
                                                "normalize_observations")}}),
         Arm("NeuroFlow, oac", "NeuroFlow", {**PENDULUM, "n_critics": 5, "exploration": "oac"},
             main=False),
-    ], target_arm="NeuroFlow, disagreement", per_seed=False),
+    ), target_arm="NeuroFlow, disagreement", per_seed=False),
 }
-
-
-def make_model(task: Task, arm: Arm, seed: int):
-    import envs
-
-    env = envs.make_env(task.env_id, **task.env_kwargs) if task.env_kwargs else task.env_id
-    if arm.algo == "NeuroFlow":
-        from agents import NeuroFlow
-
-        return NeuroFlow(env, seed=seed, **arm.kwargs)
-    import stable_baselines3 as sb3
-
-    if isinstance(env, str):
-        env = envs.make_env(env)
-    return getattr(sb3, arm.algo)("MlpPolicy", env, seed=seed, verbose=0, **arm.kwargs)
+DEFAULTS = {"--jobs": 2, "--rounds": 7, "--chunk": 500, "--out": OUT}
 
 
 def apply_override(override: dict | None) -> None:
@@ -155,42 +136,31 @@ def run_one(args: tuple[str, int, int, dict | None]) -> dict:
     task = TASKS[task_name]
     arm = task.arms[arm_index]
     model = make_model(task, arm, seed)
-    curve: list[tuple[int, float]] = []
     returns: list[float] = []
     episode = [0.0]
-    eval_seconds = 0.0
     started = time.perf_counter()
     solved: list[int | None] = [None]
     total_steps = task.steps if task.episodes is None else (
         task.episodes * task.env_kwargs["size"])
 
-    def on_step(local: dict, _globals: dict) -> bool:
-        nonlocal eval_seconds
+    def on_step(local: dict) -> bool:
+        """Count the training episodes' returns; False (stop) once DeepSea is solved."""
         episode[0] += float(np.asarray(local["rewards"]).reshape(-1)[0])
         if bool(np.asarray(local["dones"]).reshape(-1)[0]):
             returns.append(episode[0])
             episode[0] = 0.0
             if task.episodes is not None:
                 return not deep_sea_progress(returns, solved, arm, seed, started)
-        done = model.num_timesteps
-        if task.eval_every and done >= (len(curve) + 1) * task.eval_every:
-            t0 = time.perf_counter()
-            curve.append((done, evaluate(model, task.env_id, 10 if done >= task.steps
-                                         else 5, seed)))
-            eval_seconds += time.perf_counter() - t0
-            rate = done / (time.perf_counter() - started - eval_seconds)
-            print(f"  {arm.name:34s} seed {seed}  {done:>6d} steps  eval {curve[-1][1]:8.1f}"
-                  f"  {rate:6.1f} steps/s", file=sys.stderr, flush=True)
         return True
 
-    model.learn(total_steps, callback=on_step)
-    train_seconds = time.perf_counter() - started - eval_seconds
+    # 5 evaluation episodes every eval_every steps, 10 at the last step, from the callback
+    result = train_with_evaluations(
+        model, lambda episodes: evaluate(model, task.env_id, episodes, seed), total_steps,
+        task.eval_every, f"{arm.name:34s} seed {seed}", episodes=(5, 10),
+        final_after_learn=False, on_step=on_step)
     positive = next((i + 1 for i, r in enumerate(returns) if r > 0), None)
-    steps_run = int(model.num_timesteps)
-    return {"arm": arm.name, "seed": seed, "curve": curve, "train_seconds": train_seconds,
-            "steps": steps_run, "steps_per_second": steps_run / train_seconds,
-            "episodes": len(returns), "first_positive_episode": positive,
-            "solved_episode": solved[0],
+    return {"arm": arm.name, "seed": seed, **result, "episodes": len(returns),
+            "first_positive_episode": positive, "solved_episode": solved[0],
             "good_episodes": int(sum(r > 0 for r in returns))}
 
 
@@ -221,28 +191,22 @@ def _work(task_name: str, seeds: list[int], screen_seeds: list[int], arms: list[
     return work
 
 
-def learning(task_name: str, seeds: list[int], screen_seeds: list[int], jobs: int,
-             out: Path, arms: list[str] | None, argv: list[str], tag: str | None = None,
-             override: dict | None = None) -> int:
+def learning(args: argparse.Namespace) -> int:
     import torch
 
-    task = TASKS[task_name]
-    started = time.time()
-    with mp.get_context("spawn").Pool(jobs) as pool:
-        results = pool.map(run_one, _work(task_name, seeds, screen_seeds, arms, override),
-                           chunksize=1)
-    stem = out / (f"exploration-{task_name}" + (f"-{tag}" if tag else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(
-        {"task": task_name, "env_id": task.env_id, "steps": task.steps,
-         "episodes": task.episodes, "seeds": seeds, "screen_seeds": screen_seeds,
-         "date": time.strftime("%Y-%m-%d"),
-         "arms": [{"name": a.name, "algo": a.algo, "kwargs": a.kwargs} for a in task.arms],
-         "results": results}, indent=1))
-    cmd = "python benchmarks/bench_exploration.py " + " ".join(argv)
-    head = [f"Command: `{cmd}`. Machine: {machine()}; torch {torch.__version__}, one thread "
-            f"per run, {jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
-            f"{(time.time() - started) / 60:.0f} min in all.", ""]
+    task = TASKS[args.task]
+    results, minutes = run_all(run_one, _work(args.task, args.seeds, args.screen_seeds,
+                                              args.arms, args.override), args.jobs)
+    stem = args.out / (f"exploration-{args.task}" + (f"-{args.tag}" if args.tag else ""))
+    date, cmd, host = time.strftime("%Y-%m-%d"), command_of(args), machine()
+    write_report(stem.with_suffix(".json"), {
+        "task": args.task, "env_id": task.env_id, "steps": task.steps,
+        "episodes": task.episodes, "seeds": args.seeds, "screen_seeds": args.screen_seeds,
+        "command": cmd, "machine": host, "torch": torch.__version__, "jobs": args.jobs,
+        "date": date, "minutes": minutes,
+        "arms": [{"name": a.name, "algo": a.algo, "kwargs": a.kwargs} for a in task.arms],
+        "results": results})
+    head = [run_line(cmd, host, torch.__version__, date, args.jobs, minutes), ""]
     names = [a.name for a in task.arms if any(r["arm"] == a.name for r in results)]
     if task.episodes is not None:
         lines, met = deep_sea_table(task, names, results, head)
@@ -254,8 +218,7 @@ def learning(task_name: str, seeds: list[int], screen_seeds: list[int], jobs: in
     lines += ["Settings of each arm:", ""]
     lines += [f"- {a.name}: `{a.algo}` with `{a.kwargs}`" for a in task.arms if a.name in names]
     lines.append("")
-    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
-    print("\n".join(lines))
+    write_page(stem.with_suffix(".md"), lines)
     return 0 if met else 1
 
 
@@ -332,6 +295,18 @@ def plot(results: list[dict], names: list[str], task: Task, path: Path) -> None:
 GRID_STEPS = 10_000
 
 
+def grid_settings(strategy: str) -> dict:
+    """A grid cell's NeuroFlow settings but its head: the tuned MountainCar ones with 5
+    critics and the strategy (its default options; disagreement with the tuned scale;
+    Thompson sampling with prior_scale 1)."""
+    kwargs = {**MC, "n_critics": 5, "exploration": strategy,
+              "exploration_kwargs": (MC["exploration_kwargs"] if strategy == "disagreement"
+                                     else None)}
+    if strategy == "thompson":
+        kwargs["critic_head_kwargs"] = {"prior_scale": 1.0}
+    return kwargs
+
+
 def run_grid_cell(args: tuple[str, str, int]) -> dict:
     head, strategy, seed = args
     import torch
@@ -339,12 +314,7 @@ def run_grid_cell(args: tuple[str, str, int]) -> dict:
     from agents import NeuroFlow
 
     torch.set_num_threads(1)
-    kwargs = {**MC, "critic_head": head, "n_critics": 5, "exploration": strategy,
-              "exploration_kwargs": (MC["exploration_kwargs"] if strategy == "disagreement"
-                                     else None)}
-    if strategy == "thompson":
-        kwargs["critic_head_kwargs"] = {"prior_scale": 1.0}
-    model = NeuroFlow(MC_ID, seed=seed, **kwargs)
+    model = NeuroFlow(MC_ID, seed=seed, critic_head=head, **grid_settings(strategy))
     started = time.perf_counter()
     model.learn(GRID_STEPS)
     seconds = time.perf_counter() - started
@@ -355,70 +325,72 @@ def run_grid_cell(args: tuple[str, str, int]) -> dict:
             "seconds": seconds}
 
 
-def grid(seed: int, jobs: int, out: Path, argv: list[str]) -> int:
+def grid(args: argparse.Namespace) -> int:
     import torch
 
     from agents.neuroflow.exploration import STRATEGIES
     from agents.neuroflow.heads import HEADS
 
+    seed = args.seeds[0]
     cells = [(h, s, seed) for h in HEADS for s in STRATEGIES
              if not (h == "moe" and s == "thompson")]  # thompson needs fixed members
-    started = time.time()
-    with mp.get_context("spawn").Pool(jobs) as pool:
-        results = pool.map(run_grid_cell, cells, chunksize=1)
-    by = {(r["head"], r["strategy"]): r for r in results}
-    lines = [f"## Every head against every strategy, {MC_ID}, {GRID_STEPS:,} steps, seed {seed}",
-             "", f"Command: `python benchmarks/bench_exploration.py {' '.join(argv)}`. "
-             f"Machine: {machine()}; torch {torch.__version__}, one thread per run, {jobs} at "
-             f"a time; {time.strftime('%Y-%m-%d')}; {(time.time() - started) / 60:.0f} min in "
-             f"all. The tuned MountainCar settings with 5 critics and the head and strategy "
+    results, minutes = run_all(run_grid_cell, cells, args.jobs)
+    report = write_report(args.out / "exploration-grid.json", {
+        "env_id": MC_ID, "steps": GRID_STEPS, "seed": seed, "heads": list(HEADS),
+        "strategies": list(STRATEGIES), "command": command_of(args), "machine": machine(),
+        "torch": torch.__version__, "jobs": args.jobs, "date": time.strftime("%Y-%m-%d"),
+        "minutes": minutes, "settings": {s: grid_settings(s) for s in STRATEGIES},
+        "results": results})
+    write_page(args.out / "exploration-grid.md", grid_page(report))
+    return 0
+
+
+def grid_page(report: dict) -> list[str]:
+    """The Markdown page of the grid's JSON report."""
+    heads, strategies = report["heads"], report["strategies"]
+    by = {(r["head"], r["strategy"]): r for r in report["results"]}
+    lines = [f"## Every head against every strategy, {report['env_id']}, "
+             f"{report['steps']:,} steps, seed {report['seed']}", "",
+             run_line(report["command"], report["machine"], report["torch"], report["date"],
+                      report["jobs"], report["minutes"])
+             + " The tuned MountainCar settings with 5 critics and the head and strategy "
              "swapped (the strategies' default options; disagreement with the tuned "
              "scale; Thompson with prior_scale 1). Cells: deterministic return over 5 "
              "episodes after training / training seconds. Thompson sampling needs members "
              "that stay the same function, which the 'moe' head does not have.", "",
-             "| head | " + " | ".join(STRATEGIES) + " |",
-             "|---|" + "---:|" * len(STRATEGIES)]
-    for h in HEADS:
+             "| head | " + " | ".join(strategies) + " |",
+             "|---|" + "---:|" * len(strategies)]
+    for h in heads:
         cells_txt = []
-        for s in STRATEGIES:
+        for s in strategies:
             r = by.get((h, s))
             cells_txt.append("n/a" if r is None else f"{r['final']:.1f} / {r['seconds']:.0f} s")
         lines.append(f"| {h} | " + " | ".join(cells_txt) + " |")
-    lines.append("")
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "exploration-grid.json", json.dumps(results, indent=1))
-    write_atomic(out / "exploration-grid.md", "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    lines += ["", "Settings of each column (`NeuroFlow`, with `critic_head` the row's head):",
+              "", *settings_list(report["settings"]), ""]
+    return lines
 
 
 # ---------------------------------------------------------------------- throughput
-def throughput(rounds: int, chunk: int, out: Path, argv: list[str]) -> int:
+def throughput(args: argparse.Namespace) -> int:
     """Interleaved chunks of training on MountainCarContinuous-v0: NeuroFlow with 5 deep
     critics and OAC against SB3 SAC's defaults (2 critics), one update per step each."""
-    import stable_baselines3 as sb3
     import torch
 
-    from agents import NeuroFlow
-
-    torch.set_num_threads(1)
     common = dict(batch_size=256, learning_starts=100)
-    ours = NeuroFlow(MC_ID, seed=0, n_critics=5, exploration="oac", **common)
-    sac = sb3.SAC("MlpPolicy", MC_ID, seed=0, train_freq=1, gradient_steps=1, **common)
-    ours.learn(300)
-    sac.learn(300)
-    med = interleaved_rates({"NeuroFlow": lambda: ours.learn(chunk, reset_num_timesteps=False),
-                             "SAC": lambda: sac.learn(chunk, reset_num_timesteps=False)},
-                            rounds, chunk)
+    ours, settings, med = rates_against_sac(MC_ID, {"n_critics": 5, "exploration": "oac"},
+                                            common, args.rounds, args.chunk)
     ratio = med["NeuroFlow"] / med["SAC"]
     met = ratio >= 1.5
     lines = [
         f"## Throughput with exploration, {MC_ID}", "",
-        f"Command: `python benchmarks/bench_exploration.py {' '.join(argv)}`. "
-        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread; "
-        f"{time.strftime('%Y-%m-%d')}. Environment steps per second including acting, "
-        f"replay and one gradient update per step (batch 256), medians of {rounds} "
-        f"interleaved chunks of {chunk} steps after 300 warm-up steps.", "",
+        run_line(command_of(args), machine(), torch.__version__, time.strftime("%Y-%m-%d"))
+        + " Environment steps per second including acting, replay and one gradient update "
+        f"per step (batch 256), medians of {args.rounds} interleaved chunks of {args.chunk} "
+        "steps after 300 warm-up steps.", "",
+        "Settings (keyword arguments besides the defaults; seed 0):", "",
+        *settings_list({"NeuroFlow, OAC": settings["NeuroFlow"],
+                        "SB3 SAC (MLP)": settings["SAC"]}), "",
         "| agent | networks | steps/s |", "|---|---|---:|",
         f"| NeuroFlow, OAC | liquid actor ({ours.actor.net.n_neurons} neurons, CfC), "
         f"5 MLP critics (128, 128); OAC's shifted mean (a critic call with a gradient) "
@@ -426,20 +398,38 @@ def throughput(rounds: int, chunk: int, out: Path, argv: list[str]) -> int:
         f"| SB3 SAC | MLP actor and 2 MLP critics (256, 256) | {med['SAC']:.1f} |", "",
         f"NeuroFlow with OAC / SAC: **{ratio:.2f}x** (target >= 1.5x: "
         f"{'met' if met else 'not met'}).", ""]
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "exploration-throughput.md", "\n".join(lines))
-    print("\n".join(lines))
+    write_page(args.out / "exploration-throughput.md", lines)
     return 0 if met else 1
 
 
+def command_of(args: argparse.Namespace) -> str:
+    """The command line of the page (the options that differ from their defaults)."""
+    if args.task == "throughput":
+        options = {"--rounds": args.rounds, "--chunk": args.chunk}
+    elif args.task == "grid":
+        options = {"--seeds": args.seeds[:1], "--jobs": args.jobs}
+    else:
+        options = {"--arms": args.arms, "--seeds": args.seeds,
+                   "--screen-seeds": args.screen_seeds, "--override": args.override,
+                   "--tag": args.tag, "--jobs": args.jobs}
+    seeds = default_seeds(args.task)
+    return command("bench_exploration.py", args.task, {**options, "--out": args.out},
+                   {**DEFAULTS, "--seeds": seeds[:1] if args.task == "grid" else seeds,
+                    "--screen-seeds": args.seeds})
+
+
+def default_seeds(task: str) -> list[int]:
+    return [0, 1, 2] if task == "pendulum" else [0, 1, 2, 3, 4]
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=[*TASKS, "grid", "throughput"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+", default=None,
                         help="seeds of the tuned arm and the baselines (default 0-4; "
                              "pendulum 0-2; grid: its first seed)")
-    parser.add_argument("--screen-seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--screen-seeds", type=integer_option("--screen-seeds", 0), nargs="+",
+                        default=None,
                         help="seeds of the other strategies (default: --seeds)")
     parser.add_argument("--arms", nargs="+", default=None,
                         help="run only the arms whose names contain one of these")
@@ -447,22 +437,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON object merged into the NeuroFlow arms' settings")
     parser.add_argument("--tag", default=None,
                         help="suffix of the pages' names (with --override)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
-    parser.add_argument("--rounds", type=int, default=7, help="throughput: chunks per agent")
-    parser.add_argument("--chunk", type=int, default=500, help="throughput: steps per chunk")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    add_options(parser, DEFAULTS, "--jobs", "--rounds", "--chunk", "--out")
+    parser.add_argument("--render-only", action="store_true",
+                        help="grid only: train nothing, write the grid's Markdown page again "
+                             "from exploration-grid.json in --out")
     args = parser.parse_args(argv)
+    if args.render_only:
+        path = args.out / "exploration-grid.json"
+        if args.task != "grid":
+            parser.error("--render-only: only the grid's page is rendered from its JSON")
+        if not path.is_file():
+            parser.error(f"--render-only: {path} does not exist")
+        write_page(path.with_suffix(".md"), grid_page(json.loads(path.read_text())))
+        return 0
     if args.override:
         if not args.tag:
             parser.error("--override needs --tag (the pages it writes are named with it)")
         apply_override(args.override)
+    args.seeds = args.seeds or default_seeds(args.task)
+    args.screen_seeds = args.screen_seeds or args.seeds
     if args.task == "throughput":
-        return throughput(args.rounds, args.chunk, args.out, argv)
-    seeds = args.seeds or ([0, 1, 2] if args.task == "pendulum" else [0, 1, 2, 3, 4])
+        return throughput(args)
     if args.task == "grid":
-        return grid(seeds[0], args.jobs, args.out, argv)
-    return learning(args.task, seeds, args.screen_seeds or seeds, args.jobs, args.out,
-                    args.arms, argv, args.tag, args.override)
+        return grid(args)
+    return learning(args)
 
 
 if __name__ == "__main__":

@@ -31,46 +31,40 @@ Install the baseline with ``pip install -e ".[bench]"``.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_ppo import (
-    PPO_LSTM_YML,
-    parameter_count,
-    plot_learning_curves,
-    sb3_env,
-    sb3_kwargs,
+from bench_ppo import PPO_LSTM_YML, parameter_count, sb3_env, sb3_kwargs
+from report import machine, plot_learning_curves, run_line, settings_list, write_page, write_report
+from tasks import (
+    OUT,
+    Task,
+    VecEnvAsEnv,
+    add_options,
+    command,
+    evaluate,
+    run_all,
     train_with_evaluations,
 )
-from bench_ppo import evaluate as evaluate_vec_env
-from report import machine, write_atomic
 
 from velora_ens.cli import integer_option
 
-OUT = Path("docs/benchmarks/rl")
 EVAL_EVERY = 5_000
 
-
-@dataclass(frozen=True)
-class Task:
-    env_id: str     # the irregularly timed task
-    base_id: str    # its regular NoVel task, whose tuned / RL Zoo settings the agents use
-    nominal_dt: float  # seconds of one simulator step (CartPole's tau, Pendulum's dt)
-    steps: int         # the default budget per run (--steps)
-
-
+# env_id: the irregularly timed task; base_id: its regular NoVel task, whose tuned / RL Zoo
+# settings the agents use; nominal_dt: seconds of one simulator step (CartPole's tau,
+# Pendulum's dt); steps: the default budget per run (--steps)
 TASKS = {
     # CartPole needs 100k: at 30k no agent had learned it (an episode of 500 agent steps
     # holds about 1,250 simulator steps)
-    "cartpole": Task("CartPoleNoVelIrregular-v1", "CartPoleNoVel-v1", 0.02, 100_000),
-    "pendulum": Task("PendulumNoVelIrregular-v1", "PendulumNoVel-v1", 0.05, 30_000),
+    "cartpole": Task("CartPoleNoVelIrregular-v1", 100_000, EVAL_EVERY,
+                     base_id="CartPoleNoVel-v1", nominal_dt=0.02),
+    "pendulum": Task("PendulumNoVelIrregular-v1", 30_000, EVAL_EVERY,
+                     base_id="PendulumNoVel-v1", nominal_dt=0.05),
 }
 
 VARIANTS = {"cells": "NeuroFlow, elapsed time to the cells",
@@ -82,6 +76,8 @@ NEUROFLOW = ("cells", "obs", "none")
 APPENDED = ("obs", "recurrent_ppo")  # the variants whose env is wrapped in AppendElapsedTime
 COLORS = {"cells": "tab:blue", "obs": "tab:green", "none": "tab:gray",
           "recurrent_ppo": "tab:orange"}
+DEFAULTS = {"--seeds": [0, 1, 2, 3, 4], "--jobs": 2, "--variants": list(VARIANTS),
+            "--eval-every": EVAL_EVERY, "--out": OUT}
 
 
 def settings(variant: str, task: Task) -> dict:
@@ -106,28 +102,11 @@ def env_builder(variant: str, task: Task) -> Callable[[], Any]:
     return lambda: envs.make_env(task.env_id)
 
 
-def episode_seeds(seed: int, episodes: int) -> list[int]:
-    """Evaluation episode ``ep`` of run ``seed`` is reset with ``10_000 * (seed + 1) + ep``
-    (as in bench_ppo.py): the same episodes, and timings, for every variant."""
-    return [10_000 * (seed + 1) + ep for ep in range(episodes)]
-
-
-def evaluate_neuroflow(model: Any, make_env: Callable[[], Any], episodes: int,
-                       seed: int) -> float:
-    """Mean deterministic return through ``agents.evaluate_policy`` (which passes the
-    elapsed time to ``predict`` for the ``cells`` variant), one seeded episode per call."""
-    from agents import evaluate_policy
-
-    env = make_env()
-    returns = [evaluate_policy(model, env, 1, deterministic=True, return_episode_rewards=True,
-                               seed=s)[0][0] for s in episode_seeds(seed, episodes)]
-    env.close()
-    return float(np.mean(returns))
-
-
 def build(variant: str, task: Task, seed: int, config: dict
           ) -> tuple[Any, Callable[[int], float]]:
-    """The model and its evaluation: episodes -> mean deterministic return."""
+    """The model and its evaluation: episodes -> mean deterministic return
+    (``tasks.evaluate``: the same seeded episodes, and timings, for every variant; the
+    ``cells`` variant is handed the elapsed time by ``agents.evaluate_policy``)."""
     make_env = env_builder(variant, task)
     if variant == "recurrent_ppo":
         import sb3_contrib
@@ -135,8 +114,9 @@ def build(variant: str, task: Task, seed: int, config: dict
         model = sb3_contrib.RecurrentPPO("MlpLstmPolicy", sb3_env(make_env, config, seed),
                                          seed=seed, verbose=0, **sb3_kwargs(config))
         # a fresh single-copy VecEnv with a frozen copy of the training VecNormalize stats
-        return model, lambda episodes: evaluate_vec_env(
-            model.predict, lambda: sb3_env(make_env, config, train=model.get_vec_normalize_env()),
+        return model, lambda episodes: evaluate(
+            model, lambda: VecEnvAsEnv(
+                sb3_env(make_env, config, train=model.get_vec_normalize_env())),
             episodes, seed)
     import envs
     from agents import NeuroFlow
@@ -147,11 +127,12 @@ def build(variant: str, task: Task, seed: int, config: dict
     else:
         env = task.env_id
     model = NeuroFlow(env, seed=seed, **config)
-    return model, lambda episodes: evaluate_neuroflow(model, make_env, episodes, seed)
+    return model, lambda episodes: evaluate(model, make_env, episodes, seed)
 
 
 def run_one(job: tuple[str, str, int, int, int]) -> dict:
-    """Train and evaluate one (variant, seed) (``bench_ppo.train_with_evaluations``)."""
+    """Train and evaluate one (variant, seed) (``tasks.train_with_evaluations``: 10
+    episodes every ``eval_every`` steps, 20 after training)."""
     task_name, variant, seed, steps, eval_every = job
     import torch
 
@@ -228,18 +209,12 @@ def differences(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
-def command(args: argparse.Namespace) -> str:
-    parts = ["python benchmarks/bench_irregular.py", args.task, "--seeds", *map(str, args.seeds),
-             "--jobs", str(args.jobs)]
-    if args.variants != list(VARIANTS):
-        parts += ["--variants", *args.variants]
-    if args.steps != TASKS[args.task].steps:
-        parts += ["--steps", str(args.steps)]
-    if args.eval_every != EVAL_EVERY:
-        parts += ["--eval-every", str(args.eval_every)]
-    if args.out != OUT:
-        parts += ["--out", str(args.out)]
-    return " ".join(parts)
+def command_of(args: argparse.Namespace) -> str:
+    """The command line of the page (the options that differ from their defaults)."""
+    return command("bench_irregular.py", args.task,
+                   {"--seeds": args.seeds, "--jobs": args.jobs, "--variants": args.variants,
+                    "--steps": args.steps, "--eval-every": args.eval_every, "--out": args.out},
+                   {**DEFAULTS, "--steps": TASKS[args.task].steps})
 
 
 def learning(args: argparse.Namespace) -> int:
@@ -248,31 +223,26 @@ def learning(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     work = [(args.task, v, s, args.steps, args.eval_every)
             for s in args.seeds for v in args.variants]
-    started = time.time()
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        results = pool.map(run_one, work, chunksize=1)
-    minutes = (time.time() - started) / 60
+    results, minutes = run_all(run_one, work, args.jobs)
     config = {v: settings(v, task) for v in args.variants}
     rows = {v: summarize([r for r in results if r["variant"] == v]) for v in args.variants}
     checks = targets(rows)
     threads = sorted({r["threads"] for r in results})
-    date, cmd, host = time.strftime("%Y-%m-%d"), command(args), machine()
+    date, cmd, host = time.strftime("%Y-%m-%d"), command_of(args), machine()
     stem = args.out / f"irregular-{args.task}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(
-        {"task": args.task, "env_id": task.env_id, "base_id": task.base_id,
-         "nominal_dt": task.nominal_dt, "steps": args.steps, "eval_every": args.eval_every,
-         "seeds": args.seeds, "variants": args.variants, "command": cmd, "machine": host,
-         "torch": torch.__version__, "threads_per_run": threads, "jobs": args.jobs,
-         "date": date, "minutes": minutes, "settings": config, "summary": rows,
-         "targets": [{"target": text, "met": met} for text, met in checks],
-         "results": results}, indent=1, default=str))
+    write_report(stem.with_suffix(".json"), {
+        "task": args.task, "env_id": task.env_id, "base_id": task.base_id,
+        "nominal_dt": task.nominal_dt, "steps": args.steps, "eval_every": args.eval_every,
+        "seeds": args.seeds, "variants": args.variants, "command": cmd, "machine": host,
+        "torch": torch.__version__, "threads_per_run": threads, "jobs": args.jobs,
+        "date": date, "minutes": minutes, "settings": config, "summary": rows,
+        "targets": [{"target": text, "met": met} for text, met in checks],
+        "results": results})
     lines = [
         f"## {task.env_id}, {args.steps:,} steps, seeds {args.seeds}",
         "",
-        f"Command: `{cmd}`. Machine: {host}; torch {torch.__version__}, "
-        f"{'/'.join(map(str, threads))} torch thread(s) per run, {args.jobs} run(s) at a "
-        f"time; {date}; {minutes:.1f} min in all. Each action is repeated for 1-4 simulator "
+        run_line(cmd, host, torch.__version__, date, args.jobs, minutes)
+        + f" Each action is repeated for 1-4 simulator "
         f"steps of {task.nominal_dt:g} s (uniform); `info[\"elapsed_time\"]` reports the "
         f"time since the previous observation. Deterministic evaluation every "
         f"{args.eval_every:,} steps on 10 episodes (20 at the end) of a separately seeded "
@@ -283,7 +253,7 @@ def learning(args: argparse.Namespace) -> int:
         f"`ppo_lstm.yml` entry of {task.base_id}; `obs` and `recurrent_ppo` see the elapsed "
         f"time divided by {task.nominal_dt:g} s as one more observation entry):",
         "",
-        *[f"- `{v}`: `{config[v]}`" for v in args.variants],
+        *settings_list({f"`{v}`": config[v] for v in args.variants}),
         "",
         *table(rows),
         "",
@@ -295,9 +265,8 @@ def learning(args: argparse.Namespace) -> int:
         f"![learning curves](irregular-{args.task}.png)",
         "",
     ]
-    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
+    write_page(stem.with_suffix(".md"), lines)
     plot(results, args.variants, task, stem.with_suffix(".png"))
-    print("\n".join(lines))
     return 0 if all(met for _, met in checks) else 1
 
 
@@ -332,16 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="variants to run (default: all four)")
     parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+",
-                        default=[0, 1, 2, 3, 4])
+                        default=DEFAULTS["--seeds"])
     parser.add_argument("--steps", type=integer_option("--steps", 1),
                         help="training steps per run (default: the task's, CartPole 100,000, "
                              "Pendulum 30,000)")
     parser.add_argument("--eval-every", type=integer_option("--eval-every", 1),
                         default=EVAL_EVERY,
                         help=f"steps between evaluations (default {EVAL_EVERY:,})")
-    parser.add_argument("--jobs", type=integer_option("--jobs", 1), default=2,
-                        help="runs at a time (default 2)")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    add_options(parser, DEFAULTS, "--jobs", "--out")
     args = parser.parse_args(argv)
     args.variants = list(dict.fromkeys(args.variants))
     args.seeds = list(dict.fromkeys(args.seeds))

@@ -25,40 +25,38 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing as mp
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import machine, write_atomic
+from report import machine, plot_learning_curves, run_line, settings_list, write_page, write_report
+from tasks import (
+    OUT,
+    Task,
+    VecEnvAsEnv,
+    add_options,
+    chunk_learner,
+    command,
+    evaluate,
+    interleaved_rates,
+    run_all,
+    train_with_evaluations,
+)
 
 from velora_ens.cli import integer_option
 
-OUT = Path("docs/benchmarks/rl")
-Predict = Callable[..., tuple[np.ndarray, Any]]
-
-
-@dataclass(frozen=True)
-class Task:
-    env_id: str
-    base_id: str  # the fully observed task whose ppo.yml entry the stacked PPO uses
-    threshold: float
-    reference: str
-    stretch: float | None = None
-    steps: int = 100_000
-    eval_every: int = 10_000
-
-
+# target: LiquidPPO's mean final return, and the return whose first evaluation reaching it
+# counts as "steps to" it; base_id: the fully observed task whose ppo.yml entry the
+# stacked PPO uses
 TASKS = {
-    "cartpole-novel": Task("CartPoleNoVel-v1", "CartPole-v1", 475.0,
-                           "RL Zoo RecurrentPPO: 500 at 100k"),
-    "pendulum-novel": Task("PendulumNoVel-v1", "Pendulum-v1", -218.0,
-                           "RL Zoo RecurrentPPO: -218 at 100k", stretch=-175.0),
+    "cartpole-novel": Task("CartPoleNoVel-v1", 100_000, 10_000, 475.0,
+                           "RL Zoo RecurrentPPO: 500 at 100k", base_id="CartPole-v1"),
+    "pendulum-novel": Task("PendulumNoVel-v1", 100_000, 10_000, -218.0,
+                           "RL Zoo RecurrentPPO: -218 at 100k", stretch=-175.0,
+                           base_id="Pendulum-v1"),
 }
 
 # RL Zoo's settings, in its spelling ("lin_X": linear from X to 0; "nn.ReLU": torch.nn.ReLU).
@@ -92,6 +90,8 @@ ALGOS = {"liquid_ppo": "LiquidPPO",
          "recurrent_ppo": "sb3-contrib RecurrentPPO (MlpLstmPolicy)",
          "ppo_stacked": "SB3 PPO (MlpPolicy, 4 stacked frames)"}
 COLORS = {"liquid_ppo": "tab:blue", "recurrent_ppo": "tab:orange", "ppo_stacked": "tab:green"}
+DEFAULTS = {"--seeds": [0, 1, 2, 3, 4], "--jobs": 2, "--algos": list(ALGOS), "--rounds": 7,
+            "--chunk": 2048, "--liquid-settings": {}, "--out": OUT}
 
 
 def settings(algo: str, task: Task, liquid: dict | None = None) -> dict:
@@ -151,7 +151,9 @@ def sb3_env(env_id: str | Callable[[], Any], zoo: dict, seed: int | None = None,
 
 
 def build(algo: str, task: Task, seed: int, config: dict) -> tuple[Any, Callable[[], Any]]:
-    """The model and a builder of its evaluation env (a fresh single-copy VecEnv)."""
+    """The model and a builder of its evaluation env: a fresh single-copy VecEnv (for the
+    SB3 baselines with their wrappers and a frozen copy of the training VecNormalize
+    statistics) as one Gymnasium env (``tasks.VecEnvAsEnv``)."""
     if algo == "liquid_ppo":
         from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -159,7 +161,7 @@ def build(algo: str, task: Task, seed: int, config: dict) -> tuple[Any, Callable
         from agents import LiquidPPO
 
         model = LiquidPPO(task.env_id, seed=seed, **config)  # normalises inside
-        return model, lambda: DummyVecEnv([lambda: envs.make_env(task.env_id)])
+        return model, lambda: VecEnvAsEnv(DummyVecEnv([lambda: envs.make_env(task.env_id)]))
     import sb3_contrib
     import stable_baselines3 as sb3
 
@@ -167,7 +169,8 @@ def build(algo: str, task: Task, seed: int, config: dict) -> tuple[Any, Callable
                    else (sb3.PPO, "MlpPolicy"))
     model = cls(policy, sb3_env(task.env_id, config, seed), seed=seed, verbose=0,
                 **sb3_kwargs(config))
-    return model, lambda: sb3_env(task.env_id, config, train=model.get_vec_normalize_env())
+    return model, lambda: VecEnvAsEnv(
+        sb3_env(task.env_id, config, train=model.get_vec_normalize_env()))
 
 
 def parameter_count(model: Any) -> int:
@@ -178,63 +181,14 @@ def parameter_count(model: Any) -> int:
     return sum(p.numel() for m in model._persistent_modules().values() for p in m.parameters())
 
 
-def evaluate(predict: Predict, make_env: Callable[[], Any], episodes: int, seed: int) -> float:
-    """Mean return of the deterministic policy on a fresh single-copy VecEnv, episode ``ep``
-    seeded ``10_000 * (seed + 1) + ep``; the recurrent state is carried and reset."""
-    env = make_env()
-    returns = []
-    for ep in range(episodes):
-        env.seed(10_000 * (seed + 1) + ep)
-        obs = env.reset()
-        state, start, done, total = None, np.ones(1, bool), False, 0.0
-        while not done:
-            action, state = predict(obs, state=state, episode_start=start, deterministic=True)
-            obs, reward, dones, _ = env.step(action)
-            total += float(reward[0])
-            start, done = np.zeros(1, bool), bool(dones[0])
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
-
-
 def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int | None:
     """The first evaluation step whose mean return reaches ``threshold``, else None."""
     return next((step for step, value in curve if value >= threshold), None)
 
 
-def train_with_evaluations(model: Any, evaluate: Callable[[int], float], steps: int,
-                           eval_every: int, label: str) -> dict:
-    """Train ``model`` for ``steps`` in one ``learn`` call (so schedules see the whole
-    budget), evaluating (``evaluate(episodes)``: the mean deterministic return) on 10
-    episodes every ``eval_every`` steps from the callback and on 20 at the end; the
-    training time excludes the evaluations."""
-    curve: list[tuple[int, float]] = []
-    eval_seconds = 0.0
-
-    def record(episodes: int) -> None:
-        nonlocal eval_seconds
-        t0 = time.perf_counter()
-        curve.append((model.num_timesteps, evaluate(episodes)))
-        eval_seconds += time.perf_counter() - t0
-        print(f"  {label}  {model.num_timesteps:>7d} steps  eval {curve[-1][1]:8.1f}",
-              file=sys.stderr, flush=True)
-
-    def on_step(_locals: dict, _globals: dict) -> bool:
-        if steps > model.num_timesteps >= (len(curve) + 1) * eval_every:
-            record(10)
-        return True
-
-    started = time.perf_counter()
-    model.learn(steps, callback=on_step)
-    train_seconds = time.perf_counter() - started - eval_seconds
-    record(20)
-    return {"curve": curve, "steps": model.num_timesteps, "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-            "steps_per_second": model.num_timesteps / train_seconds}
-
-
 def run_one(job: tuple[str, str, int, int, int, dict | None]) -> dict:
-    """Train and evaluate one (algorithm, seed) (:func:`train_with_evaluations`)."""
+    """Train and evaluate one (algorithm, seed) (``tasks.train_with_evaluations``: 10
+    episodes every ``eval_every`` steps, 20 after training)."""
     task_name, algo, seed, steps, eval_every, liquid = job
     import torch
 
@@ -242,10 +196,10 @@ def run_one(job: tuple[str, str, int, int, int, dict | None]) -> dict:
     task = TASKS[task_name]
     model, make_eval_env = build(algo, task, seed, settings(algo, task, liquid))
     result = train_with_evaluations(
-        model, lambda episodes: evaluate(model.predict, make_eval_env, episodes, seed),
+        model, lambda episodes: evaluate(model, make_eval_env, episodes, seed),
         steps, eval_every, f"{algo:13s} seed {seed}")
     return {"algo": algo, "seed": seed, **result,
-            "steps_to_threshold": steps_to_threshold(result["curve"], task.threshold),
+            "steps_to_threshold": steps_to_threshold(result["curve"], task.target),
             "parameters": parameter_count(model)}
 
 
@@ -289,33 +243,32 @@ def targets(task: Task, rows: dict[str, dict]) -> list[tuple[str, bool]]:
     if "liquid_ppo" not in rows:
         return []
     ours = rows["liquid_ppo"]
-    checks = [(f"LiquidPPO final return >= {task.threshold:g} ({task.reference}): "
-               f"**{{}}** ({ours['mean']:.1f})", ours["mean"] >= task.threshold)]
+    checks = [(f"LiquidPPO final return >= {task.target:g} ({task.reference}): "
+               f"**{{}}** ({ours['mean']:.1f})", ours["mean"] >= task.target)]
     if task.stretch is not None:
         checks.append((f"stretch, LiquidPPO final return >= {task.stretch:g}: **{{}}** "
                        f"({ours['mean']:.1f})", ours["mean"] >= task.stretch))
     if task.env_id.startswith("CartPole") and "recurrent_ppo" in rows:
         theirs = rows["recurrent_ppo"]
-        checks.append((f"LiquidPPO reaches {task.threshold:g} in fewer steps than "
+        checks.append((f"LiquidPPO reaches {task.target:g} in fewer steps than "
                        f"RecurrentPPO: **{{}}** ({reach_text(ours)} against "
                        f"{reach_text(theirs)})", faster(ours, theirs)))
     return [(text.format("met" if met else "not met"), met) for text, met in checks]
 
 
-def command(args: argparse.Namespace, task: Task) -> str:
-    parts = ["python benchmarks/bench_ppo.py", args.task, "--seeds", *map(str, args.seeds),
-             "--jobs", str(args.jobs)]
-    if args.algos != list(ALGOS):
-        parts += ["--algos", *args.algos]
-    if args.steps != task.steps:
-        parts += ["--steps", str(args.steps)]
-    if args.eval_every != task.eval_every:
-        parts += ["--eval-every", str(args.eval_every)]
-    if args.liquid_settings:
-        parts += ["--liquid-settings", f"'{json.dumps(args.liquid_settings)}'"]
-    if args.out != OUT:
-        parts += ["--out", str(args.out)]
-    return " ".join(parts)
+def command_of(args: argparse.Namespace) -> str:
+    """The command line of the page (the options that differ from their defaults)."""
+    if args.task == "throughput":
+        options = {"--rounds": args.rounds, "--chunk": args.chunk}
+        defaults = {}
+    else:
+        task = TASKS[args.task]
+        options = {"--seeds": args.seeds, "--jobs": args.jobs, "--algos": args.algos,
+                   "--steps": args.steps, "--eval-every": args.eval_every,
+                   "--liquid-settings": args.liquid_settings}
+        defaults = {"--steps": task.steps, "--eval-every": task.eval_every}
+    return command("bench_ppo.py", args.task, {**options, "--out": args.out},
+                   {**DEFAULTS, **defaults})
 
 
 def learning(args: argparse.Namespace) -> int:
@@ -324,30 +277,26 @@ def learning(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     work = [(args.task, a, s, args.steps, args.eval_every, args.liquid_settings)
             for s in args.seeds for a in args.algos]
-    started = time.time()
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        results = pool.map(run_one, work, chunksize=1)
-    minutes = (time.time() - started) / 60
+    results, minutes = run_all(run_one, work, args.jobs)
     config = {a: settings(a, task, args.liquid_settings) for a in args.algos}
     rows = {a: summarize([r for r in results if r["algo"] == a]) for a in args.algos}
     checks = targets(task, rows)
     stem = args.out / f"ppo-{args.task}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(
-        {"task": args.task, "env_id": task.env_id, "steps": args.steps,
-         "eval_every": args.eval_every, "threshold": task.threshold, "seeds": args.seeds,
-         "algos": args.algos, "command": command(args, task), "date": time.strftime("%Y-%m-%d"),
-         "minutes": minutes, "settings": config, "summary": rows,
-         "targets": [{"target": text, "met": met} for text, met in checks],
-         "results": results}, indent=1, default=str))
+    date, cmd, host = time.strftime("%Y-%m-%d"), command_of(args), machine()
+    write_report(stem.with_suffix(".json"), {
+        "task": args.task, "env_id": task.env_id, "steps": args.steps,
+        "eval_every": args.eval_every, "threshold": task.target, "seeds": args.seeds,
+        "algos": args.algos, "command": cmd, "machine": host, "torch": torch.__version__,
+        "jobs": args.jobs, "date": date, "minutes": minutes, "settings": config,
+        "summary": rows, "targets": [{"target": text, "met": met} for text, met in checks],
+        "results": results})
     lines = [
         f"## {task.env_id}, {args.steps:,} steps, seeds {args.seeds}",
         "",
-        f"Command: `{command(args, task)}`. Machine: {machine()}; torch {torch.__version__}, "
-        f"one thread per run, {args.jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
-        f"{minutes:.0f} min in all. Deterministic evaluation every {args.eval_every:,} steps "
-        f"on 10 episodes (20 at the end) of a fresh environment, the SB3 baselines' through "
-        f"a frozen copy of their VecNormalize statistics; training steps/s exclude it.",
+        run_line(cmd, host, torch.__version__, date, args.jobs, minutes)
+        + f" Deterministic evaluation every {args.eval_every:,} steps on 10 episodes (20 at "
+        "the end) of a fresh environment, the SB3 baselines' through a frozen copy of their "
+        "VecNormalize statistics; training steps/s exclude it.",
         "",
         "Settings (RL Zoo's spelling for the baselines: `ppo_lstm.yml` for RecurrentPPO, "
         f"`ppo.yml`'s {task.base_id} for the stacked PPO, which also normalises; LiquidPPO: "
@@ -355,9 +304,9 @@ def learning(args: argparse.Namespace) -> int:
         + (f", with `--liquid-settings` {args.liquid_settings}" if args.liquid_settings
            else "") + "):",
         "",
-        *[f"- {ALGOS[a]}: `{config[a]}`" for a in args.algos],
+        *settings_list({ALGOS[a]: config[a] for a in args.algos}),
         "",
-        *table(rows, task.threshold),
+        *table(rows, task.target),
         "",
         *([f"Target: {text}." for text, _ in checks]
           or ["Targets: none checked (they are LiquidPPO's; it was not run)."]),
@@ -365,44 +314,14 @@ def learning(args: argparse.Namespace) -> int:
         f"![learning curves](ppo-{args.task}.png)",
         "",
     ]
-    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
+    write_page(stem.with_suffix(".md"), lines)
     plot(results, args.algos, task, stem.with_suffix(".png"))
-    print("\n".join(lines))
     return 0 if all(met for text, met in checks if not text.startswith("stretch")) else 1
-
-
-def plot_learning_curves(results: list[dict], key: str, labels: dict[str, str],
-                         colors: dict[str, str], title: str, path: Path,
-                         threshold: float | None = None) -> None:
-    """Mean and min-max band over seeds of each ``result[key]`` group's evaluation curve,
-    in ``labels``' order (a dashed line at ``threshold`` if given), as a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, label in labels.items():
-        curves = [r["curve"] for r in results if r[key] == name]
-        n = min(len(c) for c in curves)
-        steps = [s for s, _ in curves[0][:n]]
-        values = np.array([[v for _, v in c[:n]] for c in curves])
-        ax.plot(steps, values.mean(0), marker=".", color=colors[name], label=label)
-        ax.fill_between(steps, values.min(0), values.max(0), color=colors[name], alpha=0.2)
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("deterministic return")
-    ax.set_title(f"{title} (mean, min-max over seeds)")
-    ax.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
     plot_learning_curves(results, "algo", {a: ALGOS[a] for a in algos}, COLORS, task.env_id,
-                         path, task.threshold)
+                         path, task.target)
 
 
 def throughput_settings() -> dict[str, Any]:
@@ -418,7 +337,7 @@ def throughput_settings() -> dict[str, Any]:
     return {**zoo, **sizes, "normalize_observations": True, "normalize_rewards": True}
 
 
-def throughput(rounds: int, chunk: int, out: Path) -> int:
+def throughput(args: argparse.Namespace) -> int:
     """Interleaved chunks of training, LiquidPPO vs RecurrentPPO, with the same settings
     (RL Zoo's CartPoleNoVel-v1 ones), one thread."""
     import torch
@@ -426,38 +345,37 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
     from agents import LiquidPPO
 
     torch.set_num_threads(1)
+    rounds, chunk = args.rounds, args.chunk
     task = TASKS["cartpole-novel"]
-    zoo = PPO_LSTM_YML[task.env_id]
-    liquid = throughput_settings()
+    config = {"LiquidPPO": throughput_settings(), "RecurrentPPO": PPO_LSTM_YML[task.env_id]}
+    liquid = config["LiquidPPO"]
     liquid_sizes = f"actor_neurons {liquid['actor_neurons']}, critic_neurons " \
                    f"{liquid['critic_neurons']}"
     models = {
         "LiquidPPO": LiquidPPO(task.env_id, seed=0, **liquid),
-        "RecurrentPPO": build("recurrent_ppo", task, 0, zoo)[0],
+        "RecurrentPPO": build("recurrent_ppo", task, 0, config["RecurrentPPO"])[0],
     }
     for model in models.values():  # warm-up
         model.learn(chunk)
-    rates: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            before, start = model.num_timesteps, time.perf_counter()
-            model.learn(chunk, reset_num_timesteps=False)
-            rates[name].append((model.num_timesteps - before) / (time.perf_counter() - start))
-    med = {name: statistics.median(r) for name, r in rates.items()}
+    med = interleaved_rates({name: chunk_learner(m, chunk) for name, m in models.items()},
+                            rounds, chunk)
     ratio = med["LiquidPPO"] / med["RecurrentPPO"]
     met = ratio >= 2.0
     params = {name: parameter_count(m) for name, m in models.items()}
     lines = [
         f"## Training throughput, {task.env_id}: LiquidPPO and RecurrentPPO",
         "",
-        f"Command: `python benchmarks/bench_ppo.py throughput --rounds {rounds} --chunk {chunk}`."
-        f" Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread; "
-        f"{time.strftime('%Y-%m-%d')}. Environment steps per second including acting and the "
+        run_line(command_of(args), machine(), torch.__version__, time.strftime("%Y-%m-%d"))
+        + " Environment steps per second including acting and the "
         f"PPO updates, with the same settings (RL Zoo's {task.env_id} ones: 8 envs, n_steps "
         f"32, batch 256, 20 epochs, gamma 0.98, lambda 0.8, linear lr and clip schedules, "
         f"observations and rewards normalised, no KL stop; LiquidPPO with its tuned networks' "
         f"sizes, {liquid_sizes}); "
         f"medians of {rounds} interleaved chunks of {chunk} steps after a warm-up chunk.",
+        "",
+        "Settings (seed 0; RL Zoo's spelling for RecurrentPPO):",
+        "",
+        *settings_list({"LiquidPPO": liquid, ALGOS["recurrent_ppo"]: config["RecurrentPPO"]}),
         "",
         "| agent | parameters | steps/s |",
         "|---|---:|---:|",
@@ -469,9 +387,7 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
         f"{'met' if met else 'not met'}).",
         "",
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "ppo-throughput.md", "\n".join(lines))
-    print("\n".join(lines))
+    write_page(args.out / "ppo-throughput.md", lines)
     return 0 if met else 1
 
 
@@ -524,28 +440,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algos", nargs="+", choices=list(ALGOS), default=list(ALGOS),
                         help="agents to run (default: all three)")
     parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+",
-                        default=[0, 1, 2, 3, 4])
+                        default=DEFAULTS["--seeds"])
     parser.add_argument("--steps", type=integer_option("--steps", 1),
                         help="training steps per run (default: the task's, 100,000)")
     parser.add_argument("--eval-every", type=integer_option("--eval-every", 1),
                         help="steps between evaluations (default: the task's, 10,000)")
-    parser.add_argument("--jobs", type=integer_option("--jobs", 1), default=2,
-                        help="runs at a time (default 2)")
-    parser.add_argument("--rounds", type=integer_option("--rounds", 1), default=7,
-                        help="throughput: chunks per agent")
-    parser.add_argument("--chunk", type=integer_option("--chunk", 1), default=2048,
-                        help="throughput: steps per chunk")
+    add_options(parser, DEFAULTS, "--jobs", "--rounds", "--chunk")
     parser.add_argument("--liquid-settings", type=liquid_settings, default={}, metavar="JSON",
                         help="LiquidPPO keyword arguments over its tuned settings, as a JSON "
-                             "object, for settings trials (default: none)")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+                             "object, for a settings trial (write it elsewhere with --out; "
+                             "the trials so far: benchmarks/README.md) (default: none)")
+    add_options(parser, DEFAULTS, "--out")
     args = parser.parse_args(argv)
     args.algos = list(dict.fromkeys(args.algos))
     args.seeds = list(dict.fromkeys(args.seeds))
     if args.task == "throughput":
         if missing := liquid_missing(None):
             parser.error(missing.split(";")[0])
-        return throughput(args.rounds, args.chunk, args.out)
+        return throughput(args)
     task = TASKS[args.task]
     if "liquid_ppo" in args.algos and (missing := liquid_missing(task.env_id)):
         parser.error(missing)

@@ -18,156 +18,120 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from report import machine, write_atomic
+from report import machine, plot_learning_curves, run_line, settings_list, write_page, write_report
+from tasks import (
+    OUT,
+    Arm,
+    Task,
+    add_options,
+    command,
+    evaluate,
+    make_model,
+    rates_against_sac,
+    run_all,
+    train_with_evaluations,
+)
 
 from agents.common.hyperparams import TUNED_HYPERPARAMS
-
-OUT = Path("docs/benchmarks/rl")
-
-
-@dataclass
-class Task:
-    env_id: str
-    steps: int
-    eval_every: int
-    target: float
-    reference: str
-    neuroflow: dict = field(default_factory=dict)
-    baseline: str = "SAC"
-    baseline_kwargs: dict = field(default_factory=dict)
-
+from velora_ens.cli import integer_option
 
 TASKS = {
-    "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, "RL Zoo SAC: -157 at 20k",
-                     neuroflow=TUNED_HYPERPARAMS["Pendulum-v1"],
-                     baseline_kwargs={"learning_rate": 1e-3}),
+    "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, "RL Zoo SAC: -157 at 20k", arms=(
+        Arm("NeuroFlow", "NeuroFlow", TUNED_HYPERPARAMS["Pendulum-v1"]),
+        Arm("SAC", "SAC", {"learning_rate": 1e-3}))),
     "cartpole-novel": Task("CartPoleNoVel-v1", 50_000, 5_000, 475.0,
-                           "RL Zoo RecurrentPPO: 500 at 100k",
-                           neuroflow=TUNED_HYPERPARAMS["CartPoleNoVel-v1"],
-                           baseline="DQN",
-                           baseline_kwargs=dict(learning_rate=2.3e-3, batch_size=64,
-                                                buffer_size=100_000, learning_starts=1000,
-                                                gamma=0.99, target_update_interval=10,
-                                                train_freq=256, gradient_steps=128,
-                                                exploration_fraction=0.16,
-                                                exploration_final_eps=0.04,
-                                                policy_kwargs={"net_arch": [256, 256]})),
+                           "RL Zoo RecurrentPPO: 500 at 100k", arms=(
+        Arm("NeuroFlow", "NeuroFlow", TUNED_HYPERPARAMS["CartPoleNoVel-v1"]),
+        Arm("DQN", "DQN", dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000,
+                               learning_starts=1000, gamma=0.99, target_update_interval=10,
+                               train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+                               exploration_final_eps=0.04,
+                               policy_kwargs={"net_arch": [256, 256]})))),
     "pendulum-novel": Task("PendulumNoVel-v1", 50_000, 5_000, -250.0,
-                           "RL Zoo RecurrentPPO: -218 at 100k",
-                           neuroflow=TUNED_HYPERPARAMS["PendulumNoVel-v1"],
-                           baseline_kwargs={"learning_rate": 1e-3}),
+                           "RL Zoo RecurrentPPO: -218 at 100k", arms=(
+        Arm("NeuroFlow", "NeuroFlow", TUNED_HYPERPARAMS["PendulumNoVel-v1"]),
+        Arm("SAC", "SAC", {"learning_rate": 1e-3}))),
 }
+DEFAULTS = {"--seeds": [0, 1, 2], "--jobs": 2, "--rounds": 7, "--chunk": 500, "--out": OUT}
 
 
-def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
-    """Mean return of the deterministic policy; recurrent state carried and reset."""
-    import envs
-
-    env = envs.make_env(env_id)
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=10_000 * (seed + 1) + ep)
-        state, start, done, total = None, np.ones(1, bool), False, 0.0
-        while not done:
-            action, state = model.predict(obs, state=state, episode_start=start,
-                                          deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            start = np.zeros(1, bool)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+def label(algo: str) -> str:
+    return algo if algo == "NeuroFlow" else f"SB3 {algo} (MLP)"
 
 
 def run_one(args: tuple[str, str, int]) -> dict:
     """Train one (algorithm, seed) on a task in one ``learn`` call (so schedules see the
-    whole budget), evaluating every ``eval_every`` steps from a callback; returns the
-    curve and the training time (evaluation time excluded)."""
+    whole budget), evaluating on 10 episodes every ``eval_every`` steps from the callback
+    (on 20 at the last step, also from the callback); returns the curve and the
+    training time (evaluation time excluded)."""
     task_name, algo, seed = args
     import torch
 
     torch.set_num_threads(1)
     task = TASKS[task_name]
-    if algo == "NeuroFlow":
-        from agents import NeuroFlow
-
-        model = NeuroFlow(task.env_id, seed=seed, **task.neuroflow)
-    else:
-        import stable_baselines3 as sb3
-
-        import envs
-
-        cls = getattr(sb3, algo)
-        model = cls("MlpPolicy", envs.make_env(task.env_id), seed=seed, verbose=0,
-                    **task.baseline_kwargs)
-    curve: list[tuple[int, float]] = []
-    eval_seconds = 0.0
-    started = time.perf_counter()
-
-    def on_step(_locals: dict, _globals: dict) -> bool:
-        nonlocal eval_seconds
-        done = model.num_timesteps
-        if done >= (len(curve) + 1) * task.eval_every:
-            t0 = time.perf_counter()
-            episodes = 20 if done >= task.steps else 10
-            curve.append((done, evaluate(model, task.env_id, episodes, seed)))
-            eval_seconds += time.perf_counter() - t0
-            rate = done / (time.perf_counter() - started - eval_seconds)
-            print(f"  {algo:9s} seed {seed}  {done:>6d} steps  eval {curve[-1][1]:8.1f}  "
-                  f"{rate:6.1f} steps/s", file=sys.stderr, flush=True)
-        return True
-
-    model.learn(task.steps, callback=on_step)
-    train_seconds = time.perf_counter() - started - eval_seconds
-    return {"algo": algo, "seed": seed, "curve": curve, "train_seconds": train_seconds,
-            "steps_per_second": task.steps / train_seconds}
+    model = make_model(task, task.arm(algo), seed)
+    result = train_with_evaluations(
+        model, lambda episodes: evaluate(model, task.env_id, episodes, seed), task.steps,
+        task.eval_every, f"{algo:9s} seed {seed}", final_after_learn=False)
+    return {"algo": algo, "seed": seed, **result}
 
 
 def reused_baseline(path: Path, task_name: str, seeds: list[int]) -> tuple[list[dict], str]:
-    """The baseline's runs from an earlier JSON of the same task, budget and seeds."""
+    """The baseline's runs from an earlier JSON of the same task, budget, seeds and (where
+    that JSON names them) baseline settings."""
     task = TASKS[task_name]
     if not path.exists():
         raise SystemExit(f"--reuse-baseline: {path} does not exist; run without it first")
     old = json.loads(path.read_text())
+    baseline = task.arms[1]
+    settings = old.get("settings", {}).get(baseline.name, baseline.kwargs)
     same = (old.get("task") == task_name and old.get("steps") == task.steps
-            and sorted(old.get("seeds", [])) == sorted(seeds))
-    runs = [r for r in old.get("results", []) if r["algo"] == task.baseline]
+            and sorted(old.get("seeds", [])) == sorted(seeds)
+            and settings == json.loads(json.dumps(baseline.kwargs)))
+    runs = [r for r in old.get("results", []) if r["algo"] == baseline.name]
     if not same or sorted(r["seed"] for r in runs) != sorted(seeds):
-        raise SystemExit(f"--reuse-baseline: {path} holds another task, budget or seeds")
+        raise SystemExit(f"--reuse-baseline: {path} holds another task, budget, seeds or "
+                         "baseline settings")
     return runs, old.get("baseline_date") or old.get("date") or "an earlier run"
 
 
-def learning(task_name: str, seeds: list[int], jobs: int, out: Path,
-             reuse_baseline: bool = False) -> int:
+def learning(args: argparse.Namespace) -> int:
     import torch
 
-    task = TASKS[task_name]
-    algos = ["NeuroFlow", task.baseline]
-    stem = out / task_name
+    task = TASKS[args.task]
+    algos = [arm.name for arm in task.arms]
+    baseline = algos[1]
+    stem = args.out / args.task
     reused, baseline_date = [], time.strftime("%Y-%m-%d")
-    if reuse_baseline:
-        reused, baseline_date = reused_baseline(stem.with_suffix(".json"), task_name, seeds)
-    work = [(task_name, a, s) for s in seeds for a in algos
-            if not (reuse_baseline and a == task.baseline)]
-    started = time.time()
-    with mp.get_context("spawn").Pool(jobs) as pool:
-        results = pool.map(run_one, work, chunksize=1) + reused
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(
-        {"task": task_name, "env_id": task.env_id, "steps": task.steps, "seeds": seeds,
-         "date": time.strftime("%Y-%m-%d"), "baseline_date": baseline_date,
-         "neuroflow": task.neuroflow, "results": results}, indent=1))
+    if args.reuse_baseline:
+        reused, baseline_date = reused_baseline(stem.with_suffix(".json"), args.task,
+                                                args.seeds)
+    work = [(args.task, a, s) for s in args.seeds for a in algos
+            if not (args.reuse_baseline and a == baseline)]
+    results, minutes = run_all(run_one, work, args.jobs)
+    results += reused
+    report = write_report(stem.with_suffix(".json"), {
+        "task": args.task, "env_id": task.env_id, "steps": task.steps, "seeds": args.seeds,
+        "target": task.target, "reference": task.reference, "algos": algos,
+        "command": command_of(args), "machine": machine(), "torch": torch.__version__,
+        "jobs": args.jobs, "date": time.strftime("%Y-%m-%d"),
+        "minutes": minutes, "reuse_baseline": args.reuse_baseline,
+        "baseline_date": baseline_date, "settings": {a.name: a.kwargs for a in task.arms},
+        "results": results})
+    lines, met = page(report)
+    write_page(stem.with_suffix(".md"), lines)
+    plot(report, stem.with_suffix(".png"))
+    return 0 if met else 1
+
+
+def page(report: dict) -> tuple[list[str], bool]:
+    """The Markdown page of a learning run's JSON report, and whether the target is met."""
+    algos, results = report["algos"], report["results"]
     rows = []
     for algo in algos:
         runs = [r for r in results if r["algo"] == algo]
@@ -176,103 +140,72 @@ def learning(task_name: str, seeds: list[int], jobs: int, out: Path,
         rows.append((algo, float(np.mean(finals)), float(np.std(finals)), finals,
                      float(np.mean(sps))))
     ours = rows[0][1]
-    met = ours >= task.target
-    cmd = (f"python benchmarks/bench_rl.py {task_name} --seeds {' '.join(map(str, seeds))} "
-           f"--jobs {jobs}" + (" --reuse-baseline" if reuse_baseline else ""))
-    reuse_note = (f" The SB3 {task.baseline} runs were not repeated: they are read from the "
-                  f"JSON of the run of {baseline_date} (same seeds, budget and evaluation; "
-                  f"an SB3 run is deterministic for a seed on one machine)."
-                  if reuse_baseline else "")
+    met = ours >= report["target"]
+    reuse_note = (f" The SB3 {algos[1]} runs were not repeated: they are read from the "
+                  f"JSON of the run of {report['baseline_date']} (same seeds, budget and "
+                  f"evaluation; an SB3 run is deterministic for a seed on one machine)."
+                  if report.get("reuse_baseline") else "")
     lines = [
-        f"## {task.env_id}, {task.steps:,} steps, seeds {seeds}",
+        f"## {report['env_id']}, {report['steps']:,} steps, seeds {report['seeds']}",
         "",
-        f"Command: `{cmd}`. Machine: {machine()}; torch {torch.__version__}, one thread "
-        f"per run, {jobs} run(s) at a time; {time.strftime('%Y-%m-%d')}; "
-        f"{(time.time() - started) / 60:.0f} min in all. Deterministic evaluation, 20 "
-        f"episodes at the end (10 at the intermediate points).{reuse_note}",
+        run_line(report["command"], report["machine"], report["torch"], report["date"],
+                 report["jobs"], report["minutes"])
+        + " Deterministic evaluation, 20 episodes at the end (10 at the intermediate "
+        f"points).{reuse_note}",
         "",
-        f"NeuroFlow settings (besides the defaults): `{task.neuroflow}`.",
+        "Settings (keyword arguments besides the defaults; the SB3 baseline with "
+        "`MlpPolicy`):",
+        "",
+        *settings_list({label(a): report["settings"][a] for a in algos}),
         "",
         "| agent | final return (mean ± std over seeds) | per seed | train steps/s |",
         "|---|---:|---|---:|",
     ]
     for algo, mean, std, finals, sps in rows:
-        name = algo if algo == "NeuroFlow" else f"SB3 {algo} (MLP)"
-        lines.append(f"| {name} | {mean:.1f} ± {std:.1f} | "
+        lines.append(f"| {label(algo)} | {mean:.1f} ± {std:.1f} | "
                      f"{', '.join(f'{f:.1f}' for f in finals)} | {sps:.0f} |")
-    lines += ["", f"Target: NeuroFlow >= {task.target:g} ({task.reference}): "
+    lines += ["", f"Target: NeuroFlow >= {report['target']:g} ({report['reference']}): "
               f"**{'met' if met else 'not met'}** ({ours:.1f}).", "",
-              f"![learning curves]({task_name}.png)", ""]
-    write_atomic(stem.with_suffix(".md"), "\n".join(lines))
-    plot(results, algos, task, stem.with_suffix(".png"))
-    print("\n".join(lines))
-    return 0 if met else 1
+              f"![learning curves]({report['task']}.png)", ""]
+    return lines, met
 
 
-def plot(results: list[dict], algos: list[str], task: Task, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for algo, color in zip(algos, ("tab:blue", "tab:orange"), strict=True):
-        runs = [r for r in results if r["algo"] == algo]
-        steps = [s for s, _ in runs[0]["curve"]]
-        values = np.array([[v for _, v in r["curve"]] for r in runs])
-        label = algo if algo == "NeuroFlow" else f"SB3 {algo}"
-        ax.plot(steps, values.mean(0), color=color, label=label)
-        ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
-    ax.axhline(task.target, color="gray", ls="--", lw=1, label="target")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("deterministic return")
-    ax.set_title(f"{task.env_id} (mean, min-max over seeds)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def plot(report: dict, path: Path) -> None:
+    algos = report["algos"]
+    plot_learning_curves(report["results"], "algo",
+                         {a: a if a == "NeuroFlow" else f"SB3 {a}" for a in algos},
+                         dict(zip(algos, ("tab:blue", "tab:orange"), strict=True)),
+                         report["env_id"], path, report["target"])
 
 
-def interleaved_rates(learners: dict[str, Callable[[], Any]], rounds: int, chunk: int
-                      ) -> dict[str, float]:
-    """Median steps per second of each learner, each call training ``chunk`` steps,
-    timed in ``rounds`` interleaved rounds (so a change in the machine's load affects
-    every learner alike)."""
-    rates: dict[str, list[float]] = {name: [] for name in learners}
-    for _ in range(rounds):
-        for name, learn in learners.items():
-            start = time.perf_counter()
-            learn()
-            rates[name].append(chunk / (time.perf_counter() - start))
-    return {name: statistics.median(r) for name, r in rates.items()}
+def command_of(args: argparse.Namespace) -> str:
+    """The command line of the page (the options that differ from their defaults)."""
+    options = ({"--rounds": args.rounds, "--chunk": args.chunk} if args.task == "throughput"
+               else {"--seeds": args.seeds, "--jobs": args.jobs,
+                     "--reuse-baseline": args.reuse_baseline})
+    return command("bench_rl.py", args.task, {**options, "--out": args.out}, DEFAULTS)
 
 
-def throughput(rounds: int, chunk: int, out: Path) -> int:
+def throughput(args: argparse.Namespace) -> int:
     """Interleaved chunks of training, NeuroFlow vs SB3 SAC, on Pendulum-v1."""
-    import stable_baselines3 as sb3
     import torch
 
-    from agents import NeuroFlow
-
-    torch.set_num_threads(1)
     common = dict(learning_rate=1e-3, batch_size=256, learning_starts=100)
-    ours = NeuroFlow("Pendulum-v1", seed=0, utd_ratio=1.0, **common)
-    sac = sb3.SAC("MlpPolicy", "Pendulum-v1", seed=0, train_freq=1, gradient_steps=1, **common)
-    ours.learn(300)
-    sac.learn(300)
-    med = interleaved_rates({"NeuroFlow": lambda: ours.learn(chunk),
-                             "SAC": lambda: sac.learn(chunk, reset_num_timesteps=False)},
-                            rounds, chunk)
+    ours, settings, med = rates_against_sac("Pendulum-v1", {"utd_ratio": 1.0}, common,
+                                            args.rounds, args.chunk)
     ratio = med["NeuroFlow"] / med["SAC"]
     met = ratio >= 2.0
     lines = [
         "## Training throughput, Pendulum-v1",
         "",
-        f"Command: `python benchmarks/bench_rl.py throughput --rounds {rounds} --chunk {chunk}`. "
-        f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread; "
-        f"{time.strftime('%Y-%m-%d')}. Environment steps per second including acting, "
-        f"replay and one gradient update per step (batch 256 transitions, lr 1e-3), "
-        f"medians of {rounds} interleaved chunks of {chunk} steps after 300 warm-up steps.",
+        run_line(command_of(args), machine(), torch.__version__, time.strftime("%Y-%m-%d"))
+        + " Environment steps per second including acting, replay and one gradient update "
+        f"per step (batch 256 transitions, lr 1e-3), medians of {args.rounds} interleaved "
+        f"chunks of {args.chunk} steps after 300 warm-up steps.",
+        "",
+        "Settings (keyword arguments besides the defaults; seed 0):",
+        "",
+        *settings_list({label(a): s for a, s in settings.items()}),
         "",
         "| agent | networks | steps/s |",
         "|---|---|---:|",
@@ -285,27 +218,35 @@ def throughput(rounds: int, chunk: int, out: Path) -> int:
         f"NeuroFlow / SAC: **{ratio:.2f}x** (target >= 2x: {'met' if met else 'not met'}).",
         "",
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "throughput.md", "\n".join(lines))
-    print("\n".join(lines))
+    write_page(args.out / "throughput.md", lines)
     return 0 if met else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=[*TASKS, "throughput"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
-    parser.add_argument("--rounds", type=int, default=7, help="throughput: chunks per agent")
-    parser.add_argument("--chunk", type=int, default=500, help="throughput: steps per chunk")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+",
+                        default=DEFAULTS["--seeds"], help="seeds (default 0 1 2)")
+    add_options(parser, DEFAULTS, "--jobs", "--rounds", "--chunk", "--out")
     parser.add_argument("--reuse-baseline", action="store_true",
                         help="read the SB3 runs from the task's existing JSON (same seeds "
                              "and budget) instead of training them again")
+    parser.add_argument("--render-only", action="store_true",
+                        help="train nothing: write the task's Markdown page again from the "
+                             "JSON in --out (the plot is left as it is)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        if args.task == "throughput":
+            parser.error("--render-only: the throughput page has no JSON to render from")
+        path = args.out / f"{args.task}.json"
+        if not path.is_file():
+            parser.error(f"--render-only: {path} does not exist")
+        lines, met = page(json.loads(path.read_text()))
+        write_page(path.with_suffix(".md"), lines)
+        return 0 if met else 1
     if args.task == "throughput":
-        return throughput(args.rounds, args.chunk, args.out)
-    return learning(args.task, args.seeds, args.jobs, args.out, args.reuse_baseline)
+        return throughput(args)
+    return learning(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -539,9 +540,10 @@ def test_bench_irregular_default_budget_is_the_tasks(bench_irregular, monkeypatc
     assert bench_irregular.main([task, *nf]) == 0
     assert seen[0].steps == steps
     # the page's command leaves the default out and names any other budget
-    assert "--steps" not in bench_irregular.command(seen[0])
+    assert "--steps" not in bench_irregular.command_of(seen[0])
     bench_irregular.main([task, *nf, "--steps", "5000"])
-    assert bench_irregular.command(seen[1]).endswith("cells obs none --steps 5000")
+    assert bench_irregular.command_of(seen[1]) == (f"python benchmarks/bench_irregular.py {task} "
+                                                   "--variants cells obs none --steps 5000")
 
 
 def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
@@ -609,15 +611,10 @@ def test_bench_irregular_error_from_a_fresh_process():
     assert proc.stderr.strip() == "bench_irregular.py: error: --seeds must be an integer, got 'x'"
 
 
-# --- benchmarks/bench_rl.py: the interleaved timing both throughput pages use -------------
-def test_interleaved_rates_alternate_the_learners_and_take_medians(monkeypatch):
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    import bench_rl
-
+# --- benchmarks/tasks.py: the interleaved timing every throughput page uses ---------------
+def test_interleaved_rates_alternate_the_learners_and_take_medians(tasks, monkeypatch):
     clock = iter(range(100))  # one tick per perf_counter call
-    monkeypatch.setattr(bench_rl.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(tasks.time, "perf_counter", lambda: float(next(clock)))
     calls: list[str] = []
     durations = {"a": iter([1, 3, 2]), "b": iter([4, 4, 8])}  # seconds each call takes
 
@@ -628,6 +625,275 @@ def test_interleaved_rates_alternate_the_learners_and_take_medians(monkeypatch):
                 next(clock)
         return learn
 
-    rates = bench_rl.interleaved_rates({"a": learner("a"), "b": learner("b")}, 3, 60)
+    rates = tasks.interleaved_rates({"a": learner("a"), "b": learner("b")}, 3, 60)
     assert calls == ["a", "b"] * 3
     assert rates == {"a": 60 / 2, "b": 60 / 4}  # medians of 60/1, 60/3, 60/2 and 60/4, 60/4, 60/8
+    # a learner that says how many steps it trained (a PPO rollout past the chunk)
+    clock = iter(range(100))
+    assert tasks.interleaved_rates({"c": lambda: 90}, 1, 60) == {"c": 90.0}
+
+
+# --- benchmarks/tasks.py and report.py: what the RL scripts share ---------------------------
+@pytest.fixture
+def tasks(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import tasks
+
+    return tasks
+
+
+def test_command_names_the_options_that_differ_from_their_defaults(tasks):
+    from pathlib import Path
+
+    defaults = {"--seeds": [0, 1, 2, 3, 4], "--jobs": 2, "--algos": ["a", "b"],
+                "--liquid-settings": {}, "--out": Path("docs/benchmarks/rl")}
+    options = {"--seeds": [0], "--jobs": 2, "--algos": ["b"], "--steps": 4096,
+               "--liquid-settings": {"n_steps": 16, "gamma": 0.9}, "--reuse-baseline": True,
+               "--tag": None, "--render-only": False, "--out": Path("/tmp/a trial")}
+    assert tasks.command("bench_ppo.py", "cartpole-novel", options, defaults) == (
+        "python benchmarks/bench_ppo.py cartpole-novel --seeds 0 --algos b --steps 4096 "
+        "--liquid-settings '{\"n_steps\": 16, \"gamma\": 0.9}' --reuse-baseline "
+        "--out '/tmp/a trial'")
+    # all at their defaults: the script and the subcommand alone
+    assert tasks.command("bench_rl.py", "pendulum", {"--seeds": [0, 1, 2], "--jobs": 2},
+                         {"--seeds": [0, 1, 2], "--jobs": 2}) == (
+        "python benchmarks/bench_rl.py pendulum")
+
+
+def test_every_rl_script_uses_the_one_task_and_command(tasks):
+    import argparse
+
+    import bench_exploration
+    import bench_irregular
+    import bench_ppo
+    import bench_rl
+
+    for script in (bench_rl, bench_ppo, bench_exploration, bench_irregular):
+        assert all(type(t) is tasks.Task for t in script.TASKS.values()), script.__name__
+        assert script.command is tasks.command and script.OUT == tasks.OUT
+    task = bench_rl.TASKS["cartpole-novel"]
+    assert (task.env_id, task.steps, task.eval_every, task.target) == (
+        "CartPoleNoVel-v1", 50_000, 5_000, 475.0)
+    assert [a.algo for a in task.arms] == ["NeuroFlow", "DQN"] and task.arm("DQN").main
+    assert task.base_id == "" and task.episodes is None and task.per_seed  # the defaults
+    with pytest.raises(AttributeError):
+        task.steps = 10  # frozen
+    assert bench_irregular.TASKS["pendulum"].eval_every == bench_irregular.EVAL_EVERY
+    args = argparse.Namespace(task="deepsea", arms=["thompson"], seeds=[0, 1, 2, 3, 4],
+                              screen_seeds=[0, 1, 2, 3, 4], override={"target_q": "min"},
+                              tag="shared-target", jobs=2, out=tasks.OUT)
+    assert bench_exploration.command_of(args) == (
+        "python benchmarks/bench_exploration.py deepsea --arms thompson --override "
+        "'{\"target_q\": \"min\"}' --tag shared-target")
+    args = argparse.Namespace(task="cartpole-novel", seeds=[0], jobs=1, reuse_baseline=True,
+                              out=tasks.OUT)
+    assert bench_rl.command_of(args) == ("python benchmarks/bench_rl.py cartpole-novel "
+                                         "--seeds 0 --jobs 1 --reuse-baseline")
+
+
+class Ramp(gym.Env):
+    """Observation [o + t], reward (o + t + 1) / 3 + action, three steps an episode; a seeded
+    reset sets o = seed % 5 (an unseeded one keeps it)."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-100.0, 100.0, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.offset, self.t = 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.offset = seed % 5
+        self.t = 0
+        return np.array([self.offset], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = (self.offset + self.t) / 3 + float(action[0])
+        return np.array([self.offset + self.t], np.float32), reward, False, self.t == 3, {}
+
+
+class Recorder:
+    """A deterministic 'model' with SB3's predict: action 0.5, the state a step count; it
+    records what it was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        self.seen.append((np.array(obs), state, bool(episode_start[0]), deterministic))
+        return np.array([0.5], np.float32), (0 if state is None else state) + 1
+
+
+def test_vec_env_as_env_evaluates_a_hand_computed_episode(tasks):
+    # frames stacked and a frozen VecNormalize, as bench_ppo's stacked PPO is evaluated
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize
+
+    def make():
+        venv = VecNormalize(VecFrameStack(DummyVecEnv([Ramp]), n_stack=2), training=False,
+                            norm_reward=False, clip_obs=10.0)
+        venv.obs_rms.mean, venv.obs_rms.var = np.array([1.0, 1.0]), np.array([4.0, 4.0])
+        return tasks.VecEnvAsEnv(venv)
+
+    model = Recorder()
+    mean = tasks.evaluate(model, make, 2, seed=0)  # episodes seeded 10000, 10001: o = 0, 1
+    assert tasks.episode_seeds(0, 2) == [10_000, 10_001]
+    returns = [sum(float(np.float32((o + t) / 3 + 0.5)) for t in (1, 2, 3)) for o in (0, 1)]
+    assert mean == np.mean(returns)  # the rewards as the VecEnv buffers them: float32
+    std = np.sqrt(4.0 + 1e-8)
+    expected = [np.array([prev - 1.0, cur - 1.0]) / std  # [previous frame, this frame]
+                for o in (0, 1) for prev, cur in ((0, o), (o, o + 1), (o + 1, o + 2))]
+    for (obs, _, _, _), want in zip(model.seen, expected, strict=True):
+        np.testing.assert_allclose(obs, want, rtol=1e-6)
+    assert [(state, start, det) for _, state, start, det in model.seen] == [
+        (None, True, True), (1, False, True), (2, False, True)] * 2
+
+
+@pytest.mark.parametrize("algo, task", [("recurrent_ppo", "pendulum-novel"),
+                                        ("ppo_stacked", "pendulum-novel"),
+                                        ("liquid_ppo", "cartpole-novel")])
+def test_vec_env_as_env_gives_the_returns_of_the_vec_env_loop(bench_ppo, tasks, algo, task):
+    # the episode loop on the single-copy VecEnv that bench_ppo.py and bench_irregular.py ran
+    # before they evaluated through agents.evaluate_policy, kept here as the reference
+    if algo != "liquid_ppo":
+        pytest.importorskip("sb3_contrib")
+
+    def vec_env_loop(model, venv, episodes, seed):
+        returns = []
+        for ep in range(episodes):
+            venv.seed(10_000 * (seed + 1) + ep)
+            obs = venv.reset()
+            state, start, done, total = None, np.ones(1, bool), False, 0.0
+            while not done:
+                action, state = model.predict(obs, state=state, episode_start=start,
+                                              deterministic=True)
+                obs, reward, dones, _ = venv.step(action)
+                total += float(reward[0])
+                start, done = np.zeros(1, bool), bool(dones[0])
+            returns.append(total)
+        venv.close()
+        return float(np.mean(returns))
+
+    config = bench_ppo.settings(algo, bench_ppo.TASKS[task])
+    model, make_eval_env = bench_ppo.build(algo, bench_ppo.TASKS[task], 3, config)
+    if algo != "liquid_ppo":  # training statistics other than the initial ones
+        stats = model.get_vec_normalize_env().obs_rms
+        stats.mean = np.linspace(-0.5, 0.5, stats.mean.size)
+        stats.var = np.linspace(0.5, 2.0, stats.var.size)
+    expected = vec_env_loop(model, make_eval_env().venv, 2, seed=3)
+    assert tasks.evaluate(model, make_eval_env, 2, seed=3) == expected
+
+
+def test_every_benchmark_evaluation_goes_through_agents_evaluate_policy(tasks, monkeypatch):
+    import dataclasses
+
+    import bench_exploration
+    import bench_irregular
+    import bench_ppo
+    import bench_rl
+
+    import agents
+
+    calls, real = [], agents.evaluate_policy
+
+    def spy(model, env, n_eval_episodes=10, deterministic=True, return_episode_rewards=False,
+            seed=None):
+        calls.append((type(model).__name__, n_eval_episodes, deterministic, seed))
+        return real(model, env, n_eval_episodes, deterministic, return_episode_rewards, seed)
+
+    def episodes(name, seed, counts):  # one seeded call per episode
+        return [(name, 1, True, s) for n in counts for s in tasks.episode_seeds(seed, n)]
+
+    monkeypatch.setattr(agents, "evaluate_policy", spy)
+    # bench_rl: 10 episodes every eval_every steps, 20 at the last (DQN collects 256 steps
+    # between its updates)
+    task = bench_rl.TASKS["cartpole-novel"]
+    monkeypatch.setitem(bench_rl.TASKS, "cartpole-novel",
+                        dataclasses.replace(task, steps=256, eval_every=128))
+    for algo in ("NeuroFlow", "DQN"):
+        calls.clear()
+        run = bench_rl.run_one(("cartpole-novel", algo, 1))
+        assert [step for step, _ in run["curve"]] == [128, 256]
+        assert calls == episodes(algo, 1, (10, 20))
+    # bench_exploration: 5 episodes, 10 at the last
+    task = bench_exploration.TASKS["pendulum"]
+    monkeypatch.setitem(bench_exploration.TASKS, "pendulum", dataclasses.replace(
+        task, env_id="CartPoleNoVel-v1", steps=40, eval_every=20))
+    calls.clear()
+    assert bench_exploration.run_one(("pendulum", 0, 2, None))["curve"][0][0] == 20
+    assert calls == episodes("NeuroFlow", 2, (5, 10))
+    # bench_ppo: 10 episodes every eval_every steps, 20 after training (8 copies x 32 steps)
+    for algo, name in (("liquid_ppo", "LiquidPPO"), ("recurrent_ppo", "RecurrentPPO"),
+                       ("ppo_stacked", "PPO")):
+        calls.clear()
+        run = bench_ppo.run_one(("cartpole-novel", algo, 0, 256, 256, None))
+        assert [step for step, _ in run["curve"]][-1] >= 256
+        assert calls == episodes(name, 0, (20,))
+    # bench_irregular: every variant (cells is handed the elapsed time, tested above)
+    for variant in bench_irregular.VARIANTS:
+        task = bench_irregular.TASKS["cartpole"]
+        model, evaluate = bench_irregular.build(variant, task, 4,
+                                                bench_irregular.settings(variant, task))
+        calls.clear()
+        evaluate(3)
+        assert calls == episodes(type(model).__name__, 4, (3,))
+
+
+def test_rl_pages_render_from_their_json(tasks, tmp_path):
+    # the committed pages are what the writers render from the JSON beside them
+    import shutil
+    from pathlib import Path
+
+    import bench_exploration
+    import bench_rl
+
+    docs = Path(__file__).parents[1] / "docs" / "benchmarks" / "rl"
+    for name in ("pendulum", "cartpole-novel", "pendulum-novel"):
+        report = json.loads((docs / f"{name}.json").read_text())
+        lines, met = bench_rl.page(report)
+        assert "\n".join(lines) == (docs / f"{name}.md").read_text(), name
+        assert met and lines[7].startswith(f"- SB3 {report['algos'][1]} (MLP): `")
+        shutil.copy(docs / f"{name}.json", tmp_path)
+        assert bench_rl.main([name, "--render-only", "--out", str(tmp_path)]) == 0
+        assert (tmp_path / f"{name}.md").read_text() == "\n".join(lines)
+    grid = json.loads((docs / "exploration-grid.json").read_text())
+    assert "\n".join(bench_exploration.grid_page(grid)) == (
+        docs / "exploration-grid.md").read_text()
+    with pytest.raises(SystemExit):
+        bench_rl.main(["throughput", "--render-only", "--out", str(tmp_path)])
+
+
+def test_bench_rl_reuses_a_baseline_of_the_same_settings_only(tasks, tmp_path):
+    from pathlib import Path
+
+    import bench_rl
+
+    report = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "rl"
+                         / "pendulum.json").read_text())
+    path = tmp_path / "pendulum.json"
+    path.write_text(json.dumps(report))
+    runs, date = bench_rl.reused_baseline(path, "pendulum", [2, 1, 0])
+    assert [r["seed"] for r in runs] == [0, 1, 2] and {r["algo"] for r in runs} == {"SAC"}
+    report["settings"]["SAC"] = {"learning_rate": 3e-4}
+    path.write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="another task, budget, seeds or baseline settings"):
+        bench_rl.reused_baseline(path, "pendulum", [0, 1, 2])
+    with pytest.raises(SystemExit, match="another task"):
+        bench_rl.reused_baseline(path, "pendulum", [0, 1])
+
+
+def test_bench_rl_throughput_page(tasks, tmp_path):
+    # both agents timed on the steps each chunk trained; the page names both settings
+    import bench_rl
+
+    code = bench_rl.main(["throughput", "--rounds", "1", "--chunk", "20", "--out", str(tmp_path)])
+    page = (tmp_path / "throughput.md").read_text()
+    assert page.splitlines()[-1].endswith(f"(target >= 2x: {'not ' * code}met).")
+    assert page.count("Command: `python benchmarks/bench_rl.py throughput --rounds 1 --chunk "
+                      f"20 --out {tmp_path}`") == 1
+    assert ("- SB3 SAC (MLP): `{'train_freq': 1, 'gradient_steps': 1, 'learning_rate': 0.001, "
+            "'batch_size': 256, 'learning_starts': 100}`") in page
+    sac = __import__("stable_baselines3").SAC("MlpPolicy", "Pendulum-v1", learning_starts=5)
+    assert tasks.chunk_learner(sac, 7)() == 7 and sac.num_timesteps == 7
