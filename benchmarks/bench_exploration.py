@@ -52,7 +52,7 @@ from tasks import (
 )
 
 from agents.common.hyperparams import TUNED_HYPERPARAMS
-from velora_ens.cli import integer_option
+from velora_ens.cli_options import integer_option
 
 MC_ID, DS_ID = "MountainCarContinuous-v0", "DeepSea-v0"
 MC = TUNED_HYPERPARAMS[MC_ID]

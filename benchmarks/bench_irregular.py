@@ -51,7 +51,7 @@ from tasks import (
     train_with_evaluations,
 )
 
-from velora_ens.cli import integer_option
+from velora_ens.cli_options import integer_option
 
 EVAL_EVERY = 5_000
 

@@ -46,7 +46,7 @@ from tasks import (
     train_with_evaluations,
 )
 
-from velora_ens.cli import integer_option
+from velora_ens.cli_options import integer_option
 
 # target: LiquidPPO's mean final return, and the return whose first evaluation reaching it
 # counts as "steps to" it; base_id: the fully observed task whose ppo.yml entry the

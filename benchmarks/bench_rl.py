@@ -38,7 +38,7 @@ from tasks import (
 )
 
 from agents.common.hyperparams import TUNED_HYPERPARAMS
-from velora_ens.cli import integer_option
+from velora_ens.cli_options import integer_option
 
 TASKS = {
     "pendulum": Task("Pendulum-v1", 15_000, 2_500, -200.0, "RL Zoo SAC: -157 at 20k", arms=(

@@ -115,7 +115,7 @@ def add_options(parser: argparse.ArgumentParser, defaults: Mapping[str, Any], *n
     """Add the options of ``names`` among those the scripts share (``--jobs``, ``--rounds``,
     ``--chunk``, ``--out``) with the script's ``defaults``; a number below 1 is refused
     with an error that names the option."""
-    from velora_ens.cli import integer_option
+    from velora_ens.cli_options import integer_option
 
     helps = {"--jobs": "runs at a time", "--rounds": "throughput: chunks per agent",
              "--chunk": "throughput: steps per chunk"}

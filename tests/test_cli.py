@@ -109,16 +109,13 @@ def test_cli_demo_line_follows_the_numbers(capsys):
 
 def test_command_line_modules_import_without_a_circle():
     """agent_cli takes its helpers from cli_options, not from cli: importing it alone
-    loads neither cli nor the agents; cli still offers integer_option (benchmarks/ use it)."""
+    loads neither cli nor the agents."""
     code = ("import sys, velora_ens.agent_cli; "
             "print(sorted(m for m in sys.modules if m == 'velora_ens.cli' "
             "or m.split('.')[0] in ('agents', 'envs')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
-    from velora_ens import cli, cli_options
-
-    assert cli.integer_option is cli_options.integer_option
 
 
 def test_integer_option_names_the_option():

@@ -27,8 +27,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-# integer_option lives in cli_options, which agent_cli imports too (no import circle);
-# velora_ens.cli.integer_option stays importable for the scripts under benchmarks/
+# integer_option lives in cli_options, which agent_cli imports too (no import circle)
 from velora_ens.cli_options import integer_option
 
 __all__ = ["main"]
