@@ -84,6 +84,8 @@ class Exploration:
     reads_critics: ClassVar[bool] = False
     #: whether :meth:`backup_weights` wants the target critics' members
     weights_backups: ClassVar[bool] = False
+    #: the critic members, kept by the strategies that read them (the helpers below)
+    critics: CriticHead
 
     def __init__(self, actor: LiquidActor) -> None:
         self.actor = actor
