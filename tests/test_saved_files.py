@@ -11,12 +11,12 @@ re-saved by today's code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data.make_layout0_files import digest  # the digest the reference was written with
 
 from agents import LiquidPolicy, LiquidPPO, NeuroFlow, load_agent
 from velora_ens.bench.report import machine
@@ -24,16 +24,6 @@ from velora_ens.bench.report import machine
 _DATA = Path(__file__).parent / "data"
 _REF = json.loads((_DATA / "layout0.json").read_text())
 _ON_RECORDING_CPU = machine().split(",")[0] == _REF["cpu"]
-
-
-def _digest(agent) -> str:
-    h = hashlib.sha256()
-    for prefix, module in sorted(agent._persistent_modules().items()):
-        for name, tensor in module.state_dict().items():
-            if not name.endswith("wiring_seed"):
-                h.update(f"{prefix}.{name}".encode())
-                h.update(tensor.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _check_predictions(model, ref: dict) -> None:
@@ -52,7 +42,7 @@ def _check_predictions(model, ref: dict) -> None:
 
 def _continued(agent) -> str:
     agent.learn(_REF["continue_steps"])
-    return _digest(agent)
+    return digest(agent)
 
 
 @pytest.mark.parametrize(("name", "cls"), [("neuroflow_layout0", NeuroFlow),
