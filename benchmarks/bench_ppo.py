@@ -162,11 +162,14 @@ def build(algo: str, task: Task, seed: int, config: dict) -> tuple[Any, Callable
 
         model = LiquidPPO(task.env_id, seed=seed, **config)  # normalises inside
         return model, lambda: VecEnvAsEnv(DummyVecEnv([lambda: envs.make_env(task.env_id)]))
-    import sb3_contrib
     import stable_baselines3 as sb3
 
-    cls, policy = ((sb3_contrib.RecurrentPPO, "MlpLstmPolicy") if algo == "recurrent_ppo"
-                   else (sb3.PPO, "MlpPolicy"))
+    if algo == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO  # the bench extra
+
+        cls, policy = RecurrentPPO, "MlpLstmPolicy"
+    else:
+        cls, policy = sb3.PPO, "MlpPolicy"
     model = cls(policy, sb3_env(task.env_id, config, seed), seed=seed, verbose=0,
                 **sb3_kwargs(config))
     return model, lambda: VecEnvAsEnv(

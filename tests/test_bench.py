@@ -788,6 +788,7 @@ def test_vec_env_as_env_gives_the_returns_of_the_vec_env_loop(bench_ppo, tasks, 
 
 def test_every_benchmark_evaluation_goes_through_agents_evaluate_policy(tasks, monkeypatch):
     import dataclasses
+    import importlib.util
 
     import bench_exploration
     import bench_irregular
@@ -825,14 +826,20 @@ def test_every_benchmark_evaluation_goes_through_agents_evaluate_policy(tasks, m
     assert bench_exploration.run_one(("pendulum", 0, 2, None))["curve"][0][0] == 20
     assert calls == episodes("NeuroFlow", 2, (5, 10))
     # bench_ppo: 10 episodes every eval_every steps, 20 after training (8 copies x 32 steps)
+    # sb3-contrib's RecurrentPPO comes with the bench extra, which CI does not install
+    contrib = importlib.util.find_spec("sb3_contrib") is not None
     for algo, name in (("liquid_ppo", "LiquidPPO"), ("recurrent_ppo", "RecurrentPPO"),
                        ("ppo_stacked", "PPO")):
+        if algo == "recurrent_ppo" and not contrib:
+            continue
         calls.clear()
         run = bench_ppo.run_one(("cartpole-novel", algo, 0, 256, 256, None))
         assert [step for step, _ in run["curve"]][-1] >= 256
         assert calls == episodes(name, 0, (20,))
     # bench_irregular: every variant (cells is handed the elapsed time, tested above)
     for variant in bench_irregular.VARIANTS:
+        if variant == "recurrent_ppo" and not contrib:
+            continue
         task = bench_irregular.TASKS["cartpole"]
         model, evaluate = bench_irregular.build(variant, task, 4,
                                                 bench_irregular.settings(variant, task))
