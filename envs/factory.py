@@ -38,7 +38,12 @@ def make_env(
             raise ValueError(f"environment id {env_id!r}: cannot import {module!r} ({exc})"
                              ) from None
     if name not in gym.registry:
-        raise ValueError(f"unknown environment id {env_id!r}; registered ids include "
+        try:  # Gymnasium's own words: "use Taxi-v4 instead", "did you mean ..."
+            gym.spec(name)
+            hint = ""
+        except gym.error.Error as exc:
+            hint = f" ({exc})"
+        raise ValueError(f"unknown environment id {env_id!r}{hint}; registered ids include "
                          f"{sorted(k for k in gym.registry if 'NoVel' in k) + [DEEP_SEA_ID]}"
                          " and Gymnasium's own"
                          " (an id registered by another package: 'package:EnvId')")

@@ -390,7 +390,7 @@ def test_elapsed_times_reach_the_cells_unchanged_when_acting_and_training():
 
     def record(callback, step, log_interval, **extra):
         seen.append(np.array([info.get("elapsed_time", np.nan) for info in
-                              agent._sb3_infos(step)]))
+                              step.sb3_infos()]))
         return original(callback, step, log_interval, **extra)
 
     agent._callback_step = record

@@ -31,12 +31,12 @@ from gymnasium.vector import AutoresetMode
 from agents.common import persistence
 from agents.common.actor import LiquidActor
 from agents.common.callbacks import make_callback
+from agents.common.logs import TrainingLog
 from agents.common.normalization import ObservationNormalizer
-from agents.common.policy import LiquidPolicy, resolve_env
+from agents.common.policy import POLICY_ALIASES, LiquidPolicy, resolve_env
 from agents.common.schedules import as_schedule, progress_remaining
 from agents.driver.driver import EnvDriver, EnvStep
 from agents.driver.elapsed import ElapsedTime
-from agents.driver.sb3 import split_infos
 from velora_ens._validation import check_int
 from velora_ens.training.device import select_device
 
@@ -94,6 +94,9 @@ class BaseAgent:
     - ``verbose``: 1 prints SB3's log table every ``log_interval`` episodes.
     """
 
+    #: Stable-Baselines3's policy names the agent accepts as its first argument
+    policy_aliases: tuple[str, ...] = POLICY_ALIASES
+
     @property
     def elapsed_time_key(self) -> str | None:
         """The ``info`` key the agent reads the elapsed time from, or ``None``."""
@@ -118,7 +121,7 @@ class BaseAgent:
         name = type(self).__name__
         self.config: dict[str, Any] = {k: v for k, v in config.items()
                                        if k not in ("self", "env", "policy", "__class__")}
-        env = resolve_env(name, policy, env)
+        env = resolve_env(name, policy, env, self.policy_aliases)
         check_int("n_envs", n_envs, 1)
         if seed is not None:
             seed = check_int("seed", seed, 0)
@@ -143,14 +146,12 @@ class BaseAgent:
                         else ElapsedTime(key, config["elapsed_time_unit"], self.n_envs))
         self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
         self.tensorboard_log, self.verbose = config["tensorboard_log"], config["verbose"]
-        self.logger: Any = None  # an SB3 Logger, made by the first ``learn`` call
+        self._log = TrainingLog()  # SB3's logger and the updates' running sums
         self.num_timesteps = 0
         self.n_updates = 0
         self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
         self.last_losses: dict[str, float] = {}
         self._episode_num = 0
-        self._train_sums: dict[str, float] = {}
-        self._train_count = 0
 
     # ------------------------------------------------------------------ hooks
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
@@ -261,9 +262,7 @@ class BaseAgent:
     def _log_update(self, losses: dict[str, float]) -> None:
         self.n_updates += 1
         self.last_losses = losses
-        for key, value in losses.items():
-            self._train_sums[key] = self._train_sums.get(key, 0.0) + value
-        self._train_count += 1
+        self._log.add(losses)
 
     # ------------------------------------------------------------------ learning
     def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 4,
@@ -294,11 +293,8 @@ class BaseAgent:
             self.num_timesteps, self._episode_num = 0, 0
             self.driver.end_rollout()
             self.ep_info_buffer.clear()
-        if self.logger is None or reset_num_timesteps:
-            from stable_baselines3.common.utils import configure_logger
-
-            self.logger = configure_logger(self.verbose, self.tensorboard_log,
-                                           tb_log_name or type(self).__name__, True)
+        self._log.start(self.verbose, self.tensorboard_log, tb_log_name or type(self).__name__,
+                        reset_num_timesteps)
         callback.init_callback(self)
         # Saturated gates and tiny Adam moments produce denormal floats, which the CPU
         # handles tens of times slower than normal ones; flush them to zero while training
@@ -351,41 +347,37 @@ class BaseAgent:
             "self": self, "callback": callback, "env": self.get_env(),
             "actions": step.env_actions, "buffer_actions": step.actions,
             "new_obs": step.raw_next_obs, "rewards": step.rewards, "dones": step.dones,
-            "infos": self._sb3_infos(step), "log_interval": log_interval, **extra})
+            "infos": step.sb3_infos(), "log_interval": log_interval, **extra})
         return bool(callback.on_step())
 
-    def _sb3_infos(self, step: EnvStep) -> list[dict[str, Any]]:
-        infos = split_infos(step.info, self.n_envs)
-        for i in np.flatnonzero(step.dones):
-            infos[i]["terminal_observation"] = step.real_next_obs[i]
-            infos[i]["TimeLimit.truncated"] = bool(step.truncated[i] and not step.terminated[i])
-        return infos
-
     def _dump_logs(self) -> None:
-        """Record SB3's keys and write them (TensorBoard, stdout with verbose=1)."""
-        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
-        log = self.logger
-        log.record("time/episodes", self._episode_num, exclude="tensorboard")
-        log.record("time/fps", int((self.num_timesteps - self._first_step) / elapsed))
-        log.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
-        log.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        if self.ep_info_buffer:
-            log.record("rollout/ep_rew_mean", self.mean_episode_return())
-            log.record("rollout/ep_len_mean",
-                       float(np.mean([e["l"] for e in self.ep_info_buffer])))
-        if self._train_count:
-            for key, total in self._train_sums.items():
-                # a key with its own section ("rollout/intrinsic_reward") keeps it
-                log.record(key if "/" in key else f"train/{key}", total / self._train_count)
-            optimizer = next(iter(self._persistent_optimizers().values()))
-            log.record("train/learning_rate", optimizer.param_groups[0]["lr"])
-            log.record("train/n_updates", self.n_updates, exclude="tensorboard")
-        self._train_sums, self._train_count = {}, 0
-        log.dump(step=self.num_timesteps)
+        optimizer = next(iter(self._persistent_optimizers().values()))
+        self._log.write(episodes=self._episode_num, timesteps=self.num_timesteps,
+                        first_step=self._first_step, start_time=self._start_time,
+                        ep_info=self.ep_info_buffer, n_updates=self.n_updates,
+                        learning_rate=optimizer.param_groups[0]["lr"])
 
     def dump_logs(self) -> None:
         """Write the logs now (SB3's ``dump_logs``, used by its ``LogEveryNTimesteps``)."""
         self._dump_logs()
+
+    @property
+    def logger(self) -> Any:
+        """SB3's ``model.logger``: the Logger ``learn`` writes to (``None`` before)."""
+        return self._log.logger
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self.set_logger(logger)
+
+    def set_logger(self, logger: Any) -> None:
+        """SB3's ``set_logger``: write the logs to ``logger`` (e.g. ``configure(folder,
+        ["csv", "tensorboard"])``), kept by every later ``learn`` call until replaced."""
+        self._log.set_logger(logger)
+
+    def get_logger(self) -> Any:
+        """The Logger the agent writes to (SB3's ``model.logger``)."""
+        return self._log.logger
 
     def mean_episode_return(self) -> float:
         """Mean return of the last (up to 100) finished training episodes."""
@@ -491,12 +483,13 @@ class BaseAgent:
              **kwargs: Any) -> BaseAgent:
         """An agent saved with :meth:`save` (``path`` with or without its
         ``.safetensors`` suffix, as SB3 finds what it saved). ``env`` defaults to a new
-        vector env of the saved id; ``kwargs`` (and SB3's ``custom_objects``) replace
-        constructor arguments that do not change the networks' shapes. Never unpickles
-        anything: a file that is not a saved agent, or one that was truncated or modified,
-        raises ``ValueError``. Called on :class:`BaseAgent`, it builds the class recorded
-        in the file."""
-        overrides = {**(custom_objects or {}), **kwargs}
+        vector env of the saved id; ``kwargs`` replace constructor arguments that do not
+        change the networks' shapes, and so does SB3's ``custom_objects`` by SB3's names
+        (``lr_schedule`` is ``learning_rate``; SB3 settings the agent does not have are
+        ignored with a warning, see :func:`agents.common.persistence.load_agent`). Never
+        unpickles anything: a file that is not a saved agent, or one that was truncated or
+        modified, raises ``ValueError``. Called on :class:`BaseAgent`, it builds the class
+        recorded in the file."""
         return persistence.load_agent(path, env, expected=None if cls is BaseAgent else cls,
                                       device=device, print_system_info=print_system_info,
-                                      **overrides)
+                                      custom_objects=custom_objects, **kwargs)

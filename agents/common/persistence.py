@@ -213,13 +213,63 @@ def _constructor_arguments(cls: type) -> dict[str, inspect.Parameter]:
             and p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
+# SB3's names of settings the agents take under another name
+_SB3_NAMES = {"lr_schedule": "learning_rate"}
+
+
+def _sb3_settings() -> set[str]:
+    """The names of Stable-Baselines3's (and sb3-contrib's, where installed) algorithm
+    settings: their constructors' arguments and the schedules they build from them."""
+    import stable_baselines3 as sb3
+
+    classes = [sb3.A2C, sb3.DDPG, sb3.DQN, sb3.PPO, sb3.SAC, sb3.TD3]
+    try:
+        import sb3_contrib
+
+        classes += [getattr(sb3_contrib, n) for n in ("ARS", "CrossQ", "QRDQN", "RecurrentPPO",
+                                                      "TQC", "TRPO") if hasattr(sb3_contrib, n)]
+    except ImportError:
+        pass
+    names = {"lr_schedule", "exploration_schedule", "observation_space", "action_space",
+             "policy_class"}
+    for cls in classes:
+        names |= set(inspect.signature(cls.__init__).parameters) - {"self", "policy", "env"}
+    return names
+
+
+def _custom_objects(custom_objects: dict[str, Any], arguments: dict[str, Any], agent: str,
+                    path: Path) -> dict[str, Any]:
+    """SB3's ``custom_objects`` as constructor arguments: a setting the agent has (by
+    SB3's name; ``lr_schedule`` wins over ``learning_rate``, as it is what SB3 uses), SB3
+    settings it has not ignored with a warning, anything else refused."""
+    overrides: dict[str, Any] = {}
+    ignored, unknown = [], []
+    for key in sorted(custom_objects, key=lambda k: k in _SB3_NAMES):  # renamed ones last
+        name = _SB3_NAMES.get(key, key)
+        if name in arguments:
+            overrides[name] = custom_objects[key]
+        elif key in _sb3_settings():
+            ignored.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{path}: custom_objects {unknown} are neither {agent} arguments nor "
+                         f"Stable-Baselines3 settings; expected some of {sorted(arguments)}")
+    if ignored:
+        warnings.warn(f"custom_objects {ignored}: Stable-Baselines3 settings that {agent} "
+                      "does not have, ignored", stacklevel=4)
+    return overrides
+
+
 def load_agent(path: str | os.PathLike, env: Any = None, *, expected: type | None = None,
                device: Any = "auto", print_system_info: bool = False,
-               **overrides: Any) -> Any:
+               custom_objects: dict[str, Any] | None = None, **overrides: Any) -> Any:
     """Rebuild the agent saved by :func:`save_agent` at ``path``, of the class the file
     names (which must be ``expected`` or a subclass of it, when given); ``overrides``
     replace constructor arguments (for example a learning-rate callable, which cannot be
-    saved)."""
+    saved), and so does SB3's ``custom_objects`` by SB3's names (``lr_schedule`` is the
+    learning rate); SB3 settings the agent does not have are ignored with a warning that
+    lists them, and other names are refused."""
     meta, tensors = read_agent_file(path)
     path = Path(meta["path"])
     cls = agent_class(meta["class"])
@@ -236,6 +286,8 @@ def load_agent(path: str | os.PathLike, env: Any = None, *, expected: type | Non
             raise ValueError(f"{path} was trained on an environment instance, not an id; "
                              "pass env= to load it")
     arguments = _constructor_arguments(cls)
+    overrides = {**_custom_objects(custom_objects or {}, arguments, cls.__name__, path),
+                 **overrides}
     unknown = sorted(set(overrides) - set(arguments))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} arguments {unknown}; expected some of "

@@ -32,24 +32,26 @@ __all__ = ["POLICY_ALIASES", "LiquidPolicy", "resolve_env"]
 
 POLICY_FORMAT = "velora_ens.policy/1"
 # Stable-Baselines3's names of its default policies, accepted as the first argument (an
-# agent's policy is its liquid actor; these names only say "the default one").
+# agent's policy is its liquid actor; these names only say "the default one")
 POLICY_ALIASES = ("MlpPolicy", "MultiInputPolicy")
 
 
-def resolve_env(agent: str, policy: Any, env: Any) -> Any:
-    """SB3's ``Algo("MlpPolicy", env)`` or ours, ``Algo(env)``: the environment."""
+def resolve_env(agent: str, policy: Any, env: Any,
+                aliases: tuple[str, ...] = POLICY_ALIASES) -> Any:
+    """SB3's ``Algo("MlpPolicy", env)`` or ours, ``Algo(env)``: the environment.
+    ``aliases``: the policy names the agent accepts."""
     if env is None:
         if policy is None:
             raise ValueError(f"{agent} needs an environment: {agent}(env) or SB3's "
                              f"{agent}('MlpPolicy', env)")
-        if isinstance(policy, str) and policy in POLICY_ALIASES:
+        if isinstance(policy, str) and policy in aliases:
             raise ValueError(f"{agent}({policy!r}) needs an environment as well: "
                              f"{agent}({policy!r}, env)")
         return policy
-    if policy is None or (isinstance(policy, str) and policy in POLICY_ALIASES):
+    if policy is None or (isinstance(policy, str) and policy in aliases):
         return env
     raise ValueError(f"policy {policy!r} is not available: {agent}'s policy is its liquid "
-                     f"network; pass one of {list(POLICY_ALIASES)} (Stable-Baselines3's names, "
+                     f"network; pass one of {list(aliases)} (Stable-Baselines3's names, "
                      f"accepted for compatibility) or only the environment")
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from agents.driver.env_checks import CheckedEnv
-from agents.driver.sb3 import GymnasiumFromSB3, SB3FromGymnasium
+from agents.driver.sb3 import GymnasiumFromSB3, SB3FromGymnasium, split_infos
 from agents.driver.spaces import ActionAdapter, ObservationEncoder
 from envs import make_vec_env
 
@@ -136,6 +136,15 @@ class EnvStep:
     def n_finished(self) -> int:
         """Episodes that ended at a transition of this step."""
         return int(self.dones[self.valid].sum())
+
+    def sb3_infos(self) -> list[dict[str, Any]]:
+        """The step's infos as SB3 gives them to callbacks: one dict per copy, with
+        ``terminal_observation`` and ``TimeLimit.truncated`` where an episode ended."""
+        infos = split_infos(self.info, len(self.dones))
+        for i in np.flatnonzero(self.dones):
+            infos[i]["terminal_observation"] = self.real_next_obs[i]
+            infos[i]["TimeLimit.truncated"] = bool(self.truncated[i] and not self.terminated[i])
+        return infos
 
 
 class EnvDriver:

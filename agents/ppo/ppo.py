@@ -38,6 +38,7 @@ from agents.common.actor import LiquidActor
 from agents.common.base import BaseAgent
 from agents.common.normalization import RewardNormalizer
 from agents.common.optim import clip_grad_norm, fused_adam_step, zero_grad
+from agents.common.policy import POLICY_ALIASES
 from agents.common.schedules import as_schedule, progress_remaining
 from agents.ppo.gae import gae_advantages
 from agents.ppo.noise import make_noise
@@ -56,7 +57,9 @@ class LiquidPPO(BaseAgent):
     """Recurrent PPO with liquid networks, for Box and Discrete actions.
 
     ``LiquidPPO(env, ...)``, or Stable-Baselines3's spelling ``LiquidPPO("MlpPolicy",
-    env, ...)``. The argument names and defaults follow sb3-contrib's ``RecurrentPPO``.
+    env, ...)``; sb3-contrib's ``"MlpLstmPolicy"`` and ``"MultiInputLstmPolicy"`` are
+    accepted too (LiquidPPO's liquid actor is the recurrent policy they ask for). The
+    argument names and defaults follow sb3-contrib's ``RecurrentPPO``.
 
     Args:
         env: see :class:`~agents.common.base.BaseAgent`, as for ``learning_rate``,
@@ -116,6 +119,8 @@ class LiquidPPO(BaseAgent):
     ...                   seed=0)                                     # doctest: +SKIP
     >>> agent.learn(100_000)                                          # doctest: +SKIP
     """
+
+    policy_aliases = (*POLICY_ALIASES, "MlpLstmPolicy", "MultiInputLstmPolicy")
 
     def __init__(
         self,
