@@ -21,6 +21,9 @@ __all__ = ["add_agent_commands", "run_agent_command"]
 
 # the run's own options, which a --config file may also set (the command line wins)
 _RUN_OPTIONS = {"env": "Pendulum-v1", "seed": 0, "n_envs": 1}
+# the other options a run starts with (recorded in its config.json; --resume reuses them)
+_TRAIN_DEFAULTS = {"algo": "neuroflow", "timesteps": 15_000, "eval_freq": 2_500,
+                   "eval_episodes": 10, "save_freq": 0}
 # --algo: the agent class's name in ``agents``
 ALGOS = {"neuroflow": "NeuroFlow", "ppo": "LiquidPPO"}
 
@@ -39,13 +42,13 @@ def add_agent_commands(sub: Any) -> None:
         description="Train NeuroFlow (liquid SAC) or LiquidPPO (liquid recurrent PPO) on a "
                     "Gymnasium task, evaluate it periodically, keep the best model, write "
                     "TensorBoard logs and a video of the final policy.")
-    train.add_argument("--algo", choices=sorted(ALGOS), default="neuroflow",
+    train.add_argument("--algo", choices=sorted(ALGOS), default=None,
                        help="neuroflow (liquid SAC, default) or ppo (LiquidPPO); each has "
                             "tuned settings for some tasks")
     train.add_argument("--env", default=None,
                        help="Gymnasium id, or 'module:EnvId' to import the module that "
                             "registers it (default Pendulum-v1)")
-    train.add_argument("--timesteps", type=_positive("--timesteps"), default=15_000,
+    train.add_argument("--timesteps", type=_positive("--timesteps"), default=None,
                        help="environment steps (default 15000)")
     train.add_argument("--seed", type=_seed(), default=None, help="random seed (default 0)")
     train.add_argument("--n-envs", type=_positive("--n-envs"), default=None,
@@ -57,17 +60,22 @@ def add_agent_commands(sub: Any) -> None:
                             "--env); "
                             "it may also set env, seed and n_envs, which the command line "
                             "overrides")
-    train.add_argument("--eval-freq", type=_positive("--eval-freq"), default=2_500,
+    train.add_argument("--eval-freq", type=_positive("--eval-freq"), default=None,
                        help="evaluate every this many steps (default 2500)")
-    train.add_argument("--eval-episodes", type=_positive("--eval-episodes"), default=10,
+    train.add_argument("--eval-episodes", type=_positive("--eval-episodes"), default=None,
                        help="deterministic evaluation episodes (default 10)")
-    train.add_argument("--save-freq", type=int, default=0,
+    train.add_argument("--save-freq", type=integer_option("--save-freq", 0), default=None,
                        help="also save a checkpoint with the replay buffer every this many "
                             "steps (default 0: only the final and best models)")
     train.add_argument("--no-video", action="store_true", help="skip the final video")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=_positive("--threads"), default=1,
                        help="torch CPU threads (default 1)")
+    train.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                       help="continue an interrupted run from the checkpoint it saved (Ctrl-C "
+                            "or SIGTERM write <run folder>/interrupted.safetensors; "
+                            "--save-freq's checkpoints work too), in its run folder and with "
+                            "the settings it started with")
 
     evaluate = _saved_agent_parser(
         sub, "evaluate", episodes=10, help="evaluate a saved agent",
@@ -186,49 +194,119 @@ def _check_env_id(env_id: str) -> None:
     envs.make_env(env_id).close()  # a clear ValueError for an unknown id, before any work
 
 
+def _new_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
+    """A new run: its folder, its settings (written to its config.json) and its agent."""
+    for key, default in _TRAIN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    settings, hyper = _settings(args)
+    env_id, seed, n_envs = settings["env"], settings["seed"], settings["n_envs"]
+    _check_env_id(env_id)
+    _check_options(args.algo, hyper)
+    run = _run_folder(args.log_dir, env_id, seed)
+    agent = _make_agent(args.algo, env_id, seed, n_envs, hyper, run / "tensorboard")
+    config = {**settings, **{k: getattr(args, k) for k in _TRAIN_DEFAULTS}, args.algo: hyper}
+    (run / "config.json").write_text(json.dumps(config, indent=1))
+    return run, config, agent
+
+
+def _resumed_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
+    """The run a checkpoint belongs to (the folder with its config.json), its settings and
+    the agent the checkpoint holds, with its replay or rollout."""
+    from agents import load_agent
+    from agents.common.files import resolve_load_path
+    from agents.common.persistence import read_agent_file
+
+    given = [f"--{k.replace('_', '-')}" for k in (*_TRAIN_DEFAULTS, *_RUN_OPTIONS, "config")
+             if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"--resume continues a run with the settings it started with (its "
+                         f"config.json); {', '.join(given)} cannot be given with it")
+    path = resolve_load_path(args.resume)
+    run = next((d for d in (path.parent, path.parent.parent) if (d / "config.json").is_file()),
+               None)
+    if run is None:
+        raise ValueError(f"--resume {path}: no config.json beside it or in the folder above; "
+                         "--resume takes a checkpoint velora-ens train wrote in its run folder")
+    config = {**_TRAIN_DEFAULTS, **json.loads((run / "config.json").read_text())}
+    meta, _ = read_agent_file(path)
+    if not meta.get("include_buffer") or not meta.get("rollout_started"):
+        raise ValueError(f"--resume {path}: the file holds the agent without its replay or "
+                         "rollout, so the run cannot continue exactly; pass the "
+                         "interrupted.safetensors or a --save-freq checkpoint of the run")
+    if meta["class"] != ALGOS[config["algo"]]:
+        raise ValueError(f"--resume {path} holds a {meta['class']}, but the run in {run} "
+                         f"trains {ALGOS[config['algo']]}")
+    if int(meta["num_timesteps"]) >= config["timesteps"]:
+        raise ValueError(f"--resume {path}: the run already has its {config['timesteps']} "
+                         "steps")
+    agent = load_agent(path, tensorboard_log=str(run / "tensorboard"))
+    return run, config, agent
+
+
 def _train(args: argparse.Namespace) -> int:
+    import signal
+
     import numpy as np
     import torch
     from stable_baselines3.common.monitor import Monitor
 
     import envs
-    from agents.common.callbacks import CheckpointCallback, EvalCallback
+    from agents.common.callbacks import CheckpointCallback, EvalCallback, StopTrainingOnSignal
 
     torch.set_num_threads(args.threads)
-    settings, hyper = _settings(args)
-    env_id, seed, n_envs = settings["env"], settings["seed"], settings["n_envs"]
-    _check_env_id(env_id)
-    if args.save_freq < 0:
-        raise ValueError(f"--save-freq must be >= 0, got {args.save_freq}")
-    _check_options(args.algo, hyper)
-    run = _run_folder(args.log_dir, env_id, seed)
-    agent = _make_agent(args.algo, env_id, seed, n_envs, hyper, run / "tensorboard")
+    resuming = args.resume is not None
+    run, config, agent = _resumed_run(args) if resuming else _new_run(args)
+    env_id, seed, n_envs, steps = (config[k] for k in ("env", "seed", "n_envs", "timesteps"))
+    hyper = config[config["algo"]]
     name = type(agent).__name__
-    (run / "config.json").write_text(json.dumps(
-        {"env": env_id, "timesteps": args.timesteps, "seed": seed, "n_envs": n_envs,
-         "algo": args.algo, args.algo: hyper}, indent=1))
-    print(f"velora-ens train: {name} on {env_id}, {args.timesteps} steps, seed "
-          f"{seed}, {args.threads} thread(s); run folder {run}", flush=True)
+    if resuming:
+        print(f"velora-ens train: resuming {name} on {env_id} at step {agent.num_timesteps} "
+              f"of {steps}, seed {seed}, {args.threads} thread(s); run folder {run}",
+              flush=True)
+    else:
+        print(f"velora-ens train: {name} on {env_id}, {steps} steps, seed {seed}, "
+              f"{args.threads} thread(s); run folder {run}", flush=True)
     if hyper:
         print(f"  settings: {json.dumps(hyper)}", flush=True)
+    # evaluation k resets its env with 10_000 + seed + k: the same episodes, resumed or not
     eval_env = Monitor(envs.make_env(env_id))
-    eval_env.reset(seed=10_000 + seed)
-    eval_cb = EvalCallback(eval_env, eval_freq=max(args.eval_freq // n_envs, 1),
-                           n_eval_episodes=args.eval_episodes, best_model_save_path=str(run),
-                           log_path=str(run), verbose=0)
-    callbacks: list[Any] = [eval_cb]
-    if args.save_freq:
-        callbacks.append(CheckpointCallback(max(args.save_freq // n_envs, 1),
+    eval_cb = EvalCallback(eval_env, eval_freq=max(config["eval_freq"] // n_envs, 1),
+                           n_eval_episodes=config["eval_episodes"],
+                           best_model_save_path=str(run), log_path=str(run), verbose=0,
+                           seed=10_000 + seed)
+    stop = StopTrainingOnSignal()
+    callbacks: list[Any] = [eval_cb, stop]
+    if config["save_freq"]:
+        callbacks.append(CheckpointCallback(max(config["save_freq"] // n_envs, 1),
                                             run / "checkpoints", save_replay_buffer=True))
+    if resuming:  # the callbacks continue where they were: after as many steps
+        done = len(agent.driver.action_log)
+        if (run / "evaluations.npz").is_file():
+            eval_cb.restore(run, done)
+        eval_cb.n_calls = done
+        for cb in callbacks[2:]:
+            cb.n_calls = done
     started = time.perf_counter()
-    agent.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress)
+    try:  # the remaining steps: the interrupted learn call continues (its schedules too)
+        agent.learn(steps - agent.num_timesteps, callback=callbacks,
+                    progress_bar=not args.no_progress)
+    finally:
+        stop.restore_handlers()
     seconds = time.perf_counter() - started
+    if stop.received is not None:
+        path = agent.save(run / "interrupted.safetensors", include_buffer=True)
+        print(f"velora-ens train: stopped by {signal.Signals(stop.received).name} at step "
+              f"{agent.num_timesteps} of {steps}; saved {path}\n"
+              f"  continue with: velora-ens train --resume {path}", flush=True)
+        return 130
     final = agent.save(run / "final_model.safetensors")
 
     eval_env.reset(seed=20_000 + seed)
-    rewards, _ = _evaluate_agent(agent, eval_env, args.eval_episodes, True)
+    rewards, _ = _evaluate_agent(agent, eval_env, config["eval_episodes"], True)
     mean, std = float(np.mean(rewards)), float(np.std(rewards))
-    print(f"  trained in {seconds:.0f} s ({agent.num_timesteps / seconds:.0f} steps/s)")
+    print(f"  trained in {seconds:.0f} s ({agent.num_timesteps / max(seconds, 1e-9):.0f} "
+          "steps/s)")
     print(f"  final model   {final}")
     if (run / "best_model.safetensors").exists():
         print(f"  best model    {run / 'best_model.safetensors'} (eval return "
@@ -243,7 +321,8 @@ def _train(args: argparse.Namespace) -> int:
             videos = record_video(agent, env_id, run / "videos", name_prefix="final",
                                   seed=seed)
             print(f"  video         {videos[0] if videos else '(none written)'}")
-    print(f"mean evaluation return over {args.eval_episodes} episodes: {mean:.1f} +/- {std:.1f}")
+    print(f"mean evaluation return over {config['eval_episodes']} episodes: {mean:.1f} +/- "
+          f"{std:.1f}")
     return 0
 
 

@@ -147,6 +147,9 @@ class BaseAgent:
         self._dt = np.ones(self.n_envs, np.float32)  # elapsed time of the current observations
         self.tensorboard_log, self.verbose = config["tensorboard_log"], config["verbose"]
         self._log = TrainingLog()  # SB3's logger and the updates' running sums
+        #: the learn call in progress or stopped early: its first step and length, which
+        #: its schedules follow (see ``learn``)
+        self._unfinished_learn: dict[str, int] | None = None
         self.num_timesteps = 0
         self.n_updates = 0
         self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
@@ -293,8 +296,17 @@ class BaseAgent:
             self.num_timesteps, self._episode_num = 0, 0
             self.driver.end_rollout()
             self.ep_info_buffer.clear()
+        first_step = self.num_timesteps
+        end = first_step + total_timesteps
+        # an earlier call that stopped early (a callback, an interruption) is finished by
+        # the call that ends where it would have: its schedules continue as they were
+        span = self._unfinished_learn
+        finishes = (span is not None and not reset_num_timesteps
+                    and span["first_step"] + span["total_timesteps"] == end)
+        if not finishes:
+            span = {"first_step": first_step, "total_timesteps": total_timesteps}
         self._log.start(self.verbose, self.tensorboard_log, tb_log_name or type(self).__name__,
-                        reset_num_timesteps)
+                        reset_num_timesteps, continue_run=finishes)
         callback.init_callback(self)
         # Saturated gates and tiny Adam moments produce denormal floats, which the CPU
         # handles tens of times slower than normal ones; flush them to zero while training
@@ -307,18 +319,19 @@ class BaseAgent:
                     self.obs_normalizer.update(obs)
                 self._dt = np.ones(self.n_envs, np.float32)
                 self._start_rollout(obs)
-            first_step = self.num_timesteps
-            end = first_step + total_timesteps
             self._start_time, self._first_step = time.perf_counter(), first_step
             callback.on_training_start(
                 {"self": self, "total_timesteps": end, "callback": callback,
                  "log_interval": log_interval, "tb_log_name": tb_log_name,
                  "reset_num_timesteps": reset_num_timesteps, "progress_bar": progress_bar},
                 globals())
+            self._unfinished_learn = span  # until it ends (saved with a buffer)
             while self.num_timesteps < end:
-                if not self._learn_iteration(callback, first_step, total_timesteps,
-                                             log_interval):
+                if not self._learn_iteration(callback, span["first_step"],
+                                             span["total_timesteps"], log_interval):
                     break
+            if self.num_timesteps >= end:
+                self._unfinished_learn = None
             callback.on_training_end()
         finally:
             torch.set_flush_denormal(False)

@@ -12,12 +12,30 @@ extra packages:
   buffer, for exact resume) every ``save_freq`` steps;
 * :class:`VideoRecorderCallback`: mp4 files of deterministic episodes through Gymnasium's
   ``RecordVideo`` (moviepy);
-* :class:`ProgressBarCallback`: a tqdm bar (SB3's needs ``rich`` as well).
+* :class:`ProgressBarCallback`: a tqdm bar (SB3's needs ``rich`` as well);
+* :class:`StopTrainingOnSignal`: Ctrl-C (SIGINT) or SIGTERM ends ``learn`` cleanly after
+  the current step, so that the agent can be saved and resumed exactly.
+
+Interrupting and resuming, from Python::
+
+    stop = StopTrainingOnSignal()
+    agent.learn(100_000, callback=[stop, ...])
+    if stop.received is not None:                    # Ctrl-C: the agent is consistent
+        agent.save("interrupted", include_buffer=True)
+    ...
+    agent = NeuroFlow.load("interrupted")
+    agent.learn(100_000 - agent.num_timesteps)       # finishes the interrupted call
+
+The second ``learn`` call ends where the interrupted one would have, so it continues that
+call (its learning-rate and clip-range schedules), and the result is the uninterrupted
+run's, bit for bit on the CPU.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +62,7 @@ __all__ = [
     "EvalCallback",
     "ProgressBarCallback",
     "StopTrainingOnRewardThreshold",
+    "StopTrainingOnSignal",
     "VideoRecorderCallback",
     "make_callback",
 ]
@@ -102,7 +121,29 @@ class EvalCallback(_SB3EvalCallback):
     and the results to ``log_path/evaluations.npz``; ``callback_on_new_best`` (for example
     :class:`StopTrainingOnRewardThreshold`) runs on each new best. For an agent built with
     ``elapsed_time_key``, ``predict`` gets ``info[elapsed_time_key]`` of the evaluation env
-    (SB3's ``evaluate_policy`` alone cannot pass it)."""
+    (SB3's ``evaluate_policy`` alone cannot pass it).
+
+    ``seed`` (ours): evaluation ``k`` (counting those in ``evaluations_results``) resets the
+    evaluation env with ``seed + k``, so its episodes do not depend on the evaluations
+    before it (a resumed run evaluates on the episodes the uninterrupted one did). Other
+    arguments are SB3's."""
+
+    def __init__(self, eval_env: Any, *args: Any, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(eval_env, *args, **kwargs)
+        self.seed = None if seed is None else check_int("seed", seed, 0)
+
+    def restore(self, log_path: str | os.PathLike, n_calls: int) -> None:
+        """Continue a run's evaluations: the results in its ``evaluations.npz`` (and the
+        best mean reward among them), after ``n_calls`` steps of its agent."""
+        data = np.load(Path(log_path) / "evaluations.npz")
+        self.evaluations_timesteps = data["timesteps"].tolist()
+        self.evaluations_results = data["results"].tolist()
+        self.evaluations_length = data["ep_lengths"].tolist()
+        means = [float(np.mean(r)) for r in self.evaluations_results]
+        self.best_mean_reward = max(means, default=-np.inf)
+        self.last_mean_reward = means[-1] if means else -np.inf
+        self.n_calls = int(n_calls)
 
     def _init_callback(self) -> None:
         key = getattr(self.model, "elapsed_time_key", None)
@@ -114,6 +155,9 @@ class EvalCallback(_SB3EvalCallback):
             super()._init_callback()
 
     def _on_step(self) -> bool:
+        if (self.seed is not None and self.eval_freq > 0
+                and self.n_calls % self.eval_freq == 0):
+            self.eval_env.seed(self.seed + len(self.evaluations_results))
         if not isinstance(self.eval_env, _ReportedElapsedTime):
             return super()._on_step()
         agent = self.model
@@ -122,6 +166,47 @@ class EvalCallback(_SB3EvalCallback):
             return super()._on_step()
         finally:
             self.model = agent
+
+
+class StopTrainingOnSignal(BaseCallback):
+    """Stop ``learn`` after the current step and its updates when the process receives
+    one of ``signals`` (Ctrl-C's SIGINT and SIGTERM by default), instead of letting the
+    signal interrupt it wherever it is: the agent is then in a state that
+    ``save(path, include_buffer=True)`` resumes exactly (see the module docstring).
+    :attr:`received` is the signal's number, or ``None``. A second signal of the same kind
+    acts at once, as it would without this callback. The handlers are installed while
+    ``learn`` runs (in the main thread only) and restored after it."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+                 verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _on_training_start(self) -> None:
+        self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one acts
+
+    def _on_step(self) -> bool:
+        return self.received is None
+
+    def _on_training_end(self) -> None:
+        self.restore_handlers()
+
+    def restore_handlers(self) -> None:
+        """Put back the handlers ``learn`` found (done when it ends; call it yourself if
+        ``learn`` raised)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 class CheckpointCallback(BaseCallback):

@@ -38,14 +38,16 @@ class TrainingLog:
                                  f"{type(logger).__name__}")
         self.logger, self.custom = logger, True
 
-    def start(self, verbose: int, tensorboard_log: str | None, name: str, new_run: bool) -> None:
-        """At the start of ``learn``: keep the user's logger; otherwise make one (a new
-        TensorBoard run folder when ``new_run`` or there is none yet)."""
+    def start(self, verbose: int, tensorboard_log: str | None, name: str, new_run: bool,
+              continue_run: bool = False) -> None:
+        """At the start of ``learn``: keep the user's logger; otherwise make one: a new
+        TensorBoard run folder when ``new_run`` or there is none yet, or the latest
+        folder again when ``continue_run`` (a resumed learn call)."""
         if self.custom or (self.logger is not None and not new_run):
             return
         from stable_baselines3.common.utils import configure_logger
 
-        self.logger = configure_logger(verbose, tensorboard_log, name, True)
+        self.logger = configure_logger(verbose, tensorboard_log, name, not continue_run)
 
     def add(self, values: dict[str, float]) -> None:
         """One update's values (``train/<key>``, or the key's own section)."""

@@ -71,6 +71,7 @@ class SavedAgent(Protocol):
     rng: np.random.Generator
     driver: EnvDriver
     policy: torch.nn.Module  # what acts; SB3's parameter name "policy"
+    _unfinished_learn: dict[str, int] | None  # the learn call a resume finishes
 
     def _persistent_modules(self) -> dict[str, torch.nn.Module]: ...
     def _persistent_optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
@@ -171,6 +172,7 @@ def _training_part(agent: SavedAgent) -> tuple[dict[str, Any], dict[str, torch.T
         tensors.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rollout.items()})
         tensors.update(agent._rollout_tensors())
     tensors["rng.torch"] = torch.get_rng_state()
+    meta["unfinished_learn"] = agent._unfinished_learn
     meta["rng_numpy"] = agent.rng.bit_generator.state
     meta["rng_action_space"] = agent.action_space.np_random.bit_generator.state
     meta["num_timesteps"] = agent.num_timesteps
@@ -349,6 +351,7 @@ def load_training_state(agent: SavedAgent, path: str | os.PathLike) -> None:
 def _restore_training_state(agent: SavedAgent, meta: dict[str, Any],
                             tensors: dict[str, torch.Tensor], path: Path) -> None:
     agent._restore_training_tensors(meta, tensors, path)
+    agent._unfinished_learn = meta.get("unfinished_learn")  # absent before 2026-12
     agent.rng.bit_generator.state = meta["rng_numpy"]
     agent.action_space.np_random.bit_generator.state = meta["rng_action_space"]
     driver = agent.driver

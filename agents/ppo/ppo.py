@@ -234,6 +234,8 @@ class LiquidPPO(BaseAgent):
     def _learn_iteration(self, callback: Any, first_step: int, total_timesteps: int,
                          log_interval: int) -> bool:
         """One step of every copy into the rollout; when it is full, the update."""
+        if self.rollout.full:  # a callback stopped training (or saved) before its update
+            self._update(callback, first_step, total_timesteps)
         if self.rollout.pos == 0:
             callback.on_rollout_start()
         device = self.device
@@ -274,14 +276,18 @@ class LiquidPPO(BaseAgent):
                                    n_steps=self.rollout.pos):
             return False
         if self.rollout.full:
-            callback.on_rollout_end()
-            self._finish_rollout()
-            progress = progress_remaining(self.num_timesteps, first_step, total_timesteps)
-            if not self.lr_schedule.constant:
-                self._update_learning_rate(first_step, total_timesteps)
-            self.train(self.clip_range(progress))
-            self.rollout.reset()
+            self._update(callback, first_step, total_timesteps)
         return True
+
+    def _update(self, callback: Any, first_step: int, total_timesteps: int) -> None:
+        """The full rollout's advantages, then the update at this point of the schedules."""
+        callback.on_rollout_end()
+        self._finish_rollout()
+        progress = progress_remaining(self.num_timesteps, first_step, total_timesteps)
+        if not self.lr_schedule.constant:
+            self._update_learning_rate(first_step, total_timesteps)
+        self.train(self.clip_range(progress))
+        self.rollout.reset()
 
     def _finish_rollout(self) -> None:
         """Advantages and returns of the full rollout (GAE with the rollout's values)."""
