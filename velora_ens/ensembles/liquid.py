@@ -193,7 +193,8 @@ class LiquidEnsembleLayer(nn.Module):
             their own parameters, so ``state_dict`` keys and optimisers are unchanged.
 
     After a forward pass, ``last_power`` (live, with its graph), ``last_D`` and ``last_ys``
-    hold the solver's input and output for the auxiliary loss and the confidences.
+    hold the solver's input and output for the auxiliary loss and the confidences; a copy
+    (``copy.deepcopy``, pickling) holds their values without the graph.
     """
 
     def __init__(
@@ -262,9 +263,14 @@ class LiquidEnsembleLayer(nn.Module):
         return self.stacking
 
     def __getstate__(self) -> dict:
+        """The state for ``copy.deepcopy`` and pickling: the last forward's tensors without
+        their graph (a graph cannot be copied), the expert stack rebuilt by the copy."""
         state = self.__dict__.copy()
         state["_stack"] = None  # refers to these experts: rebuilt for a copy or unpickled
         state["_restack"] = self.stacking
+        for name in ("last_power", "last_D", "last_ys"):
+            if state.get(name) is not None:
+                state[name] = state[name].detach()
         return state
 
     def __setstate__(self, state: dict) -> None:
