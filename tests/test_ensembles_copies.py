@@ -1,10 +1,11 @@
 """Every ensemble head can be copied after a forward pass with gradients: ``copy.deepcopy``,
-``torch.optim.swa_utils.AveragedModel`` and the Trainer's EMA; the copy computes the
-original's outputs and owns its parameters."""
+pickling, ``torch.optim.swa_utils.AveragedModel`` and the Trainer's EMA; the copy computes
+the original's outputs and owns its parameters."""
 
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable
 
 import pytest
@@ -123,6 +124,14 @@ def test_deepcopy_after_a_forward_with_gradients(name):
             if p.grad is not None:
                 p.sub_(0.1 * p.grad)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_pickling_after_a_forward_with_gradients(name):
+    model, x, _ = _after_a_forward(name)
+    twin = pickle.loads(pickle.dumps(model))
+    _assert_own_parameters(model, twin)
+    _assert_same_function(model, twin, name, x)
 
 
 @pytest.mark.parametrize("name", HEADS)
