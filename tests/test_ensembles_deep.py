@@ -85,7 +85,7 @@ def test_per_member_batches():
     idx = perm[:, :4]
     expected = torch.stack([nll(*member_gaussian(ens, i, X[idx[i]]), Y[idx[i]])
                             for i in range(3)]).mean()
-    torch.testing.assert_close(ens(X[idx], Y[idx]), expected)
+    torch.testing.assert_close(ens(X[idx], Y[idx], per_member=True), expected)
 
 
 def test_fgsm_is_per_member_relative_and_leaks_no_parameter_gradient():

@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from velora_ens.ensembles._inputs import not_finite, refuse_not_finite
+
 __all__ = ["check_delegations", "check_outputs"]
 
 
@@ -51,12 +53,6 @@ def _explain_bad_delegations(D: torch.Tensor, atol: float) -> None:
             f"{D.min().item():.4g}")
 
 
-def _not_finite(t: torch.Tensor) -> str:
-    """``"is not finite: k of n entries are NaN or inf (shape ...)"``."""
-    bad = int((~torch.isfinite(t)).sum())
-    return f"is not finite: {bad} of {t.numel()} entries are NaN or inf (shape {tuple(t.shape)})"
-
-
 def check_outputs(x: torch.Tensor, ys: torch.Tensor, D: torch.Tensor) -> None:
     """One sync: delegations are probability vectors and predictions finite; else
     name the culprit: the input, an expert's prediction or its delegation."""
@@ -69,15 +65,13 @@ def check_outputs(x: torch.Tensor, ys: torch.Tensor, D: torch.Tensor) -> None:
         lo, hi, low, total = (torch.stack(stats).tolist() + [0.0])[:4]
         if 1.0 - 1e-3 <= lo and hi <= 1.0 + 1e-3 and low >= -1e-3 and math.isfinite(total):
             return
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(
-                torch.isfinite(x).all()):
-            raise ValueError(f"the input x of LiquidEnsembleLayer {_not_finite(x)}; "
-                             "the experts need finite inputs")
+        refuse_not_finite(x, "the input x of LiquidEnsembleLayer",
+                          "the experts need finite inputs")
         for i in range(D.shape[1]):
             if ys.is_floating_point() and not bool(torch.isfinite(ys[:, i]).all()):
-                raise ValueError(f"expert {i}'s prediction {_not_finite(ys[:, i])}, with "
+                raise ValueError(f"expert {i}'s prediction {not_finite(ys[:, i])}, with "
                                  "a finite input (are its parameters finite?)")
             if not bool(torch.isfinite(D[:, i]).all()):
-                raise ValueError(f"expert {i}'s delegation {_not_finite(D[:, i])}, with "
+                raise ValueError(f"expert {i}'s delegation {not_finite(D[:, i])}, with "
                                  "a finite input (are its parameters finite?)")
     check_delegations(D, D.shape[1])

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from velora_ens._validation import check_int
+from velora_ens.ensembles._inputs import as_batch, first_floating, shape_text
 
 __all__ = [
     "BatchEnsembleConv2d",
@@ -81,14 +82,29 @@ class _BatchEnsembleBase(nn.Module):
                 else:
                     p.bernoulli_(0.5).mul_(2.0).sub_(1.0)
 
+    def _num_active(self) -> int:
+        return self.num_members if self._active is None else self._active[1] - self._active[0]
+
     def _members(self, x: torch.Tensor) -> int:
-        e = self.num_members if self._active is None else self._active[1] - self._active[0]
+        e = self._num_active()
         if x.shape[0] % e:
             what = ("num_members" if self._active is None
                     else f"the members {self._active[0]}..{self._active[1] - 1} of this pass")
             raise ValueError(f"{type(self).__name__} expects a member-major batch of "
                              f"{what} * B = {e} * B rows, got {x.shape[0]} rows")
         return x.shape[0] // e
+
+    def _rows(self) -> str:
+        """What the rows of an input are, for an error message."""
+        return (f"(E = {self._num_active()} members' rows, member-major: a batchensemble "
+                "model tiles its (B, ...) input)")
+
+    def _shape_text(self, x: torch.Tensor) -> str:
+        """``x``'s shape, the rows written ``E*B`` where they split into the members'."""
+        e = self._num_active()
+        if x.dim() < 2 or x.shape[0] % e:
+            return str(tuple(x.shape))
+        return shape_text((f"{e}*{x.shape[0] // e}",) + tuple(x.shape[1:]))
 
     def _fast_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``r``, ``s`` and bias of the active members."""
@@ -124,6 +140,9 @@ class BatchEnsembleLinear(_BatchEnsembleBase):
                     use_base_weights, init, r_mean, r_std, s_mean, s_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(f"BatchEnsembleLinear expected input (E*B, ..., {self.in_features}) "
+                             f"{self._rows()}, got {self._shape_text(x)}")
         b = self._members(x)
         r, s, bias = self._fast_weights()
         e = r.shape[0]
@@ -205,15 +224,21 @@ def _tile(x: torch.Tensor, e: int) -> torch.Tensor:
     return x if e == 1 else x.repeat((e,) + (1,) * (x.dim() - 1))
 
 
-def _batch_argument(args: tuple) -> torch.Tensor:
-    if not args or not isinstance(args[0], torch.Tensor):
-        raise ValueError("a batchensemble model takes the batch tensor as its first argument")
-    return args[0]
+def _batch_argument(model: nn.Module, args: tuple) -> torch.Tensor:
+    """The batch, the first argument: a numpy array becomes a tensor, a floating tensor
+    takes the model's dtype and device (integer inputs, e.g. token ids, pass as given)."""
+    x = as_batch(args[0], type(model).__name__, first_floating(model),
+                 allow_empty=True) if args else None
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        got = type(x).__name__ if not isinstance(x, torch.Tensor) else "a 0-d tensor"
+        raise ValueError(f"a batchensemble model takes the batch (B, ...) as its first "
+                         f"argument, a tensor or array, got {got}")
+    return x
 
 
 def _tile_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Forward pre-hook: tile the first argument ``(B, ...) -> (E B, ...)`` member-major."""
-    x = _batch_argument(args)
+    x = _batch_argument(module, args)
     module._be_batch = x.shape[0]
     return (_tile(x, int(module.num_members)),) + tuple(args[1:]), kwargs
 
@@ -259,7 +284,7 @@ def _forward_in_passes(model: nn.Module, *args, **kwargs):
     """``model.forward`` when ``members_per_pass < num_members``: run the class's forward
     once per group of members on that group's tiles and join the outputs to
     ``(E, B, ...)``."""
-    x = _batch_argument(args)
+    x = _batch_argument(model, args)
     e, k, b = int(model.num_members), model._be_members_per_pass, x.shape[0]
     layers = [m for m in model.modules() if isinstance(m, _BatchEnsembleBase)]
     outs, sizes = [], []

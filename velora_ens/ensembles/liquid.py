@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from velora_ens.ensembles._delegation import auxiliary_loss as _auxiliary_loss
 from velora_ens.ensembles._delegation import one_sink_combine, one_sink_power
+from velora_ens.ensembles._inputs import as_batch, as_head_input, first_floating
 from velora_ens.ensembles._liquid_checks import check_delegations, check_outputs
 from velora_ens.ensembles._stacking import ExpertStack
 from velora_ens.ensembles._vectorised import softmax
@@ -130,8 +132,9 @@ class DelegatingMLPExperts(nn.Module):
     softmax delegation head (the reference's ``DelegatingFC``, vectorised).
 
     ``forward(x) -> (ys (B, N, out_features), D (B, N, N))``; pass it to
-    :class:`LiquidEnsembleLayer` instead of a list of experts. ``x`` is ``(B, in)``;
-    put any feature extractor in front (see :class:`velora_ens.ensembles.WithFeatures`).
+    :class:`LiquidEnsembleLayer` instead of a list of experts. ``x`` is ``(B, in)`` (numpy
+    and other float dtypes are converted; every expert sees the batch); put any feature
+    extractor in front (see :class:`velora_ens.ensembles.WithFeatures`).
     """
 
     def __init__(self, in_features: int, out_features: int, num_experts: int,
@@ -141,6 +144,7 @@ class DelegatingMLPExperts(nn.Module):
         from velora_ens._validation import check_int
         from velora_ens.ensembles._vectorised import MemberLinear
 
+        self.in_features = check_int("in_features", in_features, 1)
         self.num_experts = check_int("num_experts", num_experts, 1)
         self.out_features = check_int("out_features", out_features, 1)
         depth = check_int("depth", depth, 1)
@@ -156,6 +160,8 @@ class DelegatingMLPExperts(nn.Module):
                                     MemberLinear(num_experts, dh, num_experts))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = as_head_input(x, "DelegatingMLPExperts", ("B", self.in_features),
+                          first_floating(self))
         h = self.body(x)  # (N, B, hidden)
         ys = self.y_head(h).transpose(0, 1)  # (B, N, out)
         D = softmax(self.d_head(h), dim=-1).transpose(0, 1)  # (B, N, N), rows d_i
@@ -193,7 +199,8 @@ class LiquidEnsembleLayer(nn.Module):
             their own parameters, so ``state_dict`` keys and optimisers are unchanged.
 
     After a forward pass, ``last_power`` (live, with its graph), ``last_D`` and ``last_ys``
-    hold the solver's input and output for the auxiliary loss and the confidences.
+    hold the solver's input and output for the auxiliary loss and the confidences; a copy
+    (``copy.deepcopy``, pickling) holds their values without the graph.
     """
 
     def __init__(
@@ -262,9 +269,14 @@ class LiquidEnsembleLayer(nn.Module):
         return self.stacking
 
     def __getstate__(self) -> dict:
+        """The state for ``copy.deepcopy`` and pickling: the last forward's tensors without
+        their graph (a graph cannot be copied), the expert stack rebuilt by the copy."""
         state = self.__dict__.copy()
         state["_stack"] = None  # refers to these experts: rebuilt for a copy or unpickled
         state["_restack"] = self.stacking
+        for name in ("last_power", "last_D", "last_ys"):
+            if state.get(name) is not None:
+                state[name] = state[name].detach()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -291,10 +303,21 @@ class LiquidEnsembleLayer(nn.Module):
                              f", expected (B, {self.num_experts}) (one probability per expert)")
         return ys.transpose(0, 1), ds.transpose(0, 1)
 
+    def _pair(self, out: Any, who: str, expected: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``out`` if it is a pair; else an error naming what ``who`` returned."""
+        if isinstance(out, (tuple, list)) and len(out) == 2:
+            return out[0], out[1]
+        got = (f"a Tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else
+               f"a {type(out).__name__} of {len(out)} values" if isinstance(out, (tuple, list))
+               else f"a {type(out).__name__}")
+        raise ValueError(f"{who} returned {got}; {expected}")
+
     def _looped_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ys, ds = [], []
-        for expert in self.experts:
-            y, d = expert(x)
+        n = self.num_experts
+        for i, expert in enumerate(self.experts):
+            y, d = self._pair(expert(x), f"expert {i}", "each expert must return (prediction, "
+                              f"delegation): (y_i (B, ...), d_i (B, {n}))")
             ys.append(y)
             ds.append(d)
         for i, d in enumerate(ds):
@@ -307,8 +330,11 @@ class LiquidEnsembleLayer(nn.Module):
     def expert_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ys (B, N, ...), D (B, N, N))``, D's row i = expert i's delegation."""
         n = self.num_experts
+        x = as_batch(x, "LiquidEnsembleLayer", first_floating(self.experts))
         if self.stacked:
-            ys, D = self.experts(x)
+            ys, D = self._pair(self.experts(x), type(self.experts).__name__,
+                               f"a module of stacked experts must return (ys (B, {n}, ...), "
+                               f"D (B, {n}, {n}))")
         else:
             out = self._stacked_outputs(x)
             ys, D = out if out is not None else self._looped_outputs(x)

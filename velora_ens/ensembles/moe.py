@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import distributions as td
@@ -23,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from velora_ens._validation import check_int
+from velora_ens.ensembles._inputs import as_head_input
 from velora_ens.ensembles.prediction import Prediction, categorical_entropy
 
 __all__ = [
@@ -215,13 +217,13 @@ class Surrogate(nn.Module):
         """Activations per input and parameter draw in the widest layer (memory use)."""
         return self.num_outputs
 
-    def _check(self, x: torch.Tensor, params: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[-1] != self.num_inputs:
-            raise ValueError(f"{type(self).__name__} expected x of shape (B, "
-                             f"{self.num_inputs}), got {tuple(x.shape)}")
+    def _check(self, x: Any, params: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``(B, num_inputs)`` in ``params``' dtype and device (numpy and other
+        float dtypes converted; integers, empty batches and other shapes refused)."""
         if params.dim() != 2 or params.shape[-1] != self.num_params():
             raise ValueError(f"{type(self).__name__} expected params of shape (S, "
                              f"{self.num_params()}), got {tuple(params.shape)}")
+        return as_head_input(x, type(self).__name__, ("B", self.num_inputs), params)
 
 
 def legendre_multi_indices(num_inputs: int, degree: int) -> torch.Tensor:
@@ -272,7 +274,7 @@ class PolynomialChaosExpansion(Surrogate):
         return torch.gather(table, 2, idx).prod(dim=1)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        self._check(x, params)
+        x = self._check(x, params)
         coeffs = params.reshape(params.shape[0], self.num_terms, self.num_outputs)
         return torch.einsum("bk,sko->sbo", self.basis(x), coeffs)
 
@@ -309,7 +311,7 @@ class NeuralNetwork(Surrogate):
         return torch.cat(parts)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        self._check(x, params)
+        x = self._check(x, params)
         s, at = params.shape[0], 0
         h = x.unsqueeze(0).expand(s, -1, -1)
         for k, (i, o) in enumerate(self.layer_sizes):
@@ -455,7 +457,7 @@ class MixtureOfExperts(Surrogate):
 
     def get_expert_outputs(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``(S, E, B, out)``: every expert's output under every parameter draw."""
-        self._check(x, params)
+        x = self._check(x, params)
         n = len(self.experts)
         layers = self._joint_layers(params.device)
         if layers is not None:
@@ -475,13 +477,14 @@ class MixtureOfExperts(Surrogate):
 
     def get_gating_weights(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``(S, B, E)``: the gate's mixing weights under every parameter draw."""
-        self._check(x, params)
+        x = self._check(x, params)
         return self.gating_network(x, self._slice(params, len(self.experts)))
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        x = self._check(x, params)
         g = self.get_gating_weights(x, params)
         layers = self._joint_layers(params.device)
-        if layers is not None:  # x and params were checked by get_gating_weights
+        if layers is not None:  # x and params were checked above
             f = self._joint_expert_outputs(x, params, layers)  # (S, B, E, out)
             return (g.unsqueeze(-1) * f).sum(2)
         return torch.einsum("sbe,sebo->sbo", g, self.get_expert_outputs(x, params))
@@ -546,6 +549,7 @@ class StochasticModel(nn.Module):
         observation noise) is the aleatoric part. For a :class:`MixtureOfExperts` the
         confidence ``gate_entropy`` is ``1 - H(mean gate) / log E``."""
         params = self.sample_parameters(num_samples)
+        x = self.surrogate_model._check(x, params)
         ys = self.surrogate_model(x, params)
         var = None
         if noise_variance is not None:
