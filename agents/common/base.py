@@ -14,7 +14,6 @@ exact resume; :class:`agents.common.persistence.SavedAgent` lists them).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -33,6 +32,7 @@ from agents.common.actor import LiquidActor
 from agents.common.callbacks import make_callback
 from agents.common.logs import TrainingLog
 from agents.common.normalization import ObservationNormalizer
+from agents.common.optim import NonFiniteTrainingError, check_finite
 from agents.common.policy import POLICY_ALIASES, LiquidPolicy, resolve_env
 from agents.common.schedules import as_schedule, progress_remaining
 from agents.driver.driver import EnvDriver, EnvStep
@@ -41,10 +41,6 @@ from velora_ens._validation import check_int
 from velora_ens.training.device import select_device
 
 __all__ = ["ActingStep", "BaseAgent", "NonFiniteTrainingError"]
-
-class NonFiniteTrainingError(FloatingPointError):
-    """A loss or gradient became NaN or infinite; the update was not applied."""
-
 
 @dataclass
 class ActingStep:
@@ -254,13 +250,7 @@ class BaseAgent:
 
     def _check_losses(self, named_values: dict[str, float]) -> None:
         """Raise :class:`NonFiniteTrainingError` if any value is NaN or infinite."""
-        bad = ", ".join(f"{name}={value:g}" for name, value in named_values.items()
-                        if not math.isfinite(value))
-        if bad:
-            raise NonFiniteTrainingError(
-                f"training produced a non-finite {bad} at step {self.num_timesteps} (update "
-                f"{self.n_updates + 1}); stopped before applying it, so the parameters and any "
-                "saved checkpoint are from the last good update")
+        check_finite(named_values, self.num_timesteps, self.n_updates + 1)
 
     def _log_update(self, losses: dict[str, float]) -> None:
         self.n_updates += 1
@@ -285,7 +275,9 @@ class BaseAgent:
         class name by default); each agent's first ``learn`` call (and each one with
         ``reset_num_timesteps=True``) starts a new run folder. ``reset_num_timesteps``:
         start counting from 0 on new episodes, as SB3 does by default; our default
-        continues the previous call. ``progress_bar``: show a tqdm bar.
+        continues the previous call. ``progress_bar``: show a tqdm bar. A call that ends
+        where an earlier one stopped early (a callback, an interruption) would have ended
+        finishes that call: its schedules continue (also after a load with the buffer).
         """
         if isinstance(total_timesteps, float) and total_timesteps.is_integer():
             total_timesteps = int(total_timesteps)  # SB3 allows learn(1e4)

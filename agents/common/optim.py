@@ -1,5 +1,5 @@
 """Lean versions of the optimiser calls of an update: Adam's step, clearing and
-clipping gradients.
+clipping gradients; and the check that stops an update whose loss is not finite.
 
 ``torch.optim.Adam(fused=True).step()`` spends most of a small update's optimiser time
 in Python: per-group bookkeeping, grouping tensors by device and dtype, one kernel
@@ -12,9 +12,12 @@ one call per group) with the optimiser's own state, so saving, loading and
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["clip_grad_norm", "fused_adam_step", "zero_grad"]
+__all__ = ["NonFiniteTrainingError", "check_finite", "clip_grad_norm", "fused_adam_step",
+           "zero_grad"]
 
 # Group settings that must be the same for every group (and plain) for the fast path.
 _SHARED = ("lr", "betas", "eps", "weight_decay")
@@ -98,3 +101,19 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
     return total
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; the update was not applied."""
+
+
+def check_finite(named_values: dict[str, float], step: int, update: int) -> None:
+    """Raise :class:`NonFiniteTrainingError`, naming every NaN or infinite value, before
+    update number ``update`` at environment step ``step`` is applied."""
+    bad = ", ".join(f"{name}={value:g}" for name, value in named_values.items()
+                    if not math.isfinite(value))
+    if bad:
+        raise NonFiniteTrainingError(
+            f"training produced a non-finite {bad} at step {step} (update {update}); stopped "
+            "before applying it, so the parameters and any saved checkpoint are from the "
+            "last good update")
