@@ -120,6 +120,10 @@ def test_malformed_values_name_the_value_and_the_forms(machine, value, shown):
         select_device(value)
 
 
-def test_autocast_dtype_unchanged():
-    assert autocast_dtype(torch.device("cpu")) is None
+@pytest.mark.parametrize("bf16", [True, False])
+def test_autocast_dtype_per_device(monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert autocast_dtype(torch.device("cuda", 0)) == (torch.bfloat16 if bf16 else
+                                                       torch.float16)
+    assert autocast_dtype(torch.device("cpu")) == torch.bfloat16  # CPU autocast's dtype
     assert autocast_dtype(torch.device("mps")) is None

@@ -291,12 +291,32 @@ def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path):
         Trainer(Regressor(), TensorDataset(X, y), train_num_steps=1, device="cuda")
 
 
-def test_amp_on_cpu_warns_and_trains_in_float32(tmp_path):
+def test_amp_on_cpu_trains_under_bfloat16_autocast(tmp_path):
+    """CPU autocast is bfloat16 (no gradient scaler); the forward's matmuls run in it.
+    The heads and liquid networks under it: tests/test_training_amp.py."""
     X, y = linear_data(32)
-    with pytest.warns(UserWarning, match="amp=True has no effect on the CPU"):
-        t = Trainer(Regressor(), TensorDataset(X, y), train_batch_size=8, train_num_steps=2,
-                    amp=True, results_folder=tmp_path, progress_bar=False)
-    assert t.amp_dtype is None and t.scaler is None
+    model = Regressor()
+    dtypes = []
+    model.net.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    t = Trainer(model, TensorDataset(X, y), train_batch_size=8, train_num_steps=2,
+                amp=True, results_folder=tmp_path, progress_bar=False)
+    assert t.amp_dtype == torch.bfloat16 and t.scaler is None
+    t.train()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert model.net.weight.dtype == torch.float32  # the weights stay float32
+
+
+def test_amp_on_mps_warns(tmp_path, monkeypatch):
+    """MPS keeps full precision. Simulated: the trainer is then stopped, right after the
+    warning, by a refusal that touches no device (fewer rows than one batch)."""
+    import velora_ens.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "select_device", lambda *a, **k: torch.device("mps"))
+    X, y = linear_data(4)
+    with pytest.warns(UserWarning, match="amp=True has no effect on the MPS"), \
+            pytest.raises(ValueError, match="fewer than one global batch"):
+        Trainer(Regressor(), TensorDataset(X, y), train_batch_size=8, train_num_steps=2,
+                amp=True, results_folder=tmp_path, progress_bar=False)
 
 
 def test_tensor_dataset_refuses_bad_data():

@@ -29,7 +29,7 @@ from velora_ens.training.distributed import (
 
 def test_select_device_cpu_and_clear_errors():
     assert select_device("cpu") == torch.device("cpu")
-    assert autocast_dtype(torch.device("cpu")) is None  # full precision on the CPU
+    assert autocast_dtype(torch.device("cpu")) == torch.bfloat16  # amp=True on the CPU
     with pytest.raises(ValueError, match="'tpu'"):
         select_device("tpu")
     if not torch.cuda.is_available():

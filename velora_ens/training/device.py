@@ -94,8 +94,10 @@ def select_device(
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The mixed-precision dtype for ``device``: bfloat16 on CUDA GPUs that support it,
-    else float16 (with a gradient scaler); ``None`` (full precision) on the CPU and on
-    Apple MPS."""
+    else float16 (with a gradient scaler); bfloat16 on the CPU (CPU autocast's dtype, which
+    needs no scaler); ``None`` (full precision) on Apple MPS."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16
     return None

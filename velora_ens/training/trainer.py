@@ -101,8 +101,8 @@ class Trainer:
         epochs: passes over the data (``len(dataset) // global batch`` steps each).
         ema_decay: decay of the exponential moving average of the weights (``None`` or
             0: no EMA). Evaluation uses the EMA weights when there are some.
-        amp: mixed precision (bfloat16, or float16 with a gradient scaler) on a CUDA GPU;
-            no effect (a warning) on the CPU or MPS.
+        amp: mixed precision: bfloat16 autocast on a CUDA GPU (float16 with a gradient
+            scaler where bfloat16 is missing) and on the CPU; no effect (a warning) on MPS.
         results_folder: where checkpoints (and TensorBoard logs) go.
         save_every: checkpoint every this many steps (and at the end); 0: only at the end.
         val_dataset: data for :meth:`evaluate`, run every ``eval_every`` steps and at the end.
@@ -229,7 +229,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device) if amp else None
         if amp and self.amp_dtype is None:
             warnings.warn(f"amp=True has no effect on the {self.device.type.upper()} "
-                          f"(mixed precision is for CUDA GPUs)", stacklevel=2)
+                          f"(mixed precision is for CUDA GPUs and the CPU)", stacklevel=2)
         self.seed = 0 if seed is None else int(seed)
         if seed is not None:
             torch.manual_seed(self.seed + self.dist.rank)

@@ -11,7 +11,7 @@ from torch import nn
 from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import unroll
-from velora_ens.models.lnn.scan import cfc_scan
+from velora_ens.models.lnn.scan import cfc_activate, cfc_scan
 from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
 
 __all__ = ["NCPLiquidCell", "CFC_MODES"]
@@ -141,16 +141,10 @@ class NCPLiquidCell(nn.Module):
 
     def activate(self, a: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         """New state from the pre-activations ``a = W z + b`` of all heads."""
-        hid = self.n_hidden
         if self.mode == "pure":
             ts = 1.0 if dt is None else dt
             return -self.A * torch.exp(-ts * (self.w_tau.abs() + a.abs())) * a + self.A
-        a1, a2, t_a, t_b = a.view(-1, 4, hid).unbind(1)
-        ff1, ff2 = torch.tanh(a1), torch.tanh(a2)
-        gate = torch.sigmoid(t_a + t_b if dt is None else torch.addcmul(t_b, t_a, dt))
-        if self.mode == "no_gate":
-            return torch.addcmul(ff1, gate, ff2)
-        return torch.lerp(ff1, ff2, gate)  # ff1 * (1 - gate) + gate * ff2
+        return cfc_activate(a, dt, self.mode)
 
     def forward(
         self,
@@ -163,8 +157,12 @@ class NCPLiquidCell(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``.
 
-        ``fused=False`` (or the attribute ``cell.fused = False``) forces the step-by-step
-        autograd loop for sequences, the reference the fused scan is tested against.
+        Sequences in ``default``/``no_gate`` mode run the fused scan, except where it cannot
+        serve (autocast, ``torch.func`` transforms, forward-mode AD, ``torch.compile``,
+        ``dt`` requiring gradients, tracing; see :func:`~velora_ens.models.lnn.scan.cfc_scan`):
+        there the step-by-step autograd loop runs, with the same maths. ``fused=False`` (or
+        the attribute ``cell.fused = False``) forces that loop, the reference the fused scan
+        is tested against.
         """
         fused = self.fused if fused is None else fused
         x, h, dt, keep, steps = cell_inputs(self, x, h, dt, episode_start, self.input_weight)

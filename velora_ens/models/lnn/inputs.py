@@ -101,8 +101,24 @@ def as_elapsed_time(
                     f"{who} expected dt to be a number or of shape (B, L), (B, L, 1), (B,) or "
                     f"(B, 1) with B={batch}, L={steps}, got {shape}"
                 )
-    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise ValueError(f"{who} expected finite, non-negative elapsed times dt")
+    message = f"{who} expected finite, non-negative elapsed times dt"
+    if torch.compiler.is_compiling():
+        # A compiled graph cannot branch on values: it checks them when it runs (a
+        # RuntimeError with the same message) instead of breaking the graph here.
+        torch._assert_async((torch.isfinite(t) & (t >= 0)).all(), message)
+        return t
+    values = _unwrapped(t)
+    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+        raise ValueError(message)
+    return t
+
+
+def _unwrapped(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under ``torch.func`` wrappers (``vmap``'s holds every batch's
+    values), so that checks on values also run inside those transforms, where branching on
+    a batched tensor is an error."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
     return t
 
 

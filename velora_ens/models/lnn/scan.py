@@ -14,16 +14,96 @@ step is ``a = u_t + h_in @ w_hh``, with ``h_in = h_{t-1} * keep_t`` and
 
 where ``ff1 = tanh(a_1)``, ``ff2 = tanh(a_2)``, ``g = sigmoid(a_a * dt_t + a_b)``.
 The reference implementation of the same maths with ordinary autograd is
-:meth:`velora_ens.models.lnn.cell.NCPLiquidCell.step`; tests compare the two.
+:meth:`velora_ens.models.lnn.cell.NCPLiquidCell.step` (its activation is
+:func:`cfc_activate`); tests compare the two.
+
+When the fused scan runs and when the plain loop does (:func:`fused_scan_serves`): the
+scan is written for one dtype and for ordinary first-order autograd. :func:`cfc_scan` runs
+the plain autograd loop instead (the same ops as ``NCPLiquidCell(fused=False)``, so the
+same numbers) under ``torch.autocast`` or with inputs of different dtypes, inside
+``torch.func`` transforms (``vmap``, ``grad``, ``jvp``, ...), under forward-mode AD, while
+``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` trace, and when ``dt`` requires
+gradients. Double backward needs no decision in advance: a backward run with
+``create_graph=True`` rebuilds the plain loop from the saved inputs and differentiates it
+with autograd, so gradients of gradients are the plain loop's.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad
 
-__all__ = ["CfCScan", "cfc_scan"]
+from velora_ens.models.lnn.loop import unroll
+
+__all__ = ["CfCScan", "cfc_activate", "cfc_scan", "fused_scan_serves"]
 
 _MODES = {"default": 0, "no_gate": 1}
+_MODE_NAMES = {code: name for name, code in _MODES.items()}
+
+
+def cfc_activate(a: torch.Tensor, dt: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """New state from the pre-activations ``a = [a_1 | a_2 | a_a | a_b]`` ``(B, 4H)``
+    (``default`` or ``no_gate`` mode); the maths of the module docstring with ordinary
+    autograd. :meth:`NCPLiquidCell.activate` and the plain loop of :func:`cfc_scan` both
+    call it, so the two fallbacks compute the same numbers."""
+    a1, a2, t_a, t_b = a.view(-1, 4, a.shape[-1] // 4).unbind(1)
+    ff1, ff2 = torch.tanh(a1), torch.tanh(a2)
+    gate = torch.sigmoid(t_a + t_b if dt is None else torch.addcmul(t_b, t_a, dt))
+    if mode == "no_gate":
+        return torch.addcmul(ff1, gate, ff2)
+    if gate.dtype != ff1.dtype:
+        # Under autocast ``a`` is low precision and a float32 ``dt`` promotes the gate;
+        # lerp wants one dtype: mix in the wider one, as addcmul does above.
+        wide = torch.promote_types(gate.dtype, ff1.dtype)
+        ff1, ff2, gate = ff1.to(wide), ff2.to(wide), gate.to(wide)
+    return torch.lerp(ff1, ff2, gate)  # ff1 * (1 - gate) + gate * ff2
+
+
+def _plain_loop(
+    u: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor,
+    dt: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    mode: str,
+) -> torch.Tensor:
+    """States ``(L, B, H)`` by the step-by-step autograd loop (``fused=False``'s maths)."""
+    def step(drive: tuple[torch.Tensor, ...], h: torch.Tensor,
+             dt_t: torch.Tensor | None) -> torch.Tensor:
+        return cfc_activate(torch.addmm(drive[0], h, w_hh), dt_t, mode)
+
+    return unroll(step, (u,), h0, dt, keep, time_dim=0)[0]
+
+
+def fused_scan_serves(
+    u: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor,
+    dt: torch.Tensor | None,
+    keep: torch.Tensor | None,
+) -> bool:
+    """Whether :class:`CfCScan` computes the right thing for these inputs here.
+
+    It does not under ``torch.autocast`` on the inputs' device or with inputs of different
+    dtypes (its loop writes into buffers of ``u``'s dtype and its backward multiplies
+    matrices of the saved dtypes), inside ``torch.func`` transforms or under forward-mode
+    AD (it defines neither ``vmap`` nor ``jvp`` rules), while ``torch.compile`` traces (the
+    loop writes through ``out=`` views, which dynamo refuses) or ``torch.jit.trace``
+    records (it branches on the resets in Python), or when ``dt`` requires gradients (the
+    scan treats it as data). A few flag reads: no device synchronisation.
+    """
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    device = u.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return False
+    given = [t for t in (dt, keep) if t is not None]
+    if any(t.dtype != u.dtype for t in (w_hh, h0, *given)):
+        return False
+    if dt is not None and dt.requires_grad:
+        return False
+    return all(forward_ad.unpack_dual(t).tangent is None for t in (u, w_hh, h0, *given))
 
 
 def _forward(
@@ -71,19 +151,49 @@ class CfCScan(torch.autograd.Function):
     docstring and :func:`_forward`.
 
     Gradients flow to ``u``, ``w_hh`` and ``h0``; ``dt`` and ``keep`` are treated as data.
-    First-order only (no double backward).
+    The hand-written backward is first-order; a backward with ``create_graph=True``
+    (double backward, Hessians) differentiates the plain loop rebuilt from the saved
+    inputs instead (:meth:`_backward_by_autograd`, also used for batched gradients),
+    which is why ``u`` is saved too.
+    All inputs must share one dtype and no autocast may be active (see
+    :func:`fused_scan_serves`; :func:`cfc_scan` checks it).
     """
 
     @staticmethod
     def forward(ctx, u, w_hh, h0, dt, keep, mode, resets=None):  # type: ignore[override]
         states, ffs, gates = _forward(u, w_hh, h0, dt, keep, mode, resets)
         ctx.mode, ctx.resets = mode, resets
-        ctx.save_for_backward(w_hh, h0, dt, keep, states, ffs, gates)
+        ctx.save_for_backward(w_hh, h0, dt, keep, states, ffs, gates, u)
         return states
 
     @staticmethod
+    def _backward_by_autograd(ctx, grad_states):
+        """The plain loop's gradients, recomputed from the saved inputs (which keep their
+        history): differentiable again under ``create_graph=True``, and made of ops that
+        ``vmap`` can batch (``is_grads_batched=True``, ``jacobian(vectorize=True)``)."""
+        w_hh, h0, dt, keep, *_, u = ctx.saved_tensors
+        inputs = (u, w_hh, h0)
+        wanted = [i for i in range(3) if ctx.needs_input_grad[i]]
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            states = _plain_loop(u, w_hh, h0, dt, keep, _MODE_NAMES[ctx.mode])
+        grads = torch.autograd.grad(states, [inputs[i] for i in wanted], grad_states,
+                                    create_graph=create_graph, allow_unused=True)
+        out: list[torch.Tensor | None] = [None] * 7
+        for i, g in zip(wanted, grads, strict=True):
+            out[i] = g
+        return tuple(out)
+
+    @staticmethod
     def backward(ctx, grad_states):  # type: ignore[override]
-        w_hh, h0, dt, keep, states, ffs, gates = ctx.saved_tensors
+        # backward(create_graph=True) needs a differentiable backward, batched gradients
+        # (the backward runs under vmap: torch.func's, or autograd.grad's own for
+        # is_grads_batched) ops with batching rules: the hand-written one below writes
+        # through out= views and is neither.
+        if (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+                or torch._C._functorch.is_legacy_batchedtensor(grad_states)):
+            return CfCScan._backward_by_autograd(ctx, grad_states)
+        w_hh, h0, dt, keep, states, ffs, gates, _ = ctx.saved_tensors
         steps, batch, hid = states.shape
         ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
         one_minus_g = 1.0 - gates
@@ -139,9 +249,15 @@ def cfc_scan(
 ) -> torch.Tensor:
     """States ``(L, B, H)`` of the CfC recurrence over time-major ``u`` ``(L, B, 4H)``.
 
-    Uses the fused :class:`CfCScan` when gradients are needed and the plain loop
-    (which records nothing) otherwise.
+    Uses the fused :class:`CfCScan` when gradients are needed and its forward loop (which
+    records nothing) otherwise; where the scan cannot serve (:func:`fused_scan_serves`:
+    autocast, mixed dtypes, ``torch.func`` transforms, forward-mode AD, ``torch.compile``,
+    ``dt`` requiring gradients) the plain autograd loop runs instead.
     """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {tuple(_MODES)}, got {mode!r}")
+    if not fused_scan_serves(u, w_hh, h0, dt, keep):
+        return _plain_loop(u, w_hh, h0, dt, keep, mode)
     code = _MODES[mode]
     resets = None
     if keep is not None and keep.device.type == "cpu":
