@@ -20,6 +20,7 @@ from velora_ens.ensembles import (
     DelegatingMLPExperts,
     LiquidEnsembleLayer,
 )
+from velora_ens.ensembles._liquid_checks import check_delegations
 from velora_ens.models import LiquidNCPNetwork
 from velora_ens.training import TensorDataset, Trainer
 
@@ -103,9 +104,35 @@ def test_amp_on_cpu_trains_like_float32(name, tmp_path):
     assert abs((before - after16) - gain) < 0.1 * gain  # ... and the bfloat16 run as much
 
 
-# The Liquid Ensemble layer's own defaults do not run under bfloat16; both failures are in
-# velora_ens/ensembles (another change is under way there) and are recorded here so that a
-# fix turns these into failures of an unexpectedly passing test.
+class LiquidEnsembleRegressor(nn.Module):
+    """The Liquid Ensemble layer with its defaults (the one-sink solver, checks on):
+    ``forward(x, y)`` is the MSE plus the layer's auxiliary loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = LiquidEnsembleLayer(DelegatingMLPExperts(5, 1, 4, hidden=16))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.layer(x).float() - y).square().mean() + self.layer.auxiliary_loss()
+
+
+def test_amp_on_cpu_trains_the_liquid_ensemble_with_its_defaults(tmp_path):
+    def run(amp: bool) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model, (x, y) = LiquidEnsembleRegressor(), regression_data(128)
+        before = float(model(x, y).detach())
+        Trainer(model, TensorDataset(x, y), train_batch_size=32, train_lr=1e-2,
+                train_num_steps=60, ema_decay=None, amp=amp, results_folder=tmp_path / str(amp),
+                progress_bar=False, seed=0).train()
+        return before, float(model(x, y).detach())
+
+    before, after32 = run(False)
+    before16, after16 = run(True)
+    gain = before - after32
+    assert before16 == before and gain > 0.05 * abs(before)
+    assert abs((before - after16) - gain) < 0.1 * gain
+
+
 class FixedDelegation(nn.Module):
     """An expert whose delegation is ``softmax`` of fixed logits: in bfloat16 the four
     probabilities round to a row summing to ``1 - 2**-8``."""
@@ -122,23 +149,29 @@ class FixedDelegation(nn.Module):
         return self.predictor(x), torch.softmax(self.router(x), -1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="check=True (the default) refuses bfloat16 delegations: "
-                          "_liquid_checks.check_outputs wants row sums within 1e-3 of one, "
-                          "and a bfloat16 softmax row can sum to 1 - 2**-8")
-def test_liquid_layer_checks_accept_bfloat16_delegations():
+def test_the_delegation_check_allows_half_precision_rounding_only_in_half_precision():
     x = regression_data(8)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         row = FixedDelegation()(x)[1][0]
         assert row.dtype == torch.bfloat16 and row.sum() == 1 - 2**-8  # the premise
         LiquidEnsembleLayer([FixedDelegation() for _ in range(4)], solver="sink_many")(x)
+    off = torch.full((2, 4, 4), 0.25)
+    off[:, :, 0] += 2e-3  # rows summing to 1.002: still refused in float32
+    with pytest.raises(ValueError, match="summing to one within 0.001"):
+        check_delegations(off, 4)
+    check_delegations(off.bfloat16(), 4)  # within bfloat16's rounding
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="solver='sink_one' (the default) factorises D in its own dtype: "
-                          "_delegation._solve calls torch.linalg.lu_factor_ex, which has no "
-                          "bfloat16 (CPU) or float16 kernel")
-def test_liquid_layer_sink_one_solves_bfloat16_delegations():
+def test_the_one_sink_solver_runs_in_half_precision_as_in_float32():
     layer = LiquidEnsembleLayer(DelegatingMLPExperts(5, 1, 4, hidden=16), check=False)
+    x = regression_data(32)[0]
+    y32 = layer(x)
+    power32 = layer.last_power.clone()
+    (g32,) = torch.autograd.grad(y32.sum(), layer.experts.parameters().__next__())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer(regression_data(32)[0])
+        y16 = layer(x)
+    assert y16.dtype == torch.bfloat16 and layer.last_power.dtype == torch.bfloat16
+    (g16,) = torch.autograd.grad(y16.float().sum(), layer.experts.parameters().__next__())
+    torch.testing.assert_close(layer.last_power.float(), power32, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(y16.float(), y32, rtol=5e-2, atol=5e-2)
+    assert (g16 - g32).norm() <= 5e-2 * g32.norm()

@@ -83,7 +83,8 @@ def _add_bench(sub) -> None:
                        help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA, then MPS, "
                             "then CPU)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-        p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+        p.add_argument("--amp", action="store_true",
+                       help="mixed precision (bfloat16 on the CPU, float16 or bfloat16 on CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model")
         p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
         import_module(f"velora_ens.bench.{name}").add_arguments(p)

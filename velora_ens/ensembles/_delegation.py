@@ -28,7 +28,12 @@ __all__ = ["auxiliary_loss", "one_sink_combine", "one_sink_power"]
 
 
 def _solve(D: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, ...]:
-    """``(power, keep, LU, pivots, x)`` for ``D (B, N, N)``, no graph."""
+    """``(power, keep, LU, pivots, x)`` for ``D (B, N, N)``, no graph. Half-precision
+    delegations (mixed precision) are solved in float32, for which LU has kernels; the
+    power comes back in ``D``'s dtype, the saved factors stay float32."""
+    dtype = D.dtype
+    if torch.finfo(dtype).bits <= 16:
+        D = D.float()
     n, c = D.shape[-1], 1.0 - epsilon
     keep = torch.diagonal(D, dim1=-2, dim2=-1)
     flow = D * -c  # M^T = I - c offdiag(D): [i, j] = delta_ij - c D_ij
@@ -36,19 +41,22 @@ def _solve(D: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, ...]:
     lu, piv, _ = torch.linalg.lu_factor_ex(flow.transpose(-1, -2))  # M, column-major
     x = torch.linalg.lu_solve(lu, piv, D.new_ones(D.shape[:-1] + (1,))).squeeze(-1)
     power = torch.addcmul(x.sum(-1, keepdim=True), keep, x, value=c * n / epsilon)
-    return power.mul_(epsilon / n), keep, lu, piv, x
+    return power.mul_(epsilon / n).to(dtype), keep, lu, piv, x
 
 
 def _solve_backward(grad: torch.Tensor, keep: torch.Tensor, lu: torch.Tensor,
                     piv: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """The gradient with respect to ``D`` of ``sum(grad * power)``."""
+    """The gradient with respect to ``D`` of ``sum(grad * power)``, in ``grad``'s dtype
+    (computed in the saved factors' dtype)."""
+    dtype = grad.dtype
+    grad = grad.to(keep.dtype)
     n, c = keep.shape[-1], 1.0 - epsilon
     g_x = torch.addcmul(grad.sum(-1, keepdim=True), keep, grad, value=c * n / epsilon)
     u = torch.linalg.lu_solve(lu, piv, g_x.unsqueeze(-1), adjoint=True)  # M^-T g_x * n/eps
     cx = x * c
     g_D = cx.unsqueeze(-1) * (u.transpose(-1, -2) * (epsilon / n))  # [i, j] = c x_i u_j
     g_D.diagonal(dim1=-2, dim2=-1).copy_(cx * grad)
-    return g_D
+    return g_D.to(dtype)
 
 
 class _OneSinkPower(torch.autograd.Function):

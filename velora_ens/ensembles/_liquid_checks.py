@@ -10,12 +10,23 @@ import torch
 
 from velora_ens.ensembles._inputs import not_finite, refuse_not_finite
 
-__all__ = ["check_delegations", "check_outputs"]
+__all__ = ["check_delegations", "check_outputs", "tolerance"]
+
+
+def tolerance(D: torch.Tensor, atol: float | None = None) -> float:
+    """How far from one a row sum may be: ``atol``, by default 1e-3, or four units in the
+    last place for half-precision delegations (a bfloat16 softmax row can sum to
+    ``1 - 2**-8``, mixed precision's usual rounding)."""
+    atol = 1e-3 if atol is None else atol
+    if D.is_floating_point() and torch.finfo(D.dtype).bits <= 16:
+        return max(atol, 4 * torch.finfo(D.dtype).eps)
+    return atol
 
 
 def check_delegations(D: torch.Tensor, num_experts: int | None = None,
-                      atol: float = 1e-3) -> torch.Tensor:
-    """Refuse a delegation tensor that is not ``(B, N, N)`` with probability-vector rows."""
+                      atol: float | None = None) -> torch.Tensor:
+    """Refuse a delegation tensor that is not ``(B, N, N)`` with probability-vector rows
+    (row sums within :func:`tolerance` of one)."""
     if not isinstance(D, torch.Tensor) or D.dim() != 3 or D.shape[1] != D.shape[2]:
         shape = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
         raise ValueError(f"delegations must have shape (B, N, N) (row i = expert i's "
@@ -23,6 +34,7 @@ def check_delegations(D: torch.Tensor, num_experts: int | None = None,
     if num_experts is not None and D.shape[1] != num_experts:
         raise ValueError(f"delegations are over {D.shape[1]} experts, expected {num_experts} "
                          f"(shape {tuple(D.shape)})")
+    atol = tolerance(D, atol)
     if not _delegations_ok(D, atol):
         _explain_bad_delegations(D, atol)
     return D
@@ -63,7 +75,8 @@ def check_outputs(x: torch.Tensor, ys: torch.Tensor, D: torch.Tensor) -> None:
             total = ys.sum()
             stats.append(total if total.dtype == lo.dtype else total.to(lo.dtype))
         lo, hi, low, total = (torch.stack(stats).tolist() + [0.0])[:4]
-        if 1.0 - 1e-3 <= lo and hi <= 1.0 + 1e-3 and low >= -1e-3 and math.isfinite(total):
+        atol = tolerance(D)
+        if 1.0 - atol <= lo and hi <= 1.0 + atol and low >= -atol and math.isfinite(total):
             return
         refuse_not_finite(x, "the input x of LiquidEnsembleLayer",
                           "the experts need finite inputs")
