@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from ensemble_experts import Expert
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
@@ -31,18 +32,6 @@ from velora_ens.ensembles.moe import (
 )
 from velora_ens.models import LiquidNCPNetwork
 from velora_ens.training import TensorDataset, Trainer
-
-
-class Expert(nn.Module):
-    """A plain expert returning ``(prediction, delegation)``."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.y = nn.Linear(3, 1)
-        self.d = nn.Linear(3, n)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.y(x), torch.softmax(self.d(x), -1)
 
 
 def _moe() -> StochasticModel:

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from ensemble_experts import Expert
 from torch import nn
 from torch.nn import functional as F
 
@@ -31,16 +32,6 @@ from velora_ens.ensembles.moe import (
     StochasticModel,
 )
 from velora_ens.models import LiquidNCPNetwork
-
-
-class Expert(nn.Module):
-    def __init__(self, n: int = 3) -> None:
-        super().__init__()
-        self.y = nn.Linear(3, 1)
-        self.d = nn.Linear(3, n)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.y(x), torch.softmax(self.d(x), -1)
 
 
 class PredictionOnly(Expert):
