@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agents.common.distributions import discrete_actions
 from velora_ens._validation import check_int
 from velora_ens.models import LiquidNCPNetwork
 
@@ -25,7 +26,9 @@ class LiquidActor(nn.Module):
     * Box actions: ``2 |A|`` outputs, the mean and log-std of a Gaussian squashed by
       ``tanh`` into ``[-1, 1]`` (actions are stored and fed to critics in that range and
       rescaled to the environment's bounds only when stepping it);
-    * Discrete actions: ``|A|`` logits.
+    * Discrete actions: ``|A|`` logits; ``MultiDiscrete(nvec)``: ``sum(nvec)`` logits, one
+      categorical per entry; ``MultiBinary(n)``: ``n`` logits, one Bernoulli per bit
+      (:attr:`choices`, from :mod:`agents.common.distributions`).
 
     With ``distribution="gaussian"`` (on-policy agents, as Stable-Baselines3's PPO) Box
     actions are instead an unsquashed Gaussian: ``|A|`` outputs are the mean, the log-std
@@ -68,8 +71,11 @@ class LiquidActor(nn.Module):
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got "
                              f"{distribution!r}")
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        #: the discrete actions' distribution (``None`` for Box actions)
+        self.choices = discrete_actions(action_space)
+        self.discrete = self.choices is not None
+        self.action_dim = (self.choices.n_outputs if self.choices is not None
+                           else int(action_space.shape[0]))
         if distribution == "gsde" and self.discrete:
             raise ValueError("distribution='gsde' (use_sde) needs Box actions, got "
                              f"{action_space}")
@@ -133,13 +139,6 @@ class LiquidActor(nn.Module):
         log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return torch.tanh(u), log_prob
 
-    # ---------------------------------------------------------- Discrete actions
-    @staticmethod
-    def categorical(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities and log-probabilities of every action."""
-        log_probs = F.log_softmax(out, dim=-1)
-        return log_probs.exp(), log_probs
-
     # ---------------------------------------------------------- on-policy use
     def sample(self, out: torch.Tensor, noise: torch.Tensor | None = None,
                features: torch.Tensor | None = None, matrices: torch.Tensor | None = None
@@ -149,9 +148,9 @@ class LiquidActor(nn.Module):
         for Box). ``noise``: the standard-normal draw of a Gaussian action (fresh by
         default). gSDE: ``features`` ``(n, H)``, the states after the step, and
         ``matrices`` ``(n, H, |A|)`` (:meth:`gsde_matrices`; fresh by default)."""
-        if self.discrete:
-            action = torch.multinomial(F.softmax(out, -1), 1).squeeze(-1)
-            return action, self.log_prob_entropy(out, action)[0]
+        if self.choices is not None:
+            action = self.choices.sample(out)
+            return action, self.choices.log_prob_entropy(out, action)[0]
         if not self.gaussian:
             raise ValueError("sample() needs distribution='gaussian' for Box actions")
         if self.gsde:
@@ -190,10 +189,8 @@ class LiquidActor(nn.Module):
         """Log-probability of ``actions`` and the entropy, per sample (categorical, or the
         diagonal Gaussian of ``distribution="gaussian"``; with ``"gsde"`` its standard
         deviation depends on ``features``, the states after each step)."""
-        if self.discrete:
-            log_probs = F.log_softmax(out, -1)
-            log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-            return log_prob, -(log_probs.exp() * log_probs).sum(-1)
+        if self.choices is not None:
+            return self.choices.log_prob_entropy(out, actions)
         if self.gsde:
             std = self.gsde_std(features)
             log_std = std.log()
@@ -213,10 +210,8 @@ class LiquidActor(nn.Module):
         """Actions from network outputs: ``[-1, 1]`` vectors or integer indices
         (``features``: gSDE's states after the step; a stochastic gSDE action draws a fresh
         exploration matrix)."""
-        if self.discrete:
-            if deterministic:
-                return out.argmax(-1)
-            return torch.multinomial(F.softmax(out, -1), 1).squeeze(-1)
+        if self.choices is not None:
+            return self.choices.mode(out) if deterministic else self.choices.sample(out)
         if self.gsde:
             action = out if deterministic else self.sample(out, features=features)[0]
             return action.clamp(-1.0, 1.0)

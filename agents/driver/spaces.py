@@ -35,7 +35,9 @@ _SPACES = "Box (1-D), Discrete, MultiDiscrete, MultiBinary, or a Dict/Tuple of t
 
 
 def check_action_space(space: gym.Space) -> None:
-    """Refuse action spaces the agents cannot act in, naming the space."""
+    """Refuse action spaces the agents cannot act in, naming the space and what was
+    expected: ``Box`` (1-D, finite bounds), ``Discrete``, ``MultiDiscrete`` (1-D) or
+    ``MultiBinary`` (1-D)."""
     if isinstance(space, gym.spaces.Discrete):
         if space.n < 2:
             raise ValueError(f"Discrete action space needs at least 2 actions, got {space}")
@@ -44,10 +46,22 @@ def check_action_space(space: gym.Space) -> None:
         if len(space.shape) != 1:
             raise ValueError(f"Box action space must be 1-D, got shape {space.shape}")
         if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-            raise ValueError(f"Box action space must have finite bounds, got {space}")
+            raise ValueError(
+                f"Box action space must have finite bounds, got {space}: the policy acts in "
+                "[-1, 1] and rescales to the bounds; give the env finite bounds (e.g. "
+                "gymnasium.wrappers.RescaleAction or ClipAction around it)")
         return
-    raise ValueError(f"the agents support Box and Discrete action spaces, got "
-                     f"{type(space).__name__} ({space})")
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        if space.nvec.ndim != 1 or space.nvec.size == 0 or np.any(space.nvec < 1):
+            raise ValueError(f"MultiDiscrete action space must be 1-D with every entry "
+                             f">= 1, got {space} (nvec {space.nvec.tolist()})")
+        return
+    if isinstance(space, gym.spaces.MultiBinary):
+        if len(space.shape) != 1 or space.shape[0] < 1:
+            raise ValueError(f"MultiBinary action space must be 1-D, got shape {space.shape}")
+        return
+    raise ValueError(f"the agents support Box, Discrete, MultiDiscrete and MultiBinary "
+                     f"action spaces, got {type(space).__name__} ({space})")
 
 
 class ObservationEncoder:
@@ -170,18 +184,26 @@ def _one_hot(values: np.ndarray, start: int, n: int, space: gym.Space) -> np.nda
 
 
 class ActionAdapter:
-    """Scales actions between the policy's range and the environment's ``space``."""
+    """Scales actions between the policy's range and the environment's ``space``: Box
+    vectors between ``[-1, 1]`` and the bounds; Discrete and MultiDiscrete indices between
+    ``0 ..`` and ``start ..``; MultiBinary bits as the space's dtype."""
 
     def __init__(self, space: gym.Space) -> None:
         check_action_space(space)
         self.space = space
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        self.start = int(space.start) if self.discrete else 0
+        self.discrete = not isinstance(space, gym.spaces.Box)
+        start = (getattr(space, "start", 0)
+                 if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) else 0)
+        self.start = np.asarray(start, np.int64)
+        self.shifted = bool(np.any(self.start != 0))
 
     def to_env(self, action: np.ndarray) -> np.ndarray:
         """Policy actions (``[-1, 1]`` vectors or indices) to what the environment takes."""
         if self.discrete:
-            return action.astype(np.int64) + self.start if self.start else \
+            action = np.asarray(action)
+            if isinstance(self.space, gym.spaces.MultiBinary):
+                return action.astype(self.space.dtype)
+            return action.astype(np.int64) + self.start if self.shifted else \
                 action.astype(np.int64)
         low, high = self.space.low, self.space.high
         return (low + 0.5 * (action + 1.0) * (high - low)).astype(self.space.dtype)
@@ -189,7 +211,8 @@ class ActionAdapter:
     def from_env(self, action: np.ndarray) -> np.ndarray:
         """Environment actions to the policy's range (the inverse of :meth:`to_env`)."""
         if self.discrete:
-            return action - self.start if self.start else action
+            action = np.asarray(action).astype(np.int64)
+            return action - self.start if self.shifted else action
         low, high = self.space.low, self.space.high
         return 2.0 * (action - low) / (high - low) - 1.0
 

@@ -235,7 +235,8 @@ class UCBSelection(Exploration):
 
     def act(self, out: torch.Tensor, critic_in: torch.Tensor | None) -> torch.Tensor:
         if self.actor.discrete:
-            return self.scores(self.critics(critic_in)).argmax(-1)  # (n, A) -> (n,)
+            # the best action of every entry: (n, A) -> (n,), (n, sum n_d) -> (n, D)
+            return self.actor.choices.tables.mode(self.scores(self.critics(critic_in)))
         actions, q = self._candidates(out, critic_in, self.n_candidates)
         k, n = actions.shape[:2]
         best = self.scores(q).reshape(k, n).argmax(0)  # (n,)
@@ -287,9 +288,8 @@ class ThompsonSampling(Exploration):
         members = torch.as_tensor(self.members, device=out.device)
         rows = torch.arange(out.shape[0], device=out.device)
         if self.actor.discrete:
-            q = self.critics(critic_in)[members, rows]  # (n, A)
-            probs = F.softmax(q / self.log_alpha.exp().clamp_min(1e-8), -1)
-            return torch.multinomial(probs, 1).squeeze(-1)
+            q = self.critics(critic_in)[members, rows]  # (n, A): softmax per action entry
+            return self.actor.choices.tables.sample(q / self.log_alpha.exp().clamp_min(1e-8))
         actions, q = self._candidates(out, critic_in, self.n_candidates)
         q = q.reshape(q.shape[0], *actions.shape[:2])  # (N, k, n)
         best = q[members, :, rows].argmax(-1)  # (n,)
@@ -323,7 +323,9 @@ class Disagreement(Exploration):
             raise ValueError(f"disagreement: keep must be in (0, 1], got {keep!r}")
         self.scale, self.keep = float(scale), float(keep)
         self.n_models = check_int("n_models", n_models, 2)
-        in_features = obs_dim + history_size + actor.action_dim
+        in_features = obs_dim + history_size + (actor.choices.tables.n_outputs
+                                                if actor.choices is not None
+                                                else actor.action_dim)
         self.models = CriticEnsemble(in_features, obs_dim, self.n_models, tuple(hidden)
                                      ).to(device)
         self.optimizer = torch.optim.Adam(self.models.parameters(), lr=learning_rate)
@@ -334,8 +336,8 @@ class Disagreement(Exploration):
 
     def _inputs(self, obs: torch.Tensor, history: torch.Tensor, actions: torch.Tensor
                 ) -> torch.Tensor:
-        if self.actor.discrete:
-            actions = F.one_hot(actions.long().reshape(-1), self.actor.action_dim).float()
+        if self.actor.choices is not None:  # one one-hot per action entry
+            actions = self.actor.choices.one_hot(actions)
         return torch.cat([obs, history.detach(), actions], 1)
 
     def bonus(self, obs: torch.Tensor, history: torch.Tensor, actions: torch.Tensor

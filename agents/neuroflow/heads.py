@@ -110,11 +110,12 @@ class CriticHead(nn.Module):
              weights: torch.Tensor | None = None) -> torch.Tensor:
         """``0.5 * sum_m mean_b w_mb (q_mb - y_b)^2`` for member values ``q`` ``(N, n)``
         and targets ``(n,)`` (one per member: ``(N, n)``); ``weights`` ``(N, n)`` or
-        ``(n,)`` (``None``: all 1)."""
-        err = F.mse_loss(q, target.expand_as(q), reduction="none")
+        ``(n,)`` (``None``: all 1). Values ``(N, n, D)`` (one per action entry) share
+        their sample's target and weight; the mean runs over the entries too."""
+        err = F.mse_loss(q, per_sample(target, q).expand_as(q), reduction="none")
         if weights is not None:
-            err = err * weights
-        loss = 0.5 * err.mean(1).sum()
+            err = err * per_sample(weights, q)
+        loss = 0.5 * err.mean(tuple(range(1, err.dim()))).sum()
         extra = self.regularizer()
         return loss if extra is None else loss + extra
 
@@ -262,8 +263,9 @@ class LiquidCritics(CriticHead):
              weights: torch.Tensor | None = None) -> torch.Tensor:
         members = super().loss(q, target, weights)
         combined = self.reduce(q, "mean")
-        if target.dim() == q.dim():  # one target per member: their power-weighted mean
+        if target.dim() == 2:  # one target per member: their power-weighted mean
             target = self.reduce(target, "mean")
+        target = per_sample(target, combined, batch_dims=1).expand_as(combined)
         return members + 0.5 * F.mse_loss(combined, target) + self.layer.auxiliary_loss()
 
 
@@ -358,6 +360,14 @@ class WithPrior(CriticHead):
     def loss(self, q: torch.Tensor, target: torch.Tensor,
              weights: torch.Tensor | None = None) -> torch.Tensor:
         return self.head.loss(q, target, weights)
+
+
+def per_sample(values: torch.Tensor, q: torch.Tensor, batch_dims: int = 2) -> torch.Tensor:
+    """Per-sample ``values`` given trailing axes of size 1 to line up with ``q``, whose
+    first ``batch_dims`` axes are (members and) samples and the rest one value per
+    action entry."""
+    extra = q.dim() - batch_dims
+    return values.reshape(*values.shape, *([1] * extra)) if extra > 0 else values
 
 
 def _std(variance: torch.Tensor) -> torch.Tensor:

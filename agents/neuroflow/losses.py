@@ -3,6 +3,17 @@ critics' values of the stored actions, the soft Bellman targets and the policy l
 
 Box actions: a tanh-squashed Gaussian policy; Discrete actions: SAC-Discrete, which
 takes expectations over the full probability vector instead of one sampled action.
+
+MultiDiscrete and MultiBinary actions: a factorised SAC-Discrete. The policy is a product
+of independent categoricals, one per entry ``d`` (a bit is an entry of two values), and
+the critics output one value set per entry, ``Q_d(s, a_d)``: the soft value of ``a_d``
+with the other entries drawn from the policy. Each ``Q_d`` regresses on the same target
+``r + gamma V(s')``, with ``V(s') = (1/D) sum_d E_{pi_d} Q_d(s', .) + alpha sum_d H_d(s')``
+(every ``E_{pi_d} Q_d`` is the same expectation ``E_pi Q``; their mean lowers the
+variance, and the joint entropy is the sum of the entries'). The policy loss
+``sum_d sum_a pi_d(a) (alpha log pi_d(a) - Q_d(s, a))`` is the joint one
+``E_pi[alpha log pi - Q]`` up to a constant in each entry's own parameters. With one entry
+all of this is SAC-Discrete.
 """
 
 from __future__ import annotations
@@ -12,20 +23,24 @@ from collections.abc import Callable
 import torch
 
 from agents.common.actor import LiquidActor
+from agents.common.distributions import Categoricals
 from agents.neuroflow.heads import CriticHead
 from agents.neuroflow.history import CriticHistory
 from agents.neuroflow.targets import one_step_targets
 
-__all__ = ["actor_loss", "critic_values", "soft_td_targets"]
+__all__ = ["actor_loss", "critic_values", "soft_greedy_values", "soft_td_targets"]
 
 
 def critic_values(critics: CriticHead, critic_in: torch.Tensor, actions: torch.Tensor,
-                  discrete: bool) -> torch.Tensor:
+                  tables: Categoricals | None) -> torch.Tensor:
     """Every member's value of the stored ``actions``, ``(N, n)``; ``critic_in`` is what
-    the critics read besides the action ``(n, obs + history)``."""
-    if discrete:
-        return critics(critic_in).gather(2, actions.long().unsqueeze(0).expand(
-            critics.n_critics, -1, -1)).squeeze(-1)
+    the critics read besides the action ``(n, obs + history)``. Discrete actions
+    (``tables``: their value tables' layout): with ``D > 1`` entries ``(N, n, D)``, each
+    entry's value of its own action (each regresses on the sample's target)."""
+    if tables is not None:
+        q = tables.gather(tables.split(critics(critic_in)),
+                          actions.long().unsqueeze(0).expand(critics.n_critics, -1, -1))
+        return q.squeeze(-1) if tables.n_entries == 1 else q
     return critics(torch.cat([critic_in, actions], 1)).squeeze(-1)
 
 
@@ -58,18 +73,20 @@ def soft_td_targets(actor: LiquidActor, critic_targets: CriticHead, history: Cri
     next_in = torch.cat([next_obs, history.next_states(next_obs, critic_state, next_states,
                                                        next_dt)], 1)
     if actor.discrete:
-        q_next = critic_targets(next_in)  # (N, n, A)
+        q_next = critic_targets(next_in)  # (N, n, sum of the entries' sizes)
     else:
         next_action, next_log_prob = actor.sample_continuous(next_out)
         q_next = critic_targets(torch.cat([next_in, next_action], 1))
     weights = backup_weights(q_next)
     q_next = reduce(q_next)
     if actor.discrete and member_targets:
-        a = alpha.clamp_min(1e-8)
-        v_next = a * torch.logsumexp(q_next / a, -1)
+        v_next = soft_greedy_values(actor.choices.tables, q_next, alpha.clamp_min(1e-8))
     elif actor.discrete:
-        probs, log_probs = actor.categorical(next_out)
-        v_next = (probs * (q_next - alpha * log_probs)).sum(-1)
+        tables, entries = actor.choices.tables, actor.choices.n_entries
+        v_next = sum((log_probs.exp() * (q / entries - alpha * log_probs)).sum((-2, -1))
+                     for q, log_probs in zip(tables.split(q_next),
+                                             actor.choices.log_prob_tables(next_out),
+                                             strict=True))
     else:
         v_next = q_next.squeeze(-1) - alpha * next_log_prob
     return one_step_targets(rewards, terminated, v_next, gamma), weights
@@ -87,12 +104,31 @@ def actor_loss(actor: LiquidActor, critics: CriticHead, out: torch.Tensor,
     log-probability vector (not the log-probability of one sampled action).
     """
     if actor.discrete:
-        probs, log_probs = actor.categorical(out)
         with torch.no_grad():
-            q_pi = critics.reduce(critics(critic_in), "min")
-        loss = (probs * (alpha * log_probs - q_pi)).sum(-1).mean()
-        return loss, -(probs * log_probs).sum(-1).detach()
+            q_pi = actor.choices.tables.split(critics.reduce(critics(critic_in), "min"))
+        loss = entropy = 0
+        for q, log_probs in zip(q_pi, actor.choices.log_prob_tables(out), strict=True):
+            probs = log_probs.exp()
+            loss = loss + (probs * (alpha * log_probs - q)).sum((-2, -1))
+            entropy = entropy - (probs * log_probs).sum((-2, -1))
+        return loss.mean(), entropy.detach()
     action, log_prob = actor.sample_continuous(out)
     q_pi = critics.reduce(critics(torch.cat([critic_in, action], 1), detach_params=True),
                           "min").squeeze(-1)
     return (alpha * log_prob - q_pi).mean(), -log_prob.detach()
+
+
+def soft_greedy_values(tables: Categoricals, q: torch.Tensor, alpha: torch.Tensor
+                       ) -> torch.Tensor:
+    """The soft value of acting with ``softmax(Q_d / alpha)`` in every entry, from value
+    tables ``q`` ``(..., sum of sizes)``: ``alpha logsumexp(Q / alpha)`` with one entry;
+    with ``D`` entries ``sum_d [alpha logsumexp(Q_d / alpha) - (1 - 1/D) E_{pi_d} Q_d]``
+    (the entries' mean expected value plus the sum of their entropies)."""
+    values = 0
+    entries = tables.n_entries
+    for group in tables.split(q):
+        values = values + (alpha * torch.logsumexp(group / alpha, -1)).sum(-1)
+        if entries > 1:
+            probs = torch.softmax(group / alpha, -1)
+            values = values - (1 - 1 / entries) * (probs * group).sum((-2, -1))
+    return values

@@ -176,7 +176,9 @@ class NeuroFlow(BaseAgent):
             module.to(self.device)
         critic_in = self.obs_dim + self.history.state_size + (0 if self.discrete
                                                               else self.actor.action_dim)
-        critic_out = self.actor.action_dim if self.discrete else 1
+        # Discrete actions: one value per action of every entry (factorised SAC-Discrete,
+        # agents.neuroflow.losses)
+        critic_out = self.actor.choices.tables.n_outputs if self.discrete else 1
         self.head_options = head_options
         self.critics, self.critic_targets = (
             make_critic_head(critic_head, critic_in, critic_out, n_critics, critic_hidden,
@@ -188,6 +190,8 @@ class NeuroFlow(BaseAgent):
         self.temperature = EntropyTemperature(ent_coef, target_entropy, target_entropy_scale,
                                               discrete=self.discrete,
                                               action_dim=self.actor.action_dim,
+                                              max_entropy=(self.actor.choices.max_entropy
+                                                           if self.discrete else None),
                                               device=self.device)
         self.log_alpha = self.temperature.log_alpha
 
@@ -218,7 +222,8 @@ class NeuroFlow(BaseAgent):
         self.buffer = SequenceReplayBuffer(max(buffer_size // self.n_envs,
                                                self._sequence_length),
                                            self.n_envs, self.obs_dim,
-                                           1 if self.discrete else self.actor.action_dim,
+                                           (self.actor.choices.n_entries if self.discrete
+                                            else self.actor.action_dim),
                                            self.actor.state_dim + self.history.stored_size,
                                            elapsed=self.elapsed is not None,
                                            mask_dim=(n_critics if head_options.bootstrap < 1
@@ -350,7 +355,8 @@ class NeuroFlow(BaseAgent):
 
         obs, out, hist = flat(b.obs[:, burn:], S), flat(out, S), flat(hist, S)
         critic_in = torch.cat([obs, hist], 1)
-        q = critic_values(self.critics, critic_in, flat(b.actions[:, burn:], S), self.discrete)
+        q = critic_values(self.critics, critic_in, flat(b.actions[:, burn:], S),
+                          self.actor.choices and self.actor.choices.tables)
         masks = None if b.masks is None else b.masks[:, burn:]
         critic_loss = self.critics.loss(q, target, loss_weights(masks, backup_weights, B, S))
         # the disagreement of this very call (a Liquid Ensemble's weights are its last call's)

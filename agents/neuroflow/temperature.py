@@ -3,8 +3,9 @@ tracks a target.
 
 ``ent_coef``: ``"auto"`` (learned, starting at 1), ``"auto_<init>"`` (learned, starting at
 ``init``) or a fixed number > 0. ``target_entropy``: ``"auto"`` is ``-|A|`` for Box
-actions and ``target_entropy_scale * log |A|`` (positive) for Discrete ones (SAC-Discrete),
-or a number.
+actions and ``target_entropy_scale * log |A|`` (positive) for Discrete ones (SAC-Discrete;
+with several entries, the scale times the uniform policy's entropy ``sum_d log n_d``), or
+a number.
 
 >>> t = EntropyTemperature("auto_0.5", "auto", 0.89, discrete=False, action_dim=2)
 >>> round(t.alpha, 6), t.target_entropy, t.learn
@@ -39,13 +40,17 @@ class EntropyTemperature:
 
     def __init__(self, ent_coef: str | float, target_entropy: str | float,
                  target_entropy_scale: float, *, discrete: bool, action_dim: int,
-                 device: torch.device | str = "cpu") -> None:
+                 max_entropy: float | None = None, device: torch.device | str = "cpu") -> None:
         if isinstance(target_entropy, str):
             if target_entropy != "auto":
                 raise ValueError(
                     f"target_entropy must be 'auto' or a number, got {target_entropy!r}")
             n = action_dim
-            target_entropy = target_entropy_scale * float(np.log(n)) if discrete else -float(n)
+            if discrete:
+                top = float(np.log(n)) if max_entropy is None else float(max_entropy)
+                target_entropy = target_entropy_scale * top
+            else:
+                target_entropy = -float(n)
         self.target_entropy = float(target_entropy)
         self.learn, init_alpha = _parse_ent_coef(ent_coef)
         self.log_alpha = torch.tensor(np.log(init_alpha), dtype=torch.float32, device=device,

@@ -218,7 +218,8 @@ class LiquidPPO(BaseAgent):
             p for m in self.value.modules().values() for p in m.parameters()]
         self.optimizer = torch.optim.Adam(self._params, lr=self.lr_schedule(1.0), eps=1e-5,
                                           fused=True)
-        action_shape = () if self.discrete else (self.actor.action_dim,)
+        action_shape = (self.actor.choices.action_shape if self.actor.choices is not None
+                        else (self.actor.action_dim,))
         self.rollout = RolloutBuffer(n_steps, self.n_envs, self.obs_dim, action_shape,
                                      (self.actor.state_dim, self.value.state_size),
                                      self.device)
