@@ -98,7 +98,7 @@ def _build(env_id: str, name: str, render_mode: str | None, kwargs: dict[str, An
                          ) from None
     except Exception as exc:  # the env's own constructor: a bad keyword, a bad value
         if render_mode is not None and isinstance(exc, TypeError) \
-                and "render_mode" in str(exc):
+                and "unexpected keyword argument 'render_mode'" in str(exc):
             raise _cannot_render(env_id, render_mode, "its constructor takes no render_mode"
                                  ) from None
         raise ValueError(f"environment {env_id!r} could not be built with "

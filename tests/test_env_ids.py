@@ -96,6 +96,8 @@ def test_constructor_errors_are_one_value_error_line_naming_the_id(kwargs, fragm
     assert "\n" not in message and "was raised from" not in message
     with pytest.raises(ValueError, match="lenght"):
         envs.make_vec_env(ID, 2, env_kwargs={"lenght": 3})
+    with pytest.raises(ValueError, match="could not be built .* 'lenght'"):  # not "cannot render"
+        envs.make_env("CartPole-v1", env_kwargs={"lenght": 3}, render_mode="rgb_array")
 
 
 @pytest.mark.parametrize("spec, fragment", [
