@@ -1,9 +1,9 @@
 """``velora-ens train | evaluate | record``: NeuroFlow and LiquidPPO agents from the command
 line.
 
-With :mod:`velora_ens.cli`, which adds these subcommands, the one place where
-``velora_ens`` imports the ``agents`` and ``envs`` packages: lazily, inside the handlers,
-so importing this module loads neither.
+With :mod:`velora_ens.cli`, which adds these subcommands, and :mod:`velora_ens.cli_envs`,
+which builds their envs, the one place where ``velora_ens`` imports the ``agents`` and
+``envs`` packages: lazily, inside the handlers, so importing this module loads neither.
 """
 
 from __future__ import annotations
@@ -15,12 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from velora_ens.cli_options import integer_option
+from velora_ens.cli_envs import (
+    add_env_options,
+    agent_env,
+    check_env,
+    check_env_settings,
+    env_options,
+    play_settings,
+    run_folder_of,
+)
+from velora_ens.cli_options import integer_option, merge_env_kwargs
 
 __all__ = ["add_agent_commands", "run_agent_command"]
 
-# the run's own options, which a --config file may also set (the command line wins)
-_RUN_OPTIONS = {"env": "Pendulum-v1", "seed": 0, "n_envs": 1}
+# the run's own options, which a --config file may also set (the command line wins; its
+# --env-kwargs update the file's env_kwargs)
+_RUN_OPTIONS = {"env": "Pendulum-v1", "seed": 0, "n_envs": 1, "env_kwargs": {},
+                "env_wrapper": None}
 # the other options a run starts with (recorded in its config.json; --resume reuses them)
 _TRAIN_DEFAULTS = {"algo": "neuroflow", "timesteps": 15_000, "eval_freq": 2_500,
                    "eval_episodes": 10, "save_freq": 0}
@@ -48,6 +59,7 @@ def add_agent_commands(sub: Any) -> None:
     train.add_argument("--env", default=None,
                        help="Gymnasium id, or 'module:EnvId' to import the module that "
                             "registers it (default Pendulum-v1)")
+    add_env_options(train)
     train.add_argument("--timesteps", type=_positive("--timesteps"), default=None,
                        help="environment steps (default 15000)")
     train.add_argument("--seed", type=_seed(), default=None, help="random seed (default 0)")
@@ -58,8 +70,8 @@ def add_agent_commands(sub: Any) -> None:
     train.add_argument("--config", default=None,
                        help="JSON file of the agent's arguments (replace the tuned ones for "
                             "--env); "
-                            "it may also set env, seed and n_envs, which the command line "
-                            "overrides")
+                            "it may also set env, seed, n_envs, env_kwargs and env_wrapper "
+                            "(RL Zoo's forms), which the command line overrides")
     train.add_argument("--eval-freq", type=_positive("--eval-freq"), default=None,
                        help="evaluate every this many steps (default 2500)")
     train.add_argument("--eval-episodes", type=_positive("--eval-episodes"), default=None,
@@ -92,7 +104,10 @@ def _saved_agent_parser(sub: Any, name: str, episodes: int, **text: str) -> Any:
     """A subcommand that plays a saved agent: its path, env, episodes and seed."""
     parser = sub.add_parser(name, **text)
     parser.add_argument("path", help="a saved agent (.safetensors; the suffix may be left out)")
-    parser.add_argument("--env", default=None, help="Gymnasium id (default: the saved one)")
+    parser.add_argument("--env", default=None,
+                        help="Gymnasium id (default: the saved one, with the env_kwargs and "
+                             "env_wrapper of its run's config.json)")
+    add_env_options(parser)
     parser.add_argument("--episodes", type=_positive("--episodes"), default=episodes,
                         help=f"episodes (default {episodes})")
     parser.add_argument("--seed", type=_seed(), default=0,
@@ -122,10 +137,13 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
         env = args.env if args.env is not None else _RUN_OPTIONS["env"]
         config = tuned_hyperparams(ALGOS[args.algo], env)
+    given = {key: getattr(args, key) for key in _RUN_OPTIONS}
+    given["env_kwargs"] = merge_env_kwargs(args.env_kwargs)
     run = {}
     for key, default in _RUN_OPTIONS.items():
-        value = getattr(args, key)
-        run[key] = value if value is not None else config.pop(key, default)
+        run[key] = given[key] if given[key] is not None else config.pop(key, default)
+    if given["env_kwargs"] is not None and isinstance(config.get("env_kwargs"), dict):
+        run["env_kwargs"] = {**config["env_kwargs"], **given["env_kwargs"]}
     for key, low in (("seed", 0), ("n_envs", 1)):
         value = run[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -134,6 +152,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     if not isinstance(run["env"], str):
         raise ValueError(f"--config {args.config}: env must be an environment id, got "
                          f"{run['env']!r}")
+    check_env_settings(run["env_kwargs"], run["env_wrapper"], f"--config {args.config}"
+                  if args.config is not None else "the command line")
     for key in _RUN_OPTIONS:
         config.pop(key, None)  # given on the command line as well: the command line wins
     return run, config
@@ -160,11 +180,12 @@ def _check_options(algo: str, hyper: dict[str, Any]) -> None:
                          f"{sorted(allowed | set(_RUN_OPTIONS))}")
 
 
-def _make_agent(algo: str, env_id: str, seed: int, n_envs: int, hyper: dict[str, Any],
-                log_dir: Path):
+def _make_agent(algo: str, settings: dict[str, Any], hyper: dict[str, Any], log_dir: Path):
     cls = _agent_class(algo)
+    seed, n_envs = settings["seed"], settings["n_envs"]
+    env = agent_env(settings, n_envs, hyper)
     try:
-        return cls(env_id, seed=seed, n_envs=n_envs, tensorboard_log=str(log_dir), **hyper)
+        return cls(env, seed=seed, n_envs=n_envs, tensorboard_log=str(log_dir), **hyper)
     except TypeError as exc:  # a value of the wrong type deep inside
         raise ValueError(f"bad {cls.__name__} option value ({exc})") from None
 
@@ -188,23 +209,16 @@ def _run_folder(log_dir: str, env_id: str, seed: int) -> Path:
     return run
 
 
-def _check_env_id(env_id: str) -> None:
-    import envs
-
-    envs.make_env(env_id).close()  # a clear ValueError for an unknown id, before any work
-
-
 def _new_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
     """A new run: its folder, its settings (written to its config.json) and its agent."""
     for key, default in _TRAIN_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, default)
     settings, hyper = _settings(args)
-    env_id, seed, n_envs = settings["env"], settings["seed"], settings["n_envs"]
-    _check_env_id(env_id)
+    check_env(settings)
     _check_options(args.algo, hyper)
-    run = _run_folder(args.log_dir, env_id, seed)
-    agent = _make_agent(args.algo, env_id, seed, n_envs, hyper, run / "tensorboard")
+    run = _run_folder(args.log_dir, settings["env"], settings["seed"])
+    agent = _make_agent(args.algo, settings, hyper, run / "tensorboard")
     config = {**settings, **{k: getattr(args, k) for k in _TRAIN_DEFAULTS}, args.algo: hyper}
     (run / "config.json").write_text(json.dumps(config, indent=1))
     return run, config, agent
@@ -223,12 +237,11 @@ def _resumed_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
         raise ValueError(f"--resume continues a run with the settings it started with (its "
                          f"config.json); {', '.join(given)} cannot be given with it")
     path = resolve_load_path(args.resume)
-    run = next((d for d in (path.parent, path.parent.parent) if (d / "config.json").is_file()),
-               None)
+    run = run_folder_of(path)
     if run is None:
         raise ValueError(f"--resume {path}: no config.json beside it or in the folder above; "
                          "--resume takes a checkpoint velora-ens train wrote in its run folder")
-    config = {**_TRAIN_DEFAULTS, **json.loads((run / "config.json").read_text())}
+    config = {**_TRAIN_DEFAULTS, **_RUN_OPTIONS, **json.loads((run / "config.json").read_text())}
     meta, _ = read_agent_file(path)
     if not meta.get("include_buffer") or not meta.get("rollout_started"):
         raise ValueError(f"--resume {path}: the file holds the agent without its replay or "
@@ -240,7 +253,9 @@ def _resumed_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
     if int(meta["num_timesteps"]) >= config["timesteps"]:
         raise ValueError(f"--resume {path}: the run already has its {config['timesteps']} "
                          "steps")
-    agent = load_agent(path, tensorboard_log=str(run / "tensorboard"))
+    env = agent_env(config, config["n_envs"], config[config["algo"]])
+    agent = load_agent(path, env=None if isinstance(env, str) else env,
+                       tensorboard_log=str(run / "tensorboard"))
     return run, config, agent
 
 
@@ -269,8 +284,11 @@ def _train(args: argparse.Namespace) -> int:
               f"{args.threads} thread(s); run folder {run}", flush=True)
     if hyper:
         print(f"  settings: {json.dumps(hyper)}", flush=True)
+    env_opts = env_options(config)
+    if env_opts["env_kwargs"] or env_opts["wrapper"] is not None:
+        print(f"  env: {json.dumps(env_opts)}", flush=True)
     # evaluation k resets its env with 10_000 + seed + k: the same episodes, resumed or not
-    eval_env = Monitor(envs.make_env(env_id))
+    eval_env = Monitor(envs.make_env(env_id, **env_opts))
     eval_cb = EvalCallback(eval_env, eval_freq=max(config["eval_freq"] // n_envs, 1),
                            n_eval_episodes=config["eval_episodes"],
                            best_model_save_path=str(run), log_path=str(run), verbose=0,
@@ -315,26 +333,29 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_video:
         from agents.common.callbacks import record_video, renders_rgb
 
-        if not renders_rgb(env_id):
+        if not renders_rgb(env_id, **env_opts):
             print(f"  video         (none: {env_id} has no rgb_array rendering)")
         else:
             videos = record_video(agent, env_id, run / "videos", name_prefix="final",
-                                  seed=seed)
+                                  seed=seed, **env_opts)
             print(f"  video         {videos[0] if videos else '(none written)'}")
     print(f"mean evaluation return over {config['eval_episodes']} episodes: {mean:.1f} +/- "
           f"{std:.1f}")
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The saved agent (of the class its file names) on the env it plays, and that env's
+    settings."""
     from agents import load_agent
+    from agents.common.files import resolve_load_path
+    from agents.common.persistence import read_agent_file
 
-    env = None
-    if args.env is not None:
-        _check_env_id(args.env)
-        env = args.env
-    agent = load_agent(args.path, env=env)  # the class the file names
-    return agent, args.env or agent.env_id
+    path = resolve_load_path(args.path)
+    meta, _ = read_agent_file(path)
+    settings = play_settings(args, path, meta["env_id"])
+    env = agent_env(settings, int(meta["config"].get("n_envs", 1)), meta["config"])
+    return load_agent(path, env=env), settings
 
 
 def _evaluate_agent(agent: Any, env: Any, episodes: int, deterministic: bool
@@ -356,8 +377,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     import envs
 
-    agent, env_id = _load(args)
-    env = Monitor(envs.make_env(env_id))
+    agent, settings = _load(args)
+    env_id = settings["env"]
+    env = Monitor(envs.make_env(env_id, **env_options(settings)))
     env.reset(seed=args.seed)
     rewards, lengths = _evaluate_agent(agent, env, args.episodes, not args.stochastic)
     print(f"{args.path} on {env_id}: mean return {np.mean(rewards):.1f} +/- {np.std(rewards):.1f}"
@@ -376,9 +398,9 @@ def _record(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out}: the folder is not writable")
-    agent, env_id = _load(args)
-    videos = record_video(agent, env_id, args.out, name_prefix=Path(args.path).stem,
-                          n_episodes=args.episodes, seed=args.seed)
+    agent, settings = _load(args)
+    videos = record_video(agent, settings["env"], args.out, name_prefix=Path(args.path).stem,
+                          n_episodes=args.episodes, seed=args.seed, **env_options(settings))
     for path in videos:
         print(path)
     return 0

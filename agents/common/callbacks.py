@@ -52,6 +52,7 @@ from stable_baselines3.common.callbacks import EvalCallback as _SB3EvalCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from agents.common.evaluation import elapsed_time_kwargs
+from envs import make_env
 from velora_ens._validation import check_int
 
 __all__ = [
@@ -238,15 +239,18 @@ class CheckpointCallback(BaseCallback):
 class VideoRecorderCallback(BaseCallback):
     """Every ``video_freq`` calls (and at the end of training when ``at_end``), play
     ``n_episodes`` deterministic episodes of ``env_id`` and write them as mp4 files to
-    ``video_folder`` (named ``step-<num_timesteps>-episode-<k>.mp4``)."""
+    ``video_folder`` (named ``step-<num_timesteps>-episode-<k>.mp4``); ``env_kwargs`` and
+    ``wrapper`` build the env as :func:`envs.make_env` does."""
 
     def __init__(self, env_id: str, video_folder: str | os.PathLike, video_freq: int = 0,
                  n_episodes: int = 1, at_end: bool = True, seed: int = 0,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, *, env_kwargs: dict[str, Any] | None = None,
+                 wrapper: Any = None) -> None:
         super().__init__(verbose)
         check_int("video_freq", video_freq, 0)
         check_int("n_episodes", n_episodes, 1)
         self.env_id, self.video_folder = env_id, Path(video_folder)
+        self.env_kwargs, self.wrapper = env_kwargs, wrapper
         self.video_freq, self.n_episodes, self.at_end, self.seed = (
             video_freq, n_episodes, at_end, seed)
         self.videos: list[Path] = []
@@ -264,17 +268,20 @@ class VideoRecorderCallback(BaseCallback):
         """Record the episodes now; returns the mp4 files written."""
         written = record_video(self.model, self.env_id, self.video_folder,
                                name_prefix=f"step-{self.num_timesteps}",
-                               n_episodes=self.n_episodes, seed=self.seed)
+                               n_episodes=self.n_episodes, seed=self.seed,
+                               env_kwargs=self.env_kwargs, wrapper=self.wrapper)
         self.videos += written
         if self.verbose >= 1:
             print("Video: " + ", ".join(str(p) for p in written))
         return written
 
 
-def renders_rgb(env_id: str) -> bool:
-    """Whether ``env_id`` declares the ``rgb_array`` render mode that videos need (bsuite's
-    DeepSea, for one, has no rendering)."""
-    env = gym.make(env_id)
+def renders_rgb(env_id: str, env_kwargs: dict[str, Any] | None = None,
+                wrapper: Any = None) -> bool:
+    """Whether ``env_id`` (built by :func:`envs.make_env` with ``env_kwargs`` and
+    ``wrapper``) declares the ``rgb_array`` render mode that videos need (bsuite's DeepSea
+    and most of POPGym, for some, have no rendering)."""
+    env = make_env(env_id, env_kwargs=env_kwargs, wrapper=wrapper)
     try:
         return "rgb_array" in env.metadata.get("render_modes", [])
     finally:
@@ -282,18 +289,20 @@ def renders_rgb(env_id: str) -> bool:
 
 
 def record_video(model: Any, env_id: str, folder: str | os.PathLike, name_prefix: str = "video",
-                 n_episodes: int = 1, seed: int = 0, deterministic: bool = True) -> list[Path]:
-    """Play ``n_episodes`` episodes of ``model`` on ``env_id`` rendered to mp4 through
-    Gymnasium's ``RecordVideo``; returns the files written."""
+                 n_episodes: int = 1, seed: int = 0, deterministic: bool = True, *,
+                 env_kwargs: dict[str, Any] | None = None, wrapper: Any = None) -> list[Path]:
+    """Play ``n_episodes`` episodes of ``model`` on ``env_id`` (with ``env_kwargs`` and
+    ``wrapper``, as :func:`envs.make_env` takes them) rendered to mp4 through Gymnasium's
+    ``RecordVideo``; returns the files written."""
     check_int("n_episodes", n_episodes, 1)
-    if not renders_rgb(env_id):
+    if not renders_rgb(env_id, env_kwargs, wrapper):
         raise ValueError(f"{env_id} has no 'rgb_array' render mode, so no video can be "
                          "recorded")
     folder = Path(folder)
     # off-screen rendering: SDL (pygame, used by Gymnasium's classic-control renderers)
     # needs no display with the dummy video driver
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env = gym.make(env_id, render_mode="rgb_array")
+    env = make_env(env_id, env_kwargs=env_kwargs, wrapper=wrapper, render_mode="rgb_array")
     with warnings.catch_warnings():  # one folder holds the videos of many recordings
         warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
         env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True,
