@@ -146,7 +146,8 @@ def test_same_seed_same_run():
          "image"),
         (gym.spaces.Text(5), gym.spaces.Discrete(2), "Text"),
         (gym.spaces.Box(0, 255, (3, 8, 8), np.uint8), gym.spaces.Discrete(2), "image"),
-        (gym.spaces.Box(-1, 1, (2,)), gym.spaces.MultiDiscrete([2, 3]), "MultiDiscrete"),
+        (gym.spaces.Box(-1, 1, (2,)), gym.spaces.MultiDiscrete([[2, 3]]), "MultiDiscrete"),
+        (gym.spaces.Box(-1, 1, (2,)), gym.spaces.Text(3), "Text"),
         (gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-np.inf, np.inf, (1,)), "finite bounds"),
     ],
 )

@@ -318,9 +318,9 @@ def test_unsupported_action_spaces_are_refused():
     class MultiDiscreteEnv(CounterEnv):
         def __init__(self):
             super().__init__()
-            self.action_space = gym.spaces.MultiDiscrete([2, 3])
+            self.action_space = gym.spaces.MultiDiscrete([[2, 3]])
 
-    with pytest.raises(ValueError, match="MultiDiscrete"):
+    with pytest.raises(ValueError, match="MultiDiscrete action space must be 1-D"):
         small(MultiDiscreteEnv())
 
 
