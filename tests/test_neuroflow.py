@@ -256,7 +256,8 @@ def test_shared_encoder_targets_read_a_soft_updated_copy_of_the_actor_network():
     args = (torch.ones(n), torch.zeros(n), obs, state, torch.tensor(0.1))
     t0 = agent.td_target(*args, critic_state=crit)
     _, next_crit = target(obs, crit)
-    probs, log_probs = agent.actor.categorical(agent.actor(obs, state)[0])
+    log_probs = torch.log_softmax(agent.actor(obs, state)[0], -1)
+    probs = log_probs.exp()
     q = agent.critic_targets(torch.cat([obs, next_crit], 1)).min(0).values
     expected = 1.0 + agent.gamma * (probs * (q - 0.1 * log_probs)).sum(-1)
     torch.testing.assert_close(t0, expected)
