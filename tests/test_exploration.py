@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agents import NeuroFlow
+from agents.common.distributions import Categoricals
 from agents.neuroflow.exploration import (
     Disagreement,
     OptimisticActorCritic,
@@ -50,13 +51,20 @@ def test_discrete_ucb_picks_the_argmax_of_mean_plus_lambda_std():
     table = torch.tensor([[[1.0, 0.0, 2.5], [0.0, 5.0, 0.0]],
                           [[1.0, 4.0, 2.5], [0.0, 5.0, 3.0]],
                           [[1.0, 2.0, 2.5], [0.0, 5.0, 6.0]]])  # (N=3, B=2, A=3)
-    actor = SimpleNamespace(discrete=True)  # a strategy gets its parts, not the agent
+    # a strategy gets its parts, not the agent
+    actor = SimpleNamespace(discrete=True, choices=Categoricals((3,), single=True))
     for lam, expected in ((0.0, [2, 1]), (2.0, [1, 2])):
         ucb = UCBSelection(actor, TableHead(table), None, lam=lam)
         q = table.numpy()
         by_hand = (q.mean(0) + lam * q.std(0)).argmax(-1)  # numpy's std: the population one
         assert by_hand.tolist() == expected
         assert ucb.act(None, torch.zeros(2, 1)).tolist() == expected
+    # MultiDiscrete([2, 1]): the same table read as two entries, each scored on its own
+    actor = SimpleNamespace(discrete=True, choices=Categoricals((2, 1)))
+    ucb = UCBSelection(actor, TableHead(table), None, lam=2.0)
+    scores = table.mean(0) + 2.0 * table.std(0, unbiased=False)
+    expected = torch.stack([scores[:, :2].argmax(-1), scores[:, 2:].argmax(-1)], -1)
+    assert torch.equal(ucb.act(None, torch.zeros(2, 1)), expected)
 
 
 def test_box_ucb_takes_the_best_scored_candidate():
@@ -137,8 +145,9 @@ def test_a_thompson_member_is_fixed_within_an_episode_and_redrawn_per_copy(env_i
 
 def test_thompson_acts_with_the_drawn_member():
     table = torch.tensor([[[0.0, 30.0]], [[30.0, 0.0]]])  # member 0 prefers action 1
-    thompson = ThompsonSampling(SimpleNamespace(discrete=True), TableHead(table),
-                                log_alpha=torch.tensor(0.0), n_envs=1, agent_seed=0)
+    actor = SimpleNamespace(discrete=True, choices=Categoricals((2,), single=True))
+    thompson = ThompsonSampling(actor, TableHead(table), log_alpha=torch.tensor(0.0), n_envs=1,
+                                agent_seed=0)
     thompson.members[:] = 0
     assert thompson.act(torch.zeros(1, 2), torch.zeros(1, 1)).tolist() == [1]
     thompson.members[:] = 1

@@ -44,7 +44,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from agents.common.actor import LiquidActor
 from agents.neuroflow.critics import CriticEnsemble

@@ -41,7 +41,8 @@ __all__ = ["NeuroFlow", "NonFiniteTrainingError"]
 
 
 class NeuroFlow(BaseAgent):
-    """Liquid soft actor-critic for Box and Discrete actions.
+    """Liquid soft actor-critic for Box, Discrete, MultiDiscrete and MultiBinary actions
+    (the last two as a factorised SAC-Discrete, :mod:`agents.neuroflow.losses`).
 
     ``NeuroFlow(env, ...)``, or Stable-Baselines3's spelling ``NeuroFlow("MlpPolicy",
     env, ...)`` (the policy is always the liquid actor; SB3's default policy names are
@@ -52,7 +53,8 @@ class NeuroFlow(BaseAgent):
             ``normalize_observations`` (replay keeps raw observations), the elapsed time,
             ``n_envs``, ``vectorization``, ``seed``, ``device``, ``tensorboard_log``
             (with ``train/q_epistemic``, the critics' disagreement, and each exploration
-            strategy's keys) and ``verbose``. Actions ``Box`` or ``Discrete``.
+            strategy's keys) and ``verbose``. Actions ``Box``, ``Discrete``,
+            ``MultiDiscrete`` or ``MultiBinary``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
         critic_hidden: hidden widths of each MLP critic.

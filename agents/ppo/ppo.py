@@ -54,7 +54,9 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> to
 
 
 class LiquidPPO(BaseAgent):
-    """Recurrent PPO with liquid networks, for Box and Discrete actions.
+    """Recurrent PPO with liquid networks, for Box, Discrete, MultiDiscrete and MultiBinary
+    actions (a Gaussian; one categorical per entry; one Bernoulli per bit: SB3's
+    distributions).
 
     ``LiquidPPO(env, ...)``, or Stable-Baselines3's spelling ``LiquidPPO("MlpPolicy",
     env, ...)``; sb3-contrib's ``"MlpLstmPolicy"`` and ``"MultiInputLstmPolicy"`` are
@@ -67,7 +69,7 @@ class LiquidPPO(BaseAgent):
             acted on), the elapsed time, ``n_envs``, ``vectorization``, ``seed``,
             ``device``, ``tensorboard_log`` (with SB3 PPO's keys: ``train/approx_kl``,
             ``train/clip_fraction``, ``train/explained_variance``, ...) and ``verbose``.
-            Actions ``Box`` or ``Discrete``.
+            Actions ``Box``, ``Discrete``, ``MultiDiscrete`` or ``MultiBinary``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
         critic_neurons: the same for the critic's own network.
         actor_head: widths of an MLP between the actor's liquid network and the policy
