@@ -1,8 +1,9 @@
 """POPGym (Morad et al., ICLR 2023): LiquidPPO, NeuroFlow, RecurrentPPO and memory-free PPO on
 the Easy level of ten partially observable tasks, on the same budget.
 
-Every (agent, task, seed) run trains for ``--steps`` environment steps (200,000 by default)
-with one torch thread, two runs at a time (``--jobs``), and writes its own JSON file
+Every (agent, task, seed) run trains for ``--steps`` environment steps (200,000 by default;
+a PPO agent stops there within its rollout, at most one step of each copy past it) with one
+torch thread, two runs at a time (``--jobs``), and writes its own JSON file
 (``<out>/popgym-runs/<Task>-<agent>-<seed>.json``). A run whose file exists is skipped
 (``--force`` runs it again), so the suite can be completed over several sittings; the page
 (``<out>/popgym.md``, ``popgym.json``, ``popgym.png``) is rendered from whatever run files
@@ -170,11 +171,12 @@ def parameter_count(model: Any) -> int:
 class TrainingEpisodes:
     """The training episodes' returns, read from ``model.ep_info_buffer`` (the entries
     added since the previous read: each is a new dict), and the mean return every
-    ``log_every`` steps: over the episodes that ended since the previous point, or the last
-    :data:`WINDOW` when fewer ended (``None`` before any episode ended)."""
+    ``log_every`` steps up to ``steps``, the budget: over the episodes that ended since the
+    previous point, or the last :data:`WINDOW` when fewer ended (``None`` before any
+    episode ended). The last point is at ``steps``."""
 
-    def __init__(self, model: Any, log_every: int, label: str = "") -> None:
-        self.model, self.log_every, self.label = model, log_every, label
+    def __init__(self, model: Any, log_every: int, steps: int, label: str = "") -> None:
+        self.model, self.log_every, self.steps, self.label = model, log_every, steps, label
         self.last: dict | None = None
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.since: list[float] = []
@@ -207,19 +209,21 @@ class TrainingEpisodes:
               file=sys.stderr, flush=True)
 
     def on_step(self, _locals: dict) -> bool:
-        """The training callback: read the episodes; a point at each ``log_every``."""
+        """The training callback: read the episodes, a point at each ``log_every`` before
+        the budget; ``False`` (stop training) once the budget is reached, so that a PPO
+        agent does not run on to the end of its rollout."""
         self.read()
         done = self.model.num_timesteps
-        while done >= (len(self.curve) + 1) * self.log_every:
+        while (len(self.curve) + 1) * self.log_every < min(done + 1, self.steps):
             self.point((len(self.curve) + 1) * self.log_every)
-        return True
+        return done < self.steps
 
-    def finish(self, steps: int) -> None:
-        """After training: the episodes the last step ended, and a last point at ``steps``
-        unless the curve ends there."""
+    def finish(self) -> None:
+        """After training: the episodes not read yet, and the last point, at ``steps``."""
         self.read()
-        if not self.curve or self.curve[-1][0] < steps:
-            self.point(steps)
+        while (len(self.curve) + 1) * self.log_every < self.steps:  # training ended early
+            self.point((len(self.curve) + 1) * self.log_every)
+        self.point(self.steps)
 
 
 def mmer(curve: list[list]) -> float | None:
@@ -247,11 +251,11 @@ def run_one(job: tuple[str, str, int, int, int, dict, str, int]) -> dict:
     env_id = TASKS[task_name].env_id
     label = f"{task_name} {algo} seed {seed}"
     model, make_eval_env, wrappers = build(algo, env_id, seed, config)
-    episodes = TrainingEpisodes(model, log_every, label)
+    episodes = TrainingEpisodes(model, log_every, steps, label)
     result = train_with_evaluations(
         model, lambda n: evaluate(model, make_eval_env, n, seed), steps, 0, label,
         episodes=(0, EVAL_EPISODES), on_step=episodes.on_step)
-    episodes.finish(steps)
+    episodes.finish()
     best = mmer(episodes.curve)
     run = {"task": task_name, "env_id": env_id, "algo": algo, "seed": seed, "steps": steps,
            "log_every": log_every, "settings": config, "sb3_wrappers": wrappers,
