@@ -14,8 +14,8 @@ import numpy as np
 
 from velora_ens.bench.report import machine, write_atomic
 
-__all__ = ["machine", "plot_learning_curves", "run_line", "settings_list", "write_atomic",
-           "write_page", "write_report"]
+__all__ = ["draw_learning_curves", "machine", "plot_learning_curves", "run_line",
+           "settings_list", "write_atomic", "write_page", "write_report"]
 
 
 def write_report(path: Path, report: dict) -> dict:
@@ -50,6 +50,26 @@ def write_page(path: Path, lines: list[str]) -> None:
     print("\n".join(lines))
 
 
+def draw_learning_curves(ax: Any, results: list[dict], key: str, labels: dict[str, str],
+                         colors: dict[str, str], threshold: float | None = None) -> None:
+    """On the matplotlib axes ``ax``: the mean and min-max band over seeds of each
+    ``result[key]`` group's ``curve`` (``[step, value]`` pairs; a NaN value leaves a gap), in
+    ``labels``' order, a group without results left out (a dashed line at ``threshold`` if
+    given)."""
+    for name, label in labels.items():
+        curves = [r["curve"] for r in results if r[key] == name]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        steps = [s for s, _ in curves[0][:n]]
+        values = np.array([[np.nan if v is None else v for _, v in c[:n]] for c in curves],
+                          dtype=float)
+        ax.plot(steps, values.mean(0), marker=".", color=colors[name], label=label)
+        ax.fill_between(steps, values.min(0), values.max(0), color=colors[name], alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
+
+
 def plot_learning_curves(results: list[dict], key: str, labels: dict[str, str],
                          colors: dict[str, str], title: str, path: Path,
                          threshold: float | None = None) -> None:
@@ -61,15 +81,7 @@ def plot_learning_curves(results: list[dict], key: str, labels: dict[str, str],
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, label in labels.items():
-        curves = [r["curve"] for r in results if r[key] == name]
-        n = min(len(c) for c in curves)
-        steps = [s for s, _ in curves[0][:n]]
-        values = np.array([[v for _, v in c[:n]] for c in curves])
-        ax.plot(steps, values.mean(0), marker=".", color=colors[name], label=label)
-        ax.fill_between(steps, values.min(0), values.max(0), color=colors[name], alpha=0.2)
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
+    draw_learning_curves(ax, results, key, labels, colors, threshold)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("deterministic return")
     ax.set_title(f"{title} (mean, min-max over seeds)")

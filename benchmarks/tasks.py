@@ -90,13 +90,13 @@ class Task:
 
 def command(script: str, subcommand: str, options: Mapping[str, Any],
             defaults: Mapping[str, Any]) -> str:
-    """The command line of a page: ``python benchmarks/<script> <subcommand>`` and, in the
-    order of ``options``, each option whose value differs from its default
-    (``defaults[name]``, ``None`` if not named). A list gives its items, ``True`` the bare
-    flag, a dict its JSON; ``None`` and ``False`` are left out; every word is quoted for
-    the shell where it needs it (tests/test_bench.py has a worked example).
+    """The command line of a page: ``python benchmarks/<script> <subcommand>`` (no
+    subcommand when it is empty) and, in the order of ``options``, each option whose value
+    differs from its default (``defaults[name]``, ``None`` if not named). A list gives its
+    items, ``True`` the bare flag, a dict its JSON; ``None`` and ``False`` are left out;
+    every word is quoted for the shell where it needs it (tests/test_bench.py has a worked example).
     """
-    words = ["python", f"benchmarks/{script}", subcommand]
+    words = ["python", f"benchmarks/{script}", *([subcommand] if subcommand else [])]
     for name, value in options.items():
         if value is None or value is False or value == defaults.get(name):
             continue

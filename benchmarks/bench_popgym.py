@@ -1,0 +1,625 @@
+"""POPGym (Morad et al., ICLR 2023): LiquidPPO, NeuroFlow, RecurrentPPO and memory-free PPO on
+the Easy level of ten partially observable tasks, on the same budget.
+
+Every (agent, task, seed) run trains for ``--steps`` environment steps (200,000 by default;
+a PPO agent stops there within its rollout, at most one step of each copy past it) with one
+torch thread, two runs at a time (``--jobs``), and writes its own JSON file
+(``<out>/popgym-runs/<Task>-<agent>-<seed>.json``). A run whose file exists is skipped
+(``--force`` runs it again), so the suite can be completed over several sittings; the page
+(``<out>/popgym.md``, ``popgym.json``, ``popgym.png``) is rendered from whatever run files
+exist for the budget and settings asked for, a missing cell marked "not run"
+(``--render-only`` renders it without training):
+
+    python benchmarks/bench_popgym.py                          # the whole suite, 3 seeds
+    python benchmarks/bench_popgym.py --tasks RepeatPrevious --algos liquid_ppo ppo
+    python benchmarks/bench_popgym.py --render-only            # the page from the run files
+    python benchmarks/bench_popgym.py --tasks PositionOnlyCartPole --steps 4096 --seeds 0 \\
+        --out /tmp/popgym_smoke                                # a smoke run
+
+The metric is POPGym's: the **MMER** (max mean episodic reward), the running maximum over
+training of the mean return of the training episodes, and the **normalised MMER**
+``0.5 * MMER + 0.5`` (POPGym's returns lie in [-1, 1]). The mean is taken every
+``--log-every`` steps (10,000) as RLlib's ``episode_reward_mean`` (POPGym's runs) takes it
+every training iteration: over the episodes that ended since the previous point, or over the
+last 100 episodes when fewer than 100 ended since then (RLlib's
+``metrics_num_episodes_for_smoothing=100``). Beside it, every run evaluates its
+deterministic policy after training on 20 episodes of a fresh environment, seeded
+``10_000 * (seed + 1) + episode`` (away from the training seeds, as the other RL pages).
+
+The training episodes are read the same way for every agent: each keeps Stable-Baselines3's
+``ep_info_buffer`` (the returns of the last 100 episodes, ``Monitor``'s or Gymnasium's
+``RecordEpisodeStatistics``' for our agents), and a callback at every step takes the entries
+added since its previous call.
+
+Agents (one settings set for the whole suite, no per-task settings):
+
+- ``liquid_ppo``: ``agents.LiquidPPO`` on its defaults with 8 environment copies and
+  normalised observations (``--liquid-settings`` JSON overrides them);
+- ``neuroflow``: ``agents.NeuroFlow`` on its defaults (``--neuroflow-settings``);
+- ``recurrent_ppo``: sb3-contrib's ``RecurrentPPO("MlpLstmPolicy")`` on its defaults with 8
+  copies (its default rollout is 128 steps per copy, as LiquidPPO's);
+- ``ppo``: SB3 ``PPO("MlpPolicy")``, no memory (the floor), on its defaults with 8 copies
+  and LiquidPPO's and RecurrentPPO's 128 steps per copy (its default 2,048 would give 12
+  updates in 200,000 steps).
+
+Our agents take the task by id (``"popgym:popgym-<Task>Easy-v0"``) and every observation and
+action space of the suite as it is. The SB3 agents get the observation flattened by
+Gymnasium's ``FlattenObservation`` where they cannot take it: ``Tuple`` observations
+(Autoencode; SB3's ``MlpPolicy`` refuses them) and ``MultiDiscrete`` ones (CountRecall;
+RecurrentPPO's LSTM fails on them). It is a one-hot encoding of each part, as SB3's own of
+``MultiDiscrete`` and as ``popgym.wrappers.Flatten`` (which calls the same
+``gymnasium.spaces.utils.flatten`` but takes only a bare POPGym env, not ``gym.make``'s).
+The page names the wrapped tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_ppo import liquid_settings, unknown_liquid_settings
+from report import (
+    draw_learning_curves,
+    machine,
+    settings_list,
+    write_page,
+    write_report,
+)
+from tasks import OUT, Task, VecEnvAsEnv, command, evaluate, run_all, train_with_evaluations
+
+from velora_ens.cli_options import integer_option
+
+STEPS = 200_000
+TASK_NAMES = ("RepeatPrevious", "RepeatFirst", "CountRecall", "Autoencode", "HigherLower",
+              "PositionOnlyCartPole", "PositionOnlyPendulum", "NoisyPositionOnlyCartPole",
+              "MineSweeper", "Battleship")
+TASKS = {name: Task(f"popgym:popgym-{name}Easy-v0", STEPS) for name in TASK_NAMES}
+
+ALGOS = {"liquid_ppo": "LiquidPPO",
+         "neuroflow": "NeuroFlow",
+         "recurrent_ppo": "sb3-contrib RecurrentPPO (MlpLstmPolicy)",
+         "ppo": "SB3 PPO (MlpPolicy, no memory)"}
+COLORS = {"liquid_ppo": "tab:blue", "neuroflow": "tab:purple", "recurrent_ppo": "tab:orange",
+          "ppo": "tab:green"}
+# the one settings set of each agent (keyword arguments of its class; n_envs: copies)
+SETTINGS = {"liquid_ppo": {"n_envs": 8, "normalize_observations": True},
+            "neuroflow": {},
+            "recurrent_ppo": {"n_envs": 8},
+            "ppo": {"n_envs": 8, "n_steps": 128}}
+EVAL_EPISODES = 20
+WINDOW = 100  # RLlib's metrics_num_episodes_for_smoothing
+DEFAULTS = {"--tasks": list(TASK_NAMES), "--algos": list(ALGOS), "--seeds": [0, 1, 2],
+            "--steps": STEPS, "--log-every": 10_000, "--jobs": 2, "--liquid-settings": {},
+            "--neuroflow-settings": {}, "--out": OUT}
+RUNS = "popgym-runs"  # the folder of the run files under --out
+
+
+def settings(algo: str, liquid: dict | None = None, neuroflow: dict | None = None) -> dict:
+    """The agent's settings: :data:`SETTINGS` with ``--liquid-settings`` (LiquidPPO) or
+    ``--neuroflow-settings`` (NeuroFlow) over them."""
+    extra = {"liquid_ppo": liquid, "neuroflow": neuroflow}.get(algo)
+    return {**SETTINGS[algo], **(extra or {})}
+
+
+# ---------------------------------------------------------------------- environments
+def sb3_wrappers(observation_space: Any) -> list[str]:
+    """The observation wrappers the SB3 agents need for ``observation_space`` (by name)."""
+    import gymnasium as gym
+
+    flat = (gym.spaces.Tuple, gym.spaces.Dict, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+    return ["gymnasium.wrappers.FlattenObservation"] if isinstance(observation_space, flat) else []
+
+
+def make_sb3_env(env_id: str) -> Any:
+    """One copy of the task for the SB3 agents, wrapped as :func:`sb3_wrappers` says."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    if sb3_wrappers(env.observation_space):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
+
+
+def build(algo: str, env_id: str, seed: int, config: dict
+          ) -> tuple[Any, Callable[[], Any], list[str]]:
+    """The model, a builder of its evaluation env and the observation wrappers it trains
+    with. Our agents take the id; the SB3 agents a ``VecEnv`` of ``n_envs`` wrapped copies
+    (evaluated on one copy of it through ``tasks.VecEnvAsEnv``)."""
+    import gymnasium as gym
+
+    if algo in ("liquid_ppo", "neuroflow"):
+        from agents import LiquidPPO, NeuroFlow
+
+        cls = LiquidPPO if algo == "liquid_ppo" else NeuroFlow
+        model = cls("MlpPolicy", env_id, seed=seed, **config)
+        return model, lambda: gym.make(env_id), []
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    kwargs = {k: v for k, v in config.items() if k != "n_envs"}
+    venv = make_vec_env(lambda: make_sb3_env(env_id), config.get("n_envs", 1), seed=seed)
+    if algo == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO  # the bench extra
+
+        model = RecurrentPPO("MlpLstmPolicy", venv, seed=seed, verbose=0, **kwargs)
+    else:
+        model = PPO("MlpPolicy", venv, seed=seed, verbose=0, **kwargs)
+    wrappers = sb3_wrappers(gym.make(env_id).observation_space)
+    return model, lambda: VecEnvAsEnv(DummyVecEnv([lambda: make_sb3_env(env_id)])), wrappers
+
+
+def parameter_count(model: Any) -> int:
+    """Trainable parameters: an SB3 policy's, or our agent's networks (target copies left
+    out)."""
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    if isinstance(model, BaseAlgorithm):
+        return sum(p.numel() for p in model.policy.parameters())
+    return sum(p.numel() for name, m in model._persistent_modules().items()
+               if "target" not in name for p in m.parameters())
+
+
+# ---------------------------------------------------------------------- the metric
+class TrainingEpisodes:
+    """The training episodes' returns, read from ``model.ep_info_buffer`` (the entries
+    added since the previous read: each is a new dict), and the mean return every
+    ``log_every`` steps up to ``steps``, the budget: over the episodes that ended since the
+    previous point, or the last :data:`WINDOW` when fewer ended (``None`` before any
+    episode ended). The last point is at ``steps``."""
+
+    def __init__(self, model: Any, log_every: int, steps: int, label: str = "") -> None:
+        self.model, self.log_every, self.steps, self.label = model, log_every, steps, label
+        self.last: dict | None = None
+        self.recent: deque[float] = deque(maxlen=WINDOW)
+        self.since: list[float] = []
+        self.episodes = 0
+        self.curve: list[list] = []  # [step, mean return or None, episodes since the last]
+
+    def read(self) -> None:
+        """Take the episodes added to the buffer since the previous read."""
+        entries = list(self.model.ep_info_buffer)
+        start = 0
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i] is self.last:
+                start = i + 1
+                break
+        for entry in entries[start:]:
+            self.recent.append(float(entry["r"]))
+            self.since.append(float(entry["r"]))
+            self.episodes += 1
+        if entries:
+            self.last = entries[-1]
+
+    def point(self, step: int) -> None:
+        """The curve's point at ``step``."""
+        window = self.since if len(self.since) >= WINDOW else list(self.recent)
+        mean = float(np.mean(window)) if window else None
+        self.curve.append([step, mean, len(self.since)])
+        self.since = []
+        text = "-" if mean is None else f"{mean:7.3f}"
+        print(f"  {self.label}  {step:>7d} steps  train episode return {text}",
+              file=sys.stderr, flush=True)
+
+    def on_step(self, _locals: dict) -> bool:
+        """The training callback: read the episodes, a point at each ``log_every`` before
+        the budget; ``False`` (stop training) once the budget is reached, so that a PPO
+        agent does not run on to the end of its rollout."""
+        self.read()
+        done = self.model.num_timesteps
+        while (len(self.curve) + 1) * self.log_every < min(done + 1, self.steps):
+            self.point((len(self.curve) + 1) * self.log_every)
+        return done < self.steps
+
+    def finish(self) -> None:
+        """After training: the episodes not read yet, and the last point, at ``steps``."""
+        self.read()
+        while (len(self.curve) + 1) * self.log_every < self.steps:  # training ended early
+            self.point((len(self.curve) + 1) * self.log_every)
+        self.point(self.steps)
+
+
+def mmer(curve: list[list]) -> float | None:
+    """The running maximum of the curve's means at its end (``None``: no episode ended)."""
+    values = [v for _, v, *_ in curve if v is not None]
+    return max(values) if values else None
+
+
+def normalised(value: float | None) -> float | None:
+    return None if value is None else 0.5 * value + 0.5
+
+
+# ---------------------------------------------------------------------- runs
+def run_path(out: Path, task: str, algo: str, seed: int) -> Path:
+    return out / RUNS / f"{task}-{algo}-{seed}.json"
+
+
+def run_one(job: tuple[str, str, int, int, int, dict, str, int]) -> dict:
+    """Train one (task, agent, seed), evaluate it and write its run file (``jobs``: the
+    runs at a time, which the page names)."""
+    task_name, algo, seed, steps, log_every, config, path, jobs = job
+    import torch
+
+    torch.set_num_threads(1)
+    env_id = TASKS[task_name].env_id
+    label = f"{task_name} {algo} seed {seed}"
+    model, make_eval_env, wrappers = build(algo, env_id, seed, config)
+    episodes = TrainingEpisodes(model, log_every, steps, label)
+    result = train_with_evaluations(
+        model, lambda n: evaluate(model, make_eval_env, n, seed), steps, 0, label,
+        episodes=(0, EVAL_EPISODES), on_step=episodes.on_step)
+    episodes.finish()
+    best = mmer(episodes.curve)
+    run = {"task": task_name, "env_id": env_id, "algo": algo, "seed": seed, "steps": steps,
+           "log_every": log_every, "settings": config, "sb3_wrappers": wrappers,
+           "curve": [[s, v] for s, v, _ in episodes.curve],
+           "curve_episodes": [n for *_, n in episodes.curve],
+           "training_episodes": episodes.episodes, "mmer": best,
+           "normalised_mmer": normalised(best), "final_eval": result["curve"][-1][1],
+           "eval_episodes": EVAL_EPISODES, "trained_steps": result["steps"],
+           "train_seconds": result["train_seconds"],
+           "steps_per_second": result["steps_per_second"],
+           "parameters": parameter_count(model), "machine": machine(),
+           "torch": torch.__version__, "jobs": jobs, "date": time.strftime("%Y-%m-%d")}
+    write_report(Path(path), run)
+    return run
+
+
+def read_runs(out: Path) -> list[dict]:
+    """Every run file under ``out``, in a stable order."""
+    return [json.loads(p.read_text()) for p in sorted((out / RUNS).glob("*.json"))]
+
+
+def stale(run: dict, args: argparse.Namespace) -> str | None:
+    """Why ``run``'s file does not hold a run of this budget and settings, or None."""
+    wanted = settings(run["algo"], args.liquid_settings, args.neuroflow_settings)
+    for name, have, want in (("steps", run["steps"], args.steps),
+                             ("log-every", run["log_every"], args.log_every),
+                             ("settings", run["settings"], wanted)):
+        if have != want:
+            return f"{name} {have} instead of {want}"
+    return None
+
+
+# ---------------------------------------------------------------------- the page
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def cell_summary(runs: list[dict]) -> dict:
+    """One agent's numbers on one task over its seeds."""
+    mmers = [r["mmer"] for r in runs if r["mmer"] is not None]
+    return {"seeds": [r["seed"] for r in runs], "mmer": [r["mmer"] for r in runs],
+            "mmer_mean": float(np.mean(mmers)) if mmers else None,
+            "mmer_std": float(np.std(mmers)) if mmers else None,
+            "normalised_mmer_mean": normalised(float(np.mean(mmers))) if mmers else None,
+            "final_eval": [r["final_eval"] for r in runs],
+            "final_eval_mean": float(np.mean([r["final_eval"] for r in runs])),
+            "final_eval_std": float(np.std([r["final_eval"] for r in runs])),
+            "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
+            "parameters": runs[0]["parameters"], "sb3_wrappers": runs[0]["sb3_wrappers"]}
+
+
+def summarize(runs: list[dict], tasks: list[str], algos: list[str]) -> dict:
+    """Per task and agent (``None``: not run), and per agent over the suite."""
+    cells = {t: {a: None for a in algos} for t in tasks}
+    for t in tasks:
+        for a in algos:
+            mine = sorted((r for r in runs if r["task"] == t and r["algo"] == a),
+                          key=lambda r: r["seed"])
+            if mine:
+                cells[t][a] = cell_summary(mine)
+    common = [t for t in tasks if all(cells[t][a] is not None
+                                      and cells[t][a]["mmer_mean"] is not None for a in algos)]
+    suite = {}
+    for a in algos:
+        done = [t for t in tasks if cells[t][a] is not None
+                and cells[t][a]["mmer_mean"] is not None]
+        suite[a] = {
+            "tasks": done,
+            "normalised_mmer": (float(np.mean([cells[t][a]["normalised_mmer_mean"]
+                                               for t in done])) if done else None),
+            "normalised_mmer_common": (float(np.mean([cells[t][a]["normalised_mmer_mean"]
+                                                      for t in common])) if common else None),
+            "final_eval": (float(np.mean([cells[t][a]["final_eval_mean"] for t in done]))
+                           if done else None),
+            "steps_per_second": (float(np.mean([cells[t][a]["steps_per_second"]
+                                                for t in done])) if done else None)}
+    return {"cells": cells, "suite": suite, "common_tasks": common}
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def suite_table(summary: dict, algos: list[str], n_tasks: int) -> list[str]:
+    common = summary["common_tasks"]
+    lines = ["| agent | tasks run | mean normalised MMER over its tasks | mean normalised MMER "
+             f"over the {len(common)} task(s) every agent ran | mean final evaluation return "
+             "over its tasks | mean train steps/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for a in algos:
+        row = summary["suite"][a]
+        lines.append(f"| {ALGOS[a]} | {len(row['tasks'])}/{n_tasks} | "
+                     f"{number(row['normalised_mmer'])} | "
+                     f"{number(row['normalised_mmer_common'])} | "
+                     f"{number(row['final_eval'])} | {number(row['steps_per_second'], 0)} |")
+    return lines
+
+
+def task_table(summary: dict, tasks: list[str], algos: list[str]) -> list[str]:
+    lines = ["| task | agent | seeds | MMER (mean ± std) | normalised MMER | MMER per seed | "
+             "final evaluation (mean ± std) | per seed | train steps/s | parameters |",
+             "|---|---|---|---:|---:|---|---:|---|---:|---:|"]
+    for t in tasks:
+        for a in algos:
+            cell = summary["cells"][t][a]
+            if cell is None:
+                lines.append(f"| {t} | {ALGOS[a]} | not run | | | | | | | |")
+                continue
+            seeds = " ".join(map(str, cell["seeds"]))
+            mmer_text = (mean_std([m for m in cell["mmer"] if m is not None])
+                         if cell["mmer_mean"] is not None else "no episode ended")
+            lines.append(
+                f"| {t} | {ALGOS[a]} | {seeds} | {mmer_text} | "
+                f"{number(cell['normalised_mmer_mean'])} | "
+                f"{', '.join(number(m) for m in cell['mmer'])} | "
+                f"{cell['final_eval_mean']:.3f} ± {cell['final_eval_std']:.3f} | "
+                f"{', '.join(f'{v:.3f}' for v in cell['final_eval'])} | "
+                f"{cell['steps_per_second']:.0f} | {cell['parameters']:,} |")
+    return lines
+
+
+def wrapped_tasks(summary: dict, tasks: list[str], algos: list[str]) -> dict[str, list[str]]:
+    """The tasks on which the SB3 agents ran with each observation wrapper."""
+    wrapped: dict[str, list[str]] = {}
+    for t in tasks:
+        for name in sorted({w for a in algos if summary["cells"][t][a] is not None
+                            for w in summary["cells"][t][a]["sb3_wrappers"]}):
+            wrapped.setdefault(name, []).append(t)
+    return wrapped
+
+
+def page(report: dict) -> list[str]:
+    """The Markdown page of ``report`` (what :func:`render` writes as popgym.json)."""
+    tasks, algos, summary = report["tasks"], report["algos"], report["summary"]
+    done = sum(len(c["seeds"]) for t in tasks for c in summary["cells"][t].values() if c)
+    machines = ", ".join(f"{m} ({n} runs)" for m, n in report["machines"].items()) or "none"
+    dates = (f"{report['dates'][0]} to {report['dates'][-1]}" if report["dates"]
+             else "no runs yet")
+    wrapped = wrapped_tasks(summary, tasks, algos)
+    planned = len(tasks) * len(algos) * len(report["seeds"])
+    jobs = " or ".join(map(str, report["jobs"])) or "-"
+    lines = [
+        f"## POPGym, Easy level: {len(tasks)} task(s), {report['steps']:,} steps per run, seeds "
+        f"{report['seeds']}",
+        "",
+        f"Command: `{report['command']}` ({done} of {planned} runs on file; each run is kept "
+        "in its own file, so the suite may span several sittings). Runs: one torch thread "
+        f"each, {jobs} at a time; machines: {machines}; torch "
+        f"{', '.join(report['torch']) or '-'}; {dates}.",
+        "",
+        "Metric: POPGym's MMER, the running maximum over training of the mean return of the "
+        f"training episodes, taken every {report['log_every']:,} steps over the episodes that "
+        f"ended since the previous point (the last {WINDOW} when fewer ended: RLlib's "
+        "`episode_reward_mean`), and the normalised MMER, 0.5 * MMER + 0.5, in [0, 1]. The "
+        f"final evaluation is the deterministic policy after training on {EVAL_EPISODES} "
+        "episodes of a fresh environment seeded 10,000 * (seed + 1) + episode. POPGym scales "
+        "the returns to about [-1, 1]. Train steps/s exclude the evaluation.",
+        "",
+        "Settings (one set for the whole suite; keyword arguments of each class over its "
+        "defaults, `n_envs`: environment copies):",
+        "",
+        *settings_list({ALGOS[a]: report["settings"][a] for a in algos}),
+        "",
+        "Our agents take every task by its id, `popgym:popgym-<Task>Easy-v0`, spaces as they "
+        "are." + "".join(f" The SB3 agents see the observations of {', '.join(ts)} through "
+                         f"`{name}` (one-hot): `MlpPolicy` refuses `Tuple` observations and "
+                         "RecurrentPPO's LSTM fails on `MultiDiscrete` ones."
+                         for name, ts in wrapped.items()),
+        "",
+        "### The suite",
+        "",
+        *suite_table(summary, algos, len(tasks)),
+        "",
+        "### Per task",
+        "",
+        *task_table(summary, tasks, algos),
+        "",
+        *([f"Run files left out (another budget or settings): {report['left_out']}.", ""]
+          if report["left_out"] else []),
+        "![training episode returns](popgym.png)",
+        "",
+    ]
+    return lines
+
+
+def plot(report: dict, runs: list[dict], path: Path) -> None:
+    """One panel per task that has runs: each agent's training curve (mean, min-max over
+    seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in report["tasks"] if any(r["task"] == t for r in runs)]
+    if not tasks:
+        return
+    cols = min(5, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    labels = {a: ALGOS[a] for a in report["algos"]}
+    for ax, t in zip(axes.flat, tasks, strict=False):
+        draw_learning_curves(ax, [r for r in runs if r["task"] == t], "algo", labels, COLORS)
+        ax.set_title(t, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat:  # the legend of the panel with the most agents
+        h, n = ax.get_legend_handles_labels()
+        if len(h) > len(handles):
+            handles, names = h, n
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=7)
+    fig.suptitle("POPGym Easy: mean training episode return (mean, min-max over seeds) "
+                 "against environment steps", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def command_of(args: argparse.Namespace) -> str:
+    options = {"--tasks": args.tasks, "--algos": args.algos, "--seeds": args.seeds,
+               "--steps": args.steps, "--log-every": args.log_every, "--jobs": args.jobs,
+               "--liquid-settings": args.liquid_settings,
+               "--neuroflow-settings": args.neuroflow_settings, "--out": args.out}
+    return command("bench_popgym.py", "", options, DEFAULTS)
+
+
+def render(args: argparse.Namespace) -> dict:
+    """The page, its JSON and its curves from the run files of ``args``' tasks, agents,
+    seeds, budget and settings."""
+    runs, left_out = [], []
+    for run in read_runs(args.out):
+        if (run["task"] not in args.tasks or run["algo"] not in args.algos
+                or run["seed"] not in args.seeds):
+            continue
+        if why := stale(run, args):
+            left_out.append(f"{run['task']}-{run['algo']}-{run['seed']} ({why})")
+        else:
+            runs.append(run)
+    machines: dict[str, int] = {}
+    for r in runs:
+        machines[r["machine"]] = machines.get(r["machine"], 0) + 1
+    report = write_report(args.out / "popgym.json", {
+        "command": command_of(args), "tasks": args.tasks, "algos": args.algos,
+        "seeds": args.seeds, "steps": args.steps, "log_every": args.log_every,
+        "settings": {a: settings(a, args.liquid_settings, args.neuroflow_settings)
+                     for a in args.algos},
+        "env_ids": {t: TASKS[t].env_id for t in args.tasks},
+        "machines": machines, "torch": sorted({r["torch"] for r in runs}),
+        "jobs": sorted({r["jobs"] for r in runs}),
+        "dates": sorted({r["date"] for r in runs}), "rendered": time.strftime("%Y-%m-%d"),
+        "left_out": left_out, "summary": summarize(runs, args.tasks, args.algos),
+        "runs": runs})
+    write_page(args.out / "popgym.md", page(report))
+    plot(report, runs, args.out / "popgym.png")
+    return report
+
+
+# ---------------------------------------------------------------------- main
+def json_object(option: str, cls: str) -> Callable[[str], dict]:
+    """An option's type: a JSON object of ``cls`` keyword arguments."""
+    if option == "--liquid-settings":
+        return liquid_settings
+
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"{option} must be a JSON object of {cls} keyword "
+                                             f"arguments, got {text!r} ({error})") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{option} must be a JSON object of {cls} keyword "
+                                             f"arguments, got {text!r}")
+        return value
+    return parse
+
+
+def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
+    """Why ``overrides`` are not keyword arguments of ``cls`` a run may set, or None."""
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "policy", "env",
+                                                                   "seed"}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        return (f"{option}: {', '.join(map(repr, unknown))} not {cls.__name__} keyword "
+                f"argument(s); expected some of {', '.join(sorted(accepted))}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
+                        help="POPGym tasks, each at its Easy level (default: all ten)")
+    parser.add_argument("--algos", nargs="+", choices=list(ALGOS), default=list(ALGOS),
+                        help="agents (default: all four)")
+    parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+",
+                        default=DEFAULTS["--seeds"], help="seeds (default 0 1 2)")
+    parser.add_argument("--steps", type=integer_option("--steps", 1), default=STEPS,
+                        help=f"training steps per run, every agent (default {STEPS:,})")
+    parser.add_argument("--log-every", type=integer_option("--log-every", 1),
+                        default=DEFAULTS["--log-every"],
+                        help="steps between the points of the training curve, over which the "
+                             "MMER is the maximum (default 10,000)")
+    parser.add_argument("--jobs", type=integer_option("--jobs", 1), default=2,
+                        help="runs at a time (default 2)")
+    parser.add_argument("--liquid-settings", type=json_object("--liquid-settings", "LiquidPPO"),
+                        default={}, metavar="JSON",
+                        help="LiquidPPO keyword arguments over its settings of the suite "
+                             f"{SETTINGS['liquid_ppo']} (default: none)")
+    parser.add_argument("--neuroflow-settings",
+                        type=json_object("--neuroflow-settings", "NeuroFlow"), default={},
+                        metavar="JSON", help="NeuroFlow keyword arguments over its defaults "
+                                             "(default: none)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help=f"output folder: the page popgym.md/.json/.png and the run files "
+                             f"under {RUNS}/ (default {OUT})")
+    parser.add_argument("--force", action="store_true",
+                        help="run again the runs whose files exist")
+    parser.add_argument("--render-only", action="store_true",
+                        help="write the page from the run files, training nothing")
+    args = parser.parse_args(argv)
+    args.tasks = [t for t in TASK_NAMES if t in args.tasks]
+    args.algos = list(dict.fromkeys(args.algos))
+    args.seeds = list(dict.fromkeys(args.seeds))
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
+    for option, algo, value in (("--liquid-settings", "liquid_ppo", args.liquid_settings),
+                                ("--neuroflow-settings", "neuroflow", args.neuroflow_settings)):
+        if not value:
+            continue
+        if algo not in args.algos:
+            parser.error(f"{option} needs {algo} among --algos")
+        if algo == "liquid_ppo":
+            why = unknown_liquid_settings(value)
+        else:
+            from agents import NeuroFlow
+
+            why = unknown_settings(NeuroFlow, option, value)
+        if why:
+            parser.error(why)
+    if not args.render_only:
+        work, clash = [], []
+        for t in args.tasks:
+            for s in args.seeds:
+                for a in args.algos:
+                    path = run_path(args.out, t, a, s)
+                    if path.exists() and not args.force:
+                        if why := stale(json.loads(path.read_text()), args):
+                            clash.append(f"{path} ({why})")
+                        continue
+                    config = settings(a, args.liquid_settings, args.neuroflow_settings)
+                    work.append((t, a, s, args.steps, args.log_every, config, str(path),
+                                 args.jobs))
+        if clash:
+            parser.error("run files of another budget or settings exist: "
+                         + "; ".join(clash) + " (--force runs them again; or pass another "
+                         "--out)")
+        print(f"{len(work)} run(s) to do", file=sys.stderr)
+        if work:
+            run_all(run_one, work, args.jobs)
+    render(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""benchmarks/bench_popgym.py: the MMER's window, the run files kept between sittings and
+the page rendered from them, and the SB3 agents' wrappers. The end-to-end tests skip
+without popgym (and sb3-contrib where RecurrentPPO runs)."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+
+@pytest.fixture
+def bench_popgym(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_popgym
+
+    return bench_popgym
+
+
+def test_mmer_takes_rllibs_window_at_every_point(bench_popgym, capsys):
+    model = SimpleNamespace(ep_info_buffer=deque(maxlen=100), num_timesteps=0)
+    episodes = bench_popgym.TrainingEpisodes(model, log_every=10, steps=45)
+
+    def step(to, *returns):
+        model.ep_info_buffer.extend({"r": r, "l": 1} for r in returns)
+        model.num_timesteps = to
+        return episodes.on_step({})
+
+    step(5)
+    step(10)          # no episode yet: no mean
+    step(15, 0.5)
+    step(20, -0.5)    # two since the last point, fewer than 100: the last 100 (both)
+    step(30, 1.0)     # one since: the mean of the last 100 = (0.5 - 0.5 + 1) / 3
+    for to in range(31, 39):  # 152 since (the buffer keeps 100): those alone
+        step(to, *[0.2] * 19)
+    assert step(40, 0.8)
+    assert episodes.on_step({})  # each entry is read once
+    assert not step(48)          # the budget reached: stop
+    episodes.finish()            # the last point at the budget: the last 100
+    assert episodes.curve == [[10, None, 0], [20, 0.0, 2], [30, pytest.approx(1 / 3), 1],
+                              [40, pytest.approx((0.2 * 152 + 0.8) / 153), 153],
+                              [45, pytest.approx((0.2 * 99 + 0.8) / 100), 0]]
+    assert episodes.episodes == 156
+    assert bench_popgym.mmer(episodes.curve) == pytest.approx(1 / 3)
+    assert bench_popgym.normalised(-1.0) == 0.0 and bench_popgym.normalised(None) is None
+    assert bench_popgym.mmer([[10, None]]) is None
+
+
+def test_every_task_is_an_easy_popgym_id(bench_popgym):
+    assert len(bench_popgym.TASKS) == 10
+    assert bench_popgym.TASKS["RepeatPrevious"].env_id == "popgym:popgym-RepeatPreviousEasy-v0"
+    assert {t.steps for t in bench_popgym.TASKS.values()} == {200_000}
+    assert bench_popgym.settings("liquid_ppo", {"n_steps": 64}) == {
+        "n_envs": 8, "normalize_observations": True, "n_steps": 64}
+    assert bench_popgym.settings("neuroflow", None, {"batch_size": 64}) == {"batch_size": 64}
+
+
+def test_sb3_agents_get_the_flattened_observations_they_need(bench_popgym):
+    pytest.importorskip("popgym")
+    sb3_contrib = pytest.importorskip("sb3_contrib")
+    import gymnasium as gym
+
+    flat = ["gymnasium.wrappers.FlattenObservation"]
+    for task, wrappers in (("CountRecall", flat), ("Autoencode", flat), ("RepeatFirst", []),
+                           ("Battleship", [])):
+        env_id = bench_popgym.TASKS[task].env_id
+        assert bench_popgym.sb3_wrappers(gym.make(env_id).observation_space) == wrappers
+        env = bench_popgym.make_sb3_env(env_id)
+        assert isinstance(env.observation_space, gym.spaces.Box) == bool(wrappers)
+    # RecurrentPPO builds on MultiDiscrete (CountRecall) and Tuple (Autoencode) tasks
+    for task in ("CountRecall", "Autoencode"):
+        model, make_eval, wrappers = bench_popgym.build(
+            "recurrent_ppo", bench_popgym.TASKS[task].env_id, 0, {"n_envs": 2, "n_steps": 8,
+                                                                   "batch_size": 16})
+        assert isinstance(model, sb3_contrib.RecurrentPPO) and wrappers == flat
+        make_eval().close()
+
+
+def test_runs_are_kept_skipped_and_rendered(bench_popgym, tmp_path, capsys):
+    pytest.importorskip("popgym")
+    out = tmp_path / "popgym"
+    common = ["--steps", "256", "--log-every", "128", "--seeds", "0", "--jobs", "1",
+              "--out", str(out)]
+    argv = ["--tasks", "PositionOnlyCartPole", "Autoencode", "--algos", "ppo", *common]
+    assert bench_popgym.main(argv) == 0
+    runs = sorted(p.name for p in (out / bench_popgym.RUNS).iterdir())
+    assert runs == ["Autoencode-ppo-0.json", "PositionOnlyCartPole-ppo-0.json"]
+    run = json.loads((out / bench_popgym.RUNS / "Autoencode-ppo-0.json").read_text())
+    assert run["sb3_wrappers"] == ["gymnasium.wrappers.FlattenObservation"]
+    # 8 copies: PPO stops at the budget within its first rollout (1,024 steps)
+    assert [s for s, _ in run["curve"]] == [128, 256] and run["trained_steps"] == 256
+    assert run["mmer"] is None  # Autoencode's episodes are longer than 32 steps
+    run = json.loads((out / bench_popgym.RUNS / "PositionOnlyCartPole-ppo-0.json").read_text())
+    assert run["normalised_mmer"] == pytest.approx(0.5 * run["mmer"] + 0.5)
+    assert run["parameters"] > 0 and run["steps_per_second"] > 0
+    page = (out / "popgym.md").read_text()
+    assert "2 of 2 runs on file" in page and "| Autoencode | SB3 PPO" in page
+    assert "The SB3 agents see the observations of Autoencode through" in page
+    assert (out / "popgym.png").stat().st_size > 0
+    # a second sitting skips the runs on file; the page names the cells not run
+    before = {p: p.stat().st_mtime_ns for p in (out / bench_popgym.RUNS).iterdir()}
+    capsys.readouterr()
+    argv = ["--tasks", "PositionOnlyCartPole", "Autoencode", "--algos", "ppo", "neuroflow",
+            *common, "--render-only"]
+    assert bench_popgym.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / bench_popgym.RUNS).iterdir()} == before
+    page = (out / "popgym.md").read_text()
+    assert "| Autoencode | NeuroFlow | not run |" in page and "2 of 4 runs on file" in page
+    report = json.loads((out / "popgym.json").read_text())
+    assert report["summary"]["suite"]["neuroflow"]["tasks"] == []
+    assert report["summary"]["suite"]["ppo"]["tasks"] == ["PositionOnlyCartPole"]  # an MMER
+    assert "| Autoencode | SB3 PPO (MlpPolicy, no memory) | 0 | no episode ended |" in page
+    assert "\n".join(bench_popgym.page(report)) == page
+    # run files of another budget are not mixed in: an error to train, left out to render
+    with pytest.raises(SystemExit) as exit_:
+        bench_popgym.main(["--tasks", "Autoencode", "--algos", "ppo", "--steps", "512",
+                           "--seeds", "0", "--out", str(out)])
+    assert exit_.value.code == 2 and "--force" in capsys.readouterr().err
+    assert bench_popgym.main(["--tasks", "Autoencode", "--algos", "ppo", "--steps", "512",
+                              "--seeds", "0", "--out", str(out), "--render-only"]) == 0
+    assert "Autoencode-ppo-0 (steps 256 instead of 512)" in (out / "popgym.md").read_text()
+
+
+def test_our_agents_run_by_id(bench_popgym, tmp_path):
+    pytest.importorskip("popgym")
+    out = tmp_path / "ours"
+    argv = ["--tasks", "PositionOnlyCartPole", "--algos", "liquid_ppo", "neuroflow",
+            "--steps", "128", "--log-every", "64", "--seeds", "0", "--jobs", "1",
+            "--liquid-settings", '{"n_envs": 2, "n_steps": 32, "batch_size": 32}',
+            "--neuroflow-settings", '{"learning_starts": 32, "batch_size": 16}',
+            "--out", str(out)]
+    assert bench_popgym.main(argv) == 0
+    report = json.loads((out / "popgym.json").read_text())
+    assert {r["algo"] for r in report["runs"]} == {"liquid_ppo", "neuroflow"}
+    for r in report["runs"]:
+        assert r["sb3_wrappers"] == [] and r["parameters"] > 0
+        assert r["settings"] == bench_popgym.settings(
+            r["algo"], {"n_envs": 2, "n_steps": 32, "batch_size": 32},
+            {"learning_starts": 32, "batch_size": 16})
+    assert "--neuroflow-settings" in report["command"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--tasks", "Concentration"], "invalid choice: 'Concentration'"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--algos", "ppo", "--liquid-settings", '{"n_steps": 16}'],
+     "--liquid-settings needs liquid_ppo among --algos"),
+    (["--neuroflow-settings", '{"n_stepz": 3}'],
+     "--neuroflow-settings: 'n_stepz' not NeuroFlow keyword argument(s)"),
+    (["--neuroflow-settings", "[3]"], "--neuroflow-settings must be a JSON object"),
+])
+def test_mistakes_exit_2(bench_popgym, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_:
+        bench_popgym.main(argv)
+    assert exit_.value.code == 2
+    assert fragment in capsys.readouterr().err
