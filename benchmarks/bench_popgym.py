@@ -13,6 +13,7 @@ exist for the budget and settings asked for, a missing cell marked "not run"
     python benchmarks/bench_popgym.py                          # the whole suite, 3 seeds
     python benchmarks/bench_popgym.py --tasks RepeatPrevious --algos liquid_ppo ppo
     python benchmarks/bench_popgym.py --render-only            # the page from the run files
+    python benchmarks/bench_popgym.py --throughput             # steps/s, LiquidPPO vs RecurrentPPO
     python benchmarks/bench_popgym.py --tasks PositionOnlyCartPole --steps 4096 --seeds 0 \\
         --out /tmp/popgym_smoke                                # a smoke run
 
@@ -72,7 +73,17 @@ from report import (
     write_page,
     write_report,
 )
-from tasks import OUT, Task, VecEnvAsEnv, command, evaluate, run_all, train_with_evaluations
+from tasks import (
+    OUT,
+    Task,
+    VecEnvAsEnv,
+    chunk_learner,
+    command,
+    evaluate,
+    interleaved_rates,
+    run_all,
+    train_with_evaluations,
+)
 
 from velora_ens.cli_options import integer_option
 
@@ -514,6 +525,79 @@ def render(args: argparse.Namespace) -> dict:
     return report
 
 
+# ---------------------------------------------------------------------- throughput
+THROUGHPUT = {"rounds": 3, "chunk": 2048}  # interleaved chunks of training steps per agent
+
+
+def throughput_one(job: tuple[str, dict, int, int]) -> dict:
+    """LiquidPPO against RecurrentPPO on one task, each with its settings of the suite, one
+    torch thread: one warm-up chunk each, then the median steps/s of ``rounds`` interleaved
+    chunks (``tasks.interleaved_rates``: a change in the machine's load affects both)."""
+    task_name, liquid, rounds, chunk = job
+    import torch
+
+    torch.set_num_threads(1)
+    env_id = TASKS[task_name].env_id
+    models = {a: build(a, env_id, 0, settings(a, liquid))[0]
+              for a in ("liquid_ppo", "recurrent_ppo")}
+    for model in models.values():
+        model.learn(chunk)
+    rates = interleaved_rates({a: chunk_learner(m, chunk) for a, m in models.items()},
+                              rounds, chunk)
+    return {"task": task_name, "steps_per_second": rates,
+            "ratio": rates["liquid_ppo"] / rates["recurrent_ppo"],
+            "parameters": {a: parameter_count(m) for a, m in models.items()}}
+
+
+def throughput(args: argparse.Namespace) -> int:
+    """The throughput page (``popgym-throughput.md``/``.json``); exit 1 when a task is
+    under the target (LiquidPPO at least 3x RecurrentPPO's steps/s)."""
+    import torch
+
+    rounds, chunk = THROUGHPUT["rounds"], THROUGHPUT["chunk"]
+    rows, minutes = run_all(throughput_one, [(t, args.liquid_settings, rounds, chunk)
+                                             for t in args.tasks], args.jobs)
+    met = all(r["ratio"] >= 3.0 for r in rows)
+    options = {"--tasks": args.tasks, "--jobs": args.jobs,
+               "--liquid-settings": args.liquid_settings, "--out": args.out}
+    cmd = command("bench_popgym.py", "", options, DEFAULTS) + " --throughput"
+    write_report(args.out / "popgym-throughput.json", {
+        "command": cmd, "machine": machine(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "chunk": chunk,
+        "jobs": args.jobs, "rows": rows,
+        "settings": {a: settings(a, args.liquid_settings)
+                     for a in ("liquid_ppo", "recurrent_ppo")}})
+    lines = [
+        "## POPGym training throughput: LiquidPPO and RecurrentPPO",
+        "",
+        f"Command: `{cmd}`; {machine()}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}, {minutes:.0f} min. One torch thread per task, "
+        f"{args.jobs} task(s) at a time; both agents of a task in one process, with their "
+        "settings of the suite (below), seed 0. Environment steps per second including "
+        f"acting and the PPO updates: medians of {rounds} interleaved chunks of {chunk:,} "
+        "steps after a warm-up chunk, so a change in the machine's load affects both agents "
+        "alike; the ratio is what carries to other machines, the absolute rates are this "
+        "machine's.",
+        "",
+        *settings_list({ALGOS[a]: settings(a, args.liquid_settings)
+                        for a in ("liquid_ppo", "recurrent_ppo")}),
+        "",
+        "| task | LiquidPPO steps/s | RecurrentPPO steps/s | ratio | LiquidPPO parameters | "
+        "RecurrentPPO parameters |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {r['task']} | {r['steps_per_second']['liquid_ppo']:.0f} | "
+          f"{r['steps_per_second']['recurrent_ppo']:.0f} | **{r['ratio']:.1f}x** | "
+          f"{r['parameters']['liquid_ppo']:,} | {r['parameters']['recurrent_ppo']:,} |"
+          for r in rows),
+        "",
+        f"Target: LiquidPPO at least 3x RecurrentPPO's steps/s on every task: "
+        f"{'met' if met else 'not met'} (lowest ratio {min(r['ratio'] for r in rows):.1f}x).",
+        "",
+    ]
+    write_page(args.out / "popgym-throughput.md", lines)
+    return 0 if met else 1
+
+
 # ---------------------------------------------------------------------- main
 def json_object(option: str, cls: str) -> Callable[[str], dict]:
     """An option's type: a JSON object of ``cls`` keyword arguments."""
@@ -577,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run again the runs whose files exist")
     parser.add_argument("--render-only", action="store_true",
                         help="write the page from the run files, training nothing")
+    parser.add_argument("--throughput", action="store_true",
+                        help="measure training steps/s of LiquidPPO against RecurrentPPO on "
+                             "each task (popgym-throughput.md), no learning runs")
     args = parser.parse_args(argv)
     args.tasks = [t for t in TASK_NAMES if t in args.tasks]
     args.algos = list(dict.fromkeys(args.algos))
@@ -597,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             why = unknown_settings(NeuroFlow, option, value)
         if why:
             parser.error(why)
+    if args.throughput:
+        return throughput(args)
     if not args.render_only:
         work, clash = [], []
         for t in args.tasks:
