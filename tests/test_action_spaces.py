@@ -15,7 +15,7 @@ import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import distributions as D
 
-from agents import LiquidPPO, NeuroFlow, load_agent
+from agents import LiquidPolicy, LiquidPPO, NeuroFlow, load_agent
 from agents.common.actor import LiquidActor
 from agents.common.distributions import Bernoullis, Categoricals, discrete_actions
 from agents.driver.spaces import ActionAdapter, ObservationEncoder
@@ -249,6 +249,23 @@ def test_resume_is_exact_in_each_space(tmp_path, kind, make, steps, extra):
                                   uninterrupted.driver.action_log.array())
 
 
+@pytest.mark.parametrize("kind", ["MultiDiscrete", "MultiBinary"])
+@pytest.mark.parametrize("make", [ppo, neuroflow])
+def test_saved_agents_and_policy_files_act_alike_in_each_space(tmp_path, kind, make):
+    agent = make(f"VeloraBandit{kind}-v0", **({"n_steps": 16, "batch_size": 16}
+                                              if make is ppo else {}))
+    agent.learn(80)
+    obs = np.array([[0.0], [0.5], [-0.5]], np.float32)
+    expected, state = agent.predict(obs, deterministic=True)
+    loaded = load_agent(agent.save(tmp_path / "agent"))
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], expected)
+    policy = LiquidPolicy.load(agent.policy.save(tmp_path / "policy"))
+    assert policy.action_space == agent.action_space
+    action, policy_state = policy.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(action, expected)
+    np.testing.assert_array_equal(policy_state, state)
+
+
 # ------------------------------------------------------------------ bad spaces
 @pytest.mark.parametrize("space, fragment", [
     (gym.spaces.Box(-np.inf, np.inf, (1,)), r"finite bounds.*RescaleAction"),
@@ -288,22 +305,49 @@ def test_nested_observations_are_encoded_part_by_part_in_the_space_order():
         encoder.encode({**obs, "z": (0, obs["z"][1])}, batched=False)
 
 
-def test_agents_train_on_nested_observations():
-    class Nested(Bandit):
-        observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Dict(
-            {"v": gym.spaces.Box(-1, 1, (2,)), "m": gym.spaces.MultiDiscrete([2, 2])})))
+class Nested(Bandit):
+    """The bandit with nested observations, drawn from the env's own seeded generator."""
 
-        def reset(self, *, seed=None, options=None):
-            super().reset(seed=seed)
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = nested_space()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
             self.observation_space.seed(seed)
-            return self.observation_space.sample(), {}
+        return self.observation_space.sample(), {}
 
-        def step(self, action):
-            _, reward, *rest = super().step(action)
-            return self.observation_space.sample(), reward, *rest
+    def step(self, action):
+        _, reward, *rest = super().step(action)
+        return self.observation_space.sample(), reward, *rest
 
-    for make in (ppo, neuroflow):
-        agent = make(Nested(), **({"n_steps": 16, "batch_size": 16} if make is ppo else {}))
-        agent.learn(80)
-        action, _ = agent.predict(Nested().observation_space.sample(), deterministic=True)
-        assert Nested().action_space.contains(action)
+
+def nested_space() -> gym.Space:
+    return gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Dict(
+        {"v": gym.spaces.Box(-1, 1, (2,)), "m": gym.spaces.MultiDiscrete([2, 2])})))
+
+
+if "VeloraNested-v0" not in gym.registry:
+    gym.register("VeloraNested-v0", entry_point=Nested)
+
+
+@pytest.mark.parametrize("make", [ppo, neuroflow])
+def test_agents_train_save_and_resume_exactly_on_nested_observations(tmp_path, make):
+    extra = {"n_steps": 16, "batch_size": 16} if make is ppo else {}
+    uninterrupted = make("VeloraNested-v0", **extra)
+    uninterrupted.learn(50)
+    uninterrupted.learn(50)
+    first = make("VeloraNested-v0", **extra)
+    first.learn(50)
+    resumed = load_agent(first.save(tmp_path / "ckpt", include_buffer=True))
+    resumed.learn(50)
+    assert resumed.last_losses == uninterrupted.last_losses
+    for a, b in zip(uninterrupted.actor.parameters(), resumed.actor.parameters(), strict=True):
+        assert torch.equal(a, b)
+    space = nested_space()
+    space.seed(3)
+    obs = space.sample()
+    action, _ = resumed.predict(obs, deterministic=True)
+    assert Nested().action_space.contains(action)
+    np.testing.assert_array_equal(action, uninterrupted.predict(obs, deterministic=True)[0])

@@ -109,8 +109,9 @@ def space_from_json(data: dict[str, Any]) -> gym.Space:
         return gym.spaces.Box(low, high, shape, np.float32)
     if kind == "MultiDiscrete":
         return gym.spaces.MultiDiscrete(data["nvec"], start=data.get("start"))
-    if kind == "MultiBinary":
-        return gym.spaces.MultiBinary(data["n"])
+    if kind == "MultiBinary":  # MultiBinary(3) and MultiBinary([3]) are not equal spaces
+        n = data["n"]
+        return gym.spaces.MultiBinary(n[0] if len(n) == 1 else n)
     if kind == "Dict":
         return gym.spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
     if kind == "Tuple":
