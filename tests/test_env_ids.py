@@ -9,6 +9,7 @@ import argparse
 import json
 
 import gymnasium as gym
+import numpy as np
 import pytest
 from id_envs import Marked, NoRenderEnv
 
@@ -250,3 +251,27 @@ def test_a_bad_env_kwargs_literal_is_an_argparse_error(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --env-kwargs: 'name:bar': the value must be a Python " \
                              "literal" in err[0]
+
+
+POPGYM_TASKS = ("RepeatPrevious", "RepeatFirst", "CountRecall", "Autoencode", "HigherLower",
+                "PositionOnlyCartPole", "PositionOnlyPendulum", "NoisyPositionOnlyCartPole",
+                "MineSweeper", "Battleship")
+
+
+@pytest.mark.parametrize("task", POPGYM_TASKS)
+def test_both_agents_take_every_popgym_task_of_the_benchmark_by_id(task):
+    """Every space of the suite as it is (Tuple and MultiDiscrete observations,
+    MultiDiscrete actions): a few steps of training and a deterministic action in the
+    env's own space."""
+    pytest.importorskip("popgym")
+    from agents import LiquidPPO, NeuroFlow
+
+    env_id = f"popgym:popgym-{task}Easy-v0"
+    space = envs.make_env(env_id).action_space
+    for agent in (LiquidPPO(env_id, seed=0, n_steps=16, batch_size=16, actor_neurons=8),
+                  NeuroFlow(env_id, seed=0, learning_starts=16, batch_size=16, seq_len=4,
+                            actor_neurons=8, critic_hidden=(16,))):
+        agent.learn(48)
+        obs = agent.get_env().reset()
+        action, _ = agent.predict(obs, deterministic=True)
+        assert all(space.contains(np.asarray(a, space.dtype)) for a in action)
