@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -70,6 +71,9 @@ def _registered_name(env_id: str) -> str:
             hint = ""
         except gym.error.Error as exc:
             hint = f" ({exc})"
+        package = name.split("-")[0]
+        if not module and package.isidentifier() and importlib.util.find_spec(package):
+            hint += f"; did you mean {package + ':' + env_id!r} (which imports {package})?"
         raise ValueError(f"unknown environment id {env_id!r}{hint}; registered ids include "
                          f"{sorted(k for k in gym.registry if 'NoVel' in k) + [DEEP_SEA_ID]}"
                          " and Gymnasium's own"

@@ -275,3 +275,12 @@ def test_both_agents_take_every_popgym_task_of_the_benchmark_by_id(task):
         obs = agent.get_env().reset()
         action, _ = agent.predict(obs, deterministic=True)
         assert all(space.contains(np.asarray(a, space.dtype)) for a in action)
+
+
+def test_an_id_without_its_package_prefix_suggests_it():
+    pytest.importorskip("popgym")
+    with pytest.raises(ValueError, match=r"did you mean 'popgym:popgym-RepeatPreviousEasy-v0'"):
+        envs.make_env("popgym-RepeatPreviousEasy-v0")
+    with pytest.raises(ValueError) as info:  # no package of that name: no suggestion
+        envs.make_env("Nonexistent-v0")
+    assert "did you mean" not in str(info.value)
