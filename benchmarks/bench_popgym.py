@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_ppo import liquid_settings, unknown_liquid_settings
+from bench_ppo import unknown_liquid_settings
 from report import (
     draw_learning_curves,
     machine,
@@ -81,6 +81,7 @@ from tasks import (
     command,
     evaluate,
     interleaved_rates,
+    json_settings,
     run_all,
     train_with_evaluations,
 )
@@ -599,24 +600,6 @@ def throughput(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- main
-def json_object(option: str, cls: str) -> Callable[[str], dict]:
-    """An option's type: a JSON object of ``cls`` keyword arguments."""
-    if option == "--liquid-settings":
-        return liquid_settings
-
-    def parse(text: str) -> dict:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise argparse.ArgumentTypeError(f"{option} must be a JSON object of {cls} keyword "
-                                             f"arguments, got {text!r} ({error})") from None
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"{option} must be a JSON object of {cls} keyword "
-                                             f"arguments, got {text!r}")
-        return value
-    return parse
-
-
 def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
     """Why ``overrides`` are not keyword arguments of ``cls`` a run may set, or None."""
     import inspect
@@ -646,12 +629,12 @@ def main(argv: list[str] | None = None) -> int:
                              "MMER is the maximum (default 10,000)")
     parser.add_argument("--jobs", type=integer_option("--jobs", 1), default=2,
                         help="runs at a time (default 2)")
-    parser.add_argument("--liquid-settings", type=json_object("--liquid-settings", "LiquidPPO"),
+    parser.add_argument("--liquid-settings", type=json_settings("--liquid-settings", "LiquidPPO"),
                         default={}, metavar="JSON",
                         help="LiquidPPO keyword arguments over its settings of the suite "
                              f"{SETTINGS['liquid_ppo']} (default: none)")
     parser.add_argument("--neuroflow-settings",
-                        type=json_object("--neuroflow-settings", "NeuroFlow"), default={},
+                        type=json_settings("--neuroflow-settings", "NeuroFlow"), default={},
                         metavar="JSON", help="NeuroFlow keyword arguments over its defaults "
                                              "(default: none)")
     parser.add_argument("--out", type=Path, default=OUT,

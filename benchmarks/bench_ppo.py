@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from tasks import (
     command,
     evaluate,
     interleaved_rates,
+    json_settings,
     run_all,
     train_with_evaluations,
 )
@@ -407,17 +407,8 @@ def liquid_missing(env_id: str | None) -> str | None:
     return None
 
 
-def liquid_settings(text: str) -> dict:
-    """``--liquid-settings``: a JSON object of LiquidPPO keyword arguments."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"--liquid-settings must be a JSON object of LiquidPPO "
-                                         f"keyword arguments, got {text!r} ({error})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"--liquid-settings must be a JSON object of LiquidPPO "
-                                         f"keyword arguments, got {text!r}")
-    return value
+#: ``--liquid-settings``: a JSON object of LiquidPPO keyword arguments
+liquid_settings = json_settings("--liquid-settings", "LiquidPPO")
 
 
 def unknown_liquid_settings(overrides: dict) -> str | None:

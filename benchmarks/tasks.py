@@ -266,6 +266,22 @@ def train_with_evaluations(model: Any, evaluate: Callable[[int], float], steps: 
             "steps_per_second": model.num_timesteps / train_seconds}
 
 
+def json_settings(option: str, cls: str) -> Callable[[str], dict]:
+    """An option's ``type``: a JSON object of ``cls`` keyword arguments (a clear argparse
+    error otherwise)."""
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"{option} must be a JSON object of {cls} keyword "
+                                             f"arguments, got {text!r} ({error})") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{option} must be a JSON object of {cls} keyword "
+                                             f"arguments, got {text!r}")
+        return value
+    return parse
+
+
 def chunk_learner(model: Any, chunk: int) -> Callable[[], int]:
     """Train ``model`` for ``chunk`` more steps; returns the steps it trained (a PPO
     ``learn`` call trains whole rollouts and may go past ``chunk``)."""
