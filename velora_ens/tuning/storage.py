@@ -12,6 +12,8 @@ that cannot be used.
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +83,29 @@ def open_storage(url: str) -> Any:
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         engine["connect_args"] = {"timeout": 60}  # workers wait for each other's writes
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise ValueError(f"--storage {shown}: unknown database kind "
-                         f"{parsed.drivername!r}") from None
-    except ImportError:
-        driver = parsed.get_driver_name()
-        package = _DRIVER_PACKAGES.get(driver, driver)
-        raise ValueError(f"--storage {shown}: the database driver {driver!r} is not installed "
-                         f"(pip install {package})") from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        raise ValueError(f"--storage {shown}: cannot reach the database ({reason})") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise ValueError(f"--storage {shown}: unknown database kind "
+                             f"{parsed.drivername!r}") from None
+        except ImportError:
+            driver = parsed.get_driver_name()
+            package = _DRIVER_PACKAGES.get(driver, driver)
+            raise ValueError(f"--storage {shown}: the database driver {driver!r} is not "
+                             f"installed (pip install {package})") from None
+        except sqlalchemy.exc.OperationalError as exc:  # no server, no file, refused
+            raise ValueError(f"--storage {shown}: cannot reach the database "
+                             f"({_reason(exc)})") from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # workers starting together on an empty database race to create Optuna's
+            # tables: the losers find them made on the next try
+            if attempt == 4:
+                raise ValueError(f"--storage {shown}: the database refused Optuna's tables "
+                                 f"({_reason(exc)})") from None
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
