@@ -1,5 +1,5 @@
 """``velora-ens tune``: an Optuna study of an agent's settings on a task, shared by any
-number of processes and machines (``docs/guide/tuning.md``).
+number of processes and machines (``docs/agents/tuning.md``).
 
 The command reads its options, checks them (one line and exit code 2 for a bad one),
 creates or joins the study, runs trials in this process and ``--n-jobs - 1`` more, then

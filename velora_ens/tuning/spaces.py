@@ -5,7 +5,7 @@ A space maps an agent argument (SB3's names, which the agents take) to a :class:
 range (``low``/``high``, optionally ``log``; ``one_minus`` samples ``1 - x`` on a log
 scale, for ``gamma`` and ``gae_lambda``), a list of ``choices`` or a fixed ``value``.
 A user's space file narrows or replaces a space (:func:`load_space_file`, format in
-``docs/guide/tuning.md``).
+``docs/agents/tuning.md``).
 
 Settings that cannot go together are never sampled: LiquidPPO's ``batch_size`` is clamped
 to the rollout (``n_steps * n_envs`` rows) and ``seq_len`` to a divisor of ``n_steps``
