@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("agents", "envs", "velora_ens")
 # the command line is the one place velora_ens may import agents and envs, and only
 # inside its subcommands, so that ``import velora_ens`` stays light
-COMMAND_LINE = {"velora_ens.agent_cli", "velora_ens.cli_envs"}
+COMMAND_LINE = {"velora_ens.agent_cli", "velora_ens.cli_envs",
+                "velora_ens.tuning.objective"}
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -26,7 +26,8 @@ from velora_ens.cli_envs import (
 )
 from velora_ens.cli_options import integer_option, merge_env_kwargs
 
-__all__ = ["add_agent_commands", "run_agent_command"]
+__all__ = ["ALGOS", "add_agent_commands", "check_agent_options", "run_agent_command",
+           "run_settings"]
 
 # the run's own options, which a --config file may also set (the command line wins; its
 # --env-kwargs update the file's env_kwargs)
@@ -127,7 +128,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's options (env, seed, n_envs: command line, else config, else default) and
     the agent's arguments (the config's, else the tuned ones for the env and algorithm;
     the tuned ones may set n_envs)."""
@@ -165,7 +166,8 @@ def _agent_class(algo: str) -> type:
     return getattr(agents, ALGOS[algo])
 
 
-def _check_options(algo: str, hyper: dict[str, Any]) -> None:
+def check_agent_options(algo: str, hyper: dict[str, Any]) -> None:
+    """A ValueError naming any setting ``algo``'s agent does not take."""
     import inspect
 
     cls = _agent_class(algo)
@@ -214,9 +216,9 @@ def _new_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
     for key, default in _TRAIN_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, default)
-    settings, hyper = _settings(args)
+    settings, hyper = run_settings(args)
     check_env(settings)
-    _check_options(args.algo, hyper)
+    check_agent_options(args.algo, hyper)
     run = _run_folder(args.log_dir, settings["env"], settings["seed"])
     agent = _make_agent(args.algo, settings, hyper, run / "tensorboard")
     config = {**settings, **{k: getattr(args, k) for k in _TRAIN_DEFAULTS}, args.algo: hyper}

@@ -7,6 +7,8 @@ Subcommands:
   main job. ``evaluate`` and ``record`` take a saved agent.
 * ``demo``: train a liquid network on an irregularly sampled sequence task and print
   its metrics.
+* ``tune``: search an agent's settings for a task with Optuna (:mod:`velora_ens.tuning`),
+  one study shared by any number of processes and machines.
 * ``bench protein|cifar10|synthetic``: the supervised benchmarks of the ensemble heads
   (:mod:`velora_ens.bench`); each writes ``results.json``, ``index.md`` and PNG plots.
 
@@ -14,8 +16,9 @@ User mistakes (bad options, bad values) end with one clear line on stderr and ex
 code 2, not a traceback.
 
 This command is the one place where ``velora_ens`` imports the ``agents`` and ``envs``
-packages: only inside the ``train``, ``evaluate`` and ``record`` subcommands
-(:mod:`velora_ens.agent_cli`), when they run, so importing this module loads neither.
+packages: only inside the ``train``, ``evaluate``, ``record`` and ``tune`` subcommands
+(:mod:`velora_ens.agent_cli`, :mod:`velora_ens.tuning.objective`), when they run, so
+importing this module loads neither.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_bench(sub)
     from velora_ens.agent_cli import add_agent_commands
+    from velora_ens.tuning.cli import add_tune_command
 
     add_agent_commands(sub)
+    add_tune_command(sub)
     return parser
 
 
@@ -154,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from velora_ens.agent_cli import run_agent_command
 
             return run_agent_command(args)
+        if args.command == "tune":
+            from velora_ens.tuning.cli import run_tune
+
+            return run_tune(args)
         return _demo(args)
     except (ValueError, OSError) as err:  # user mistakes and what the system refused
         print(f"velora-ens: error: {err}", file=sys.stderr)
