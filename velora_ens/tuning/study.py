@@ -3,7 +3,9 @@
 Every worker (each process of ``--n-jobs``, each machine running the same command) loops:
 claim a waiting trial, else add one while the study holds fewer than N, else stop.
 Claiming is Optuna's own atomic step (a trial goes from WAITING to RUNNING in one
-database transaction, and only one worker succeeds), and trial numbers are handed out
+database transaction, and only one worker succeeds; SQLite ignores the row lock that step
+takes, so on SQLite the workers also hold a file lock beside the database while they
+claim), and trial numbers are handed out
 under the study's lock, so a trial runs at most once and a trial numbered N or more is
 never run: the workers finish exactly N trials between them. (Optuna's
 ``MaxTrialsCallback`` counts after each trial, so two workers finishing together can both
@@ -25,7 +27,8 @@ import math
 import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +107,27 @@ def _interrupted(trial: Any) -> bool:
     return bool(trial.user_attrs.get("interrupted"))
 
 
+@contextmanager
+def claim_lock(url: str) -> Iterator[None]:
+    """Serialise the claims of workers on one SQLite file: SQLite takes no row lock
+    (``SELECT ... FOR UPDATE`` is ignored), so two workers could both move one WAITING
+    trial to RUNNING. PostgreSQL and the journal file claim atomically on their own."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one SQLite worker per study there
+        yield
+        return
+    with open(url[len("sqlite:///"):] + ".claim-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _claim(study: Any, storage: Any, study_id: int, cap: int) -> int | None:
     """The id of a trial this worker now runs, or ``None`` when the study has its ``cap``
     trials (finished or running elsewhere)."""
@@ -157,7 +181,11 @@ def run_worker(plan: StudyPlan, storage: Any, objective: Callable[[Any], float],
     study_id = storage.get_study_id_from_name(plan.name)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ran = 0
-    while (trial_id := _claim(study, storage, study_id, plan.trials)) is not None:
+    while True:
+        with claim_lock(plan.url):
+            trial_id = _claim(study, storage, study_id, plan.trials)
+        if trial_id is None:
+            break
         number = storage.get_trial_number_from_id(trial_id)
         trial_study = optuna.Study(plan.name, storage,
                                    sampler=make_sampler(plan.sampler, plan.seed, number),
