@@ -94,12 +94,15 @@ def open_storage(url: str) -> Any:
             package = _DRIVER_PACKAGES.get(driver, driver)
             raise ValueError(f"--storage {shown}: the database driver {driver!r} is not "
                              f"installed (pip install {package})") from None
-        except sqlalchemy.exc.OperationalError as exc:  # no server, no file, refused
-            raise ValueError(f"--storage {shown}: cannot reach the database "
-                             f"({_reason(exc)})") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:
             # workers starting together on an empty database race to create Optuna's
-            # tables: the losers find them made on the next try
+            # tables (PostgreSQL: a duplicate key; SQLite: "table ... already exists"):
+            # the losers find them made on the next try
+            racing = (not isinstance(exc, sqlalchemy.exc.OperationalError)
+                      or "already exists" in str(exc))
+            if not racing:  # no server, no file, refused
+                raise ValueError(f"--storage {shown}: cannot reach the database "
+                                 f"({_reason(exc)})") from None
             if attempt == 4:
                 raise ValueError(f"--storage {shown}: the database refused Optuna's tables "
                                  f"({_reason(exc)})") from None
