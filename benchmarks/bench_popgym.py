@@ -84,6 +84,7 @@ from tasks import (
     json_settings,
     run_all,
     train_with_evaluations,
+    unknown_settings,
 )
 
 from velora_ens.cli_options import integer_option
@@ -600,19 +601,6 @@ def throughput(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- main
-def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
-    """Why ``overrides`` are not keyword arguments of ``cls`` a run may set, or None."""
-    import inspect
-
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "policy", "env",
-                                                                   "seed"}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        return (f"{option}: {', '.join(map(repr, unknown))} not {cls.__name__} keyword "
-                f"argument(s); expected some of {', '.join(sorted(accepted))}")
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),

@@ -44,6 +44,7 @@ from tasks import (
     json_settings,
     run_all,
     train_with_evaluations,
+    unknown_settings,
 )
 
 from velora_ens.cli_options import integer_option
@@ -415,17 +416,9 @@ def unknown_liquid_settings(overrides: dict) -> str | None:
     """Why ``overrides`` are not LiquidPPO keyword arguments that a trial may set, or None.
     The benchmark passes the task, the seed and the policy itself; unlike ``velora-ens
     train --config`` a trial may set ``n_envs`` (the tuned settings do)."""
-    import inspect
-
     from agents import LiquidPPO
 
-    accepted = set(inspect.signature(LiquidPPO.__init__).parameters) - {
-        "self", "policy", "env", "seed"}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        return (f"--liquid-settings: {', '.join(map(repr, unknown))} not LiquidPPO keyword "
-                f"argument(s); expected some of {', '.join(sorted(accepted))}")
-    return None
+    return unknown_settings(LiquidPPO, "--liquid-settings", overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -282,6 +282,19 @@ def json_settings(option: str, cls: str) -> Callable[[str], dict]:
     return parse
 
 
+def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
+    """Why ``overrides`` are not keyword arguments of ``cls`` a run may set, or None."""
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "policy", "env",
+                                                                   "seed"}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        return (f"{option}: {', '.join(map(repr, unknown))} not {cls.__name__} keyword "
+                f"argument(s); expected some of {', '.join(sorted(accepted))}")
+    return None
+
+
 def chunk_learner(model: Any, chunk: int) -> Callable[[], int]:
     """Train ``model`` for ``chunk`` more steps; returns the steps it trained (a PPO
     ``learn`` call trains whole rollouts and may go past ``chunk``)."""
