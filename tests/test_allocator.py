@@ -12,28 +12,29 @@ from velora_ens.training.allocator import _glibc
 
 glibc_only = pytest.mark.skipif(_glibc() is None, reason="mallopt is glibc's")
 
-# Minor page faults of four allocations of a 40 MiB tensor (over glibc's 32 MiB
+# Minor page faults of each of 48 allocations of a 40 MiB tensor (over glibc's 32 MiB
 # ceiling; filled, so that every page is touched), in a fresh process, with and without
-# the call, after eight such allocations (the heap takes a few to settle: measured, the
-# fifth or sixth is the first served without faults).
+# the call. The retained heap takes a few allocations to settle (measured on 30 fresh
+# processes: the 3rd, 9th or 10th is the first served without faults), so only the last
+# 16 are compared.
 _FAULTS = textwrap.dedent("""
     import resource, sys, torch
     from velora_ens.training import retain_freed_cpu_memory
     if sys.argv[1] == "retain":
         assert retain_freed_cpu_memory()
-    for _ in range(8):
+    faults = []
+    for _ in range(48):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(10 * 2**20)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
-        torch.ones(10 * 2**20)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(*faults[-16:])
 """)
 
 
-def _faults(mode: str) -> int:
+def _faults(mode: str) -> list[int]:
     out = subprocess.run([sys.executable, "-c", _FAULTS, mode], check=True,
                          capture_output=True, text=True).stdout
-    return int(out.split()[-1])
+    return [int(n) for n in out.split()]
 
 
 @glibc_only
@@ -41,9 +42,9 @@ def test_freed_large_blocks_are_reused_instead_of_faulted_in():
     pages = 40 * 2**20 // 4096
     default, retained = _faults("default"), _faults("retain")
     # glibc's default: every 40 MiB block comes from fresh pages (mmap), ~10k faults each
-    assert default > 3 * pages
-    # retained: the freed block is served again from the heap
-    assert retained < pages // 4
+    assert min(default) > 0.9 * pages, default
+    # retained: once settled, the freed block is served again from the heap
+    assert sum(retained) < pages // 4, retained
 
 
 def test_threshold_is_checked():
