@@ -303,6 +303,9 @@ def stale(run: dict, args: argparse.Namespace) -> str | None:
 
 # ---------------------------------------------------------------------- the page
 def mean_std(values: list[float]) -> str:
+    """``mean ± std`` over seeds; one seed has no spread, so it shows the value alone."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 

@@ -157,3 +157,9 @@ def test_mistakes_exit_2(bench_popgym, capsys, argv, fragment):
         bench_popgym.main(argv)
     assert exit_.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_one_seed_shows_no_spread(bench_popgym):
+    assert bench_popgym.mean_std([0.25]) == "0.250"
+    # population std, as numpy's default: values 0 and 1 -> mean 0.5, std 0.5
+    assert bench_popgym.mean_std([0.0, 1.0]) == "0.500 ± 0.500"
