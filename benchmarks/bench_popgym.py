@@ -387,7 +387,7 @@ def task_table(summary: dict, tasks: list[str], algos: list[str]) -> list[str]:
                 f"| {t} | {ALGOS[a]} | {seeds} | {mmer_text} | "
                 f"{number(cell['normalised_mmer_mean'])} | "
                 f"{', '.join(number(m) for m in cell['mmer'])} | "
-                f"{cell['final_eval_mean']:.3f} ± {cell['final_eval_std']:.3f} | "
+                f"{mean_std(cell['final_eval'])} | "
                 f"{', '.join(f'{v:.3f}' for v in cell['final_eval'])} | "
                 f"{cell['steps_per_second']:.0f} | {cell['parameters']:,} |")
     return lines
