@@ -163,3 +163,36 @@ def test_one_seed_shows_no_spread(bench_popgym):
     assert bench_popgym.mean_std([0.25]) == "0.250"
     # population std, as numpy's default: values 0 and 1 -> mean 0.5, std 0.5
     assert bench_popgym.mean_std([0.0, 1.0]) == "0.500 ± 0.500"
+
+
+def test_the_rl_overview_quotes_the_popgym_page(bench_popgym):
+    """The POPGym numbers of docs/benchmarks/rl/index.md are those of popgym.json."""
+    import re
+
+    docs = Path(__file__).parents[1] / "docs" / "benchmarks" / "rl"
+    report = json.loads((docs / "popgym.json").read_text())
+    suite, cells = report["summary"]["suite"], report["summary"]["cells"]
+    section = (docs / "index.md").read_text().split("## POPGym")[1].split("\n## ")[0]
+    names = {"liquid_ppo": "| LiquidPPO (", "ppo": "| SB3 PPO (",
+             "recurrent_ppo": "| sb3-contrib RecurrentPPO (", "neuroflow": "| NeuroFlow ("}
+    rows = {a: next(line for line in section.splitlines() if line.startswith(start))
+            for a, start in names.items()}
+    for algo, row in rows.items():
+        *_, over_its, over_common, speed, _ = [c.strip() for c in row.split("|")]
+        assert over_its == f"{suite[algo]['normalised_mmer']:.3f}", row
+        assert over_common == f"{suite[algo]['normalised_mmer_common']:.3f}", row
+        assert speed == f"{suite[algo]['steps_per_second']:,.0f}", row
+    assert f"over the {len(report['summary']['common_tasks'])} tasks every agent ran" in section
+    floor, recurrent = section.replace("\n", " ").split("RecurrentPPO (a 256-wide")
+    # "<Task> (<LiquidPPO> against <PPO>)", normalised MMER
+    pairs = re.findall(r"(\w+) \((\d\.\d{3}) against (\d\.\d{3})\)", floor)
+    assert len(pairs) == 2
+    for task, ours, theirs in pairs:
+        assert ours == f"{cells[task]['liquid_ppo']['normalised_mmer_mean']:.3f}", task
+        assert theirs == f"{cells[task]['ppo']['normalised_mmer_mean']:.3f}", task
+    # "<Task> <RecurrentPPO> against <LiquidPPO>"
+    pairs = re.findall(r"(\w+) (\d\.\d{3}) against (\d\.\d{3})", recurrent)
+    assert len(pairs) == 6
+    for task, theirs, ours in pairs:
+        assert theirs == f"{cells[task]['recurrent_ppo']['normalised_mmer_mean']:.3f}", task
+        assert ours == f"{cells[task]['liquid_ppo']['normalised_mmer_mean']:.3f}", task
