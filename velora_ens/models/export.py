@@ -24,6 +24,7 @@ from torch import nn
 
 from velora_ens._validation import check_bool
 from velora_ens.models.lnn.cell import NCPLiquidCell
+from velora_ens.models.lnn.mixed import MixedMemoryCell
 from velora_ens.models.lnn.ncp import LiquidNCPNetwork, NCPNetwork
 
 __all__ = ["InferenceGraph", "export_onnx"]
@@ -103,7 +104,9 @@ class InferenceGraph(nn.Module):
             raise ValueError("this InferenceGraph was built with elapsed_time=True: pass dt")
         dt = dt if self.elapsed_time else None
         cmd = net.command
-        if isinstance(cmd, NCPLiquidCell):
+        if isinstance(cmd, MixedMemoryCell):
+            drive, step = cmd.drive(u), cmd.stepper()
+        elif isinstance(cmd, NCPLiquidCell):
             drive = (cmd.project_input(u),)
             w_hh = cmd.effective_recurrent_weight().t()
 
@@ -119,14 +122,14 @@ class InferenceGraph(nn.Module):
 
         if self.steps is None:
             h_new = step(drive, h, dt)
-            return net.motor(h_new), h_new
+            return net.motor(net.motor_input(h_new)), h_new
         per_step = [d.unbind(1) for d in drive]
         dt_t = None if dt is None else dt.unbind(1)
         states = []
         for t in range(self.steps):
             h = step(tuple(d[t] for d in per_step), h, None if dt_t is None else dt_t[t])
             states.append(h)
-        return net.motor(torch.stack(states, dim=1)), h
+        return net.motor(net.motor_input(torch.stack(states, dim=1))), h
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from torch import nn
 
 from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import cell_inputs
-from velora_ens.models.lnn.loop import unroll
+from velora_ens.models.lnn.loop import Step, unroll
 from velora_ens.models.lnn.scan import cfc_activate, cfc_scan
 from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
 
@@ -138,6 +138,16 @@ class NCPLiquidCell(nn.Module):
         against.
         """
         return self.activate(torch.addmm(u, h, w_hh), dt)
+
+    def drive(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-step inputs of :meth:`stepper` for any number of steps at once."""
+        return (self.project_input(x),)
+
+    def stepper(self) -> Step:
+        """``step(drive_t, h, dt_t) -> h_new`` with the weights masked once, for cells that
+        drive this one step by step (mixed memory); no checks."""
+        w_hh = self.effective_recurrent_weight().t()
+        return lambda drive, h, dt: self.step(drive[0], h, w_hh, dt)
 
     def activate(self, a: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         """New state from the pre-activations ``a = W z + b`` of all heads."""

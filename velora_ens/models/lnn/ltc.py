@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from velora_ens._validation import check_int
 from velora_ens.models.lnn.inputs import cell_inputs
-from velora_ens.models.lnn.loop import unroll
+from velora_ens.models.lnn.loop import Step, unroll
 from velora_ens.models.lnn.sparse import as_mask
 
 __all__ = ["LTCCell"]
@@ -135,6 +135,15 @@ class LTCCell(nn.Module):
             den = cm + sub * (rest + (act * w).sum(-2))
             v = num / den
         return v
+
+    def drive(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-step inputs of :meth:`stepper` for any number of steps at once."""
+        return self.sensory_drive(x)
+
+    def stepper(self) -> Step:
+        """``step(drive_t, h, dt_t) -> h_new``, for cells that drive this one step by
+        step (mixed memory); no checks."""
+        return lambda drive, v, dt: self.step(drive[0], drive[1], v, dt)
 
     def forward(
         self,

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from velora_ens.models.lnn.cell import NCPLiquidCell
 from velora_ens.models.lnn.inputs import as_features, as_state
 from velora_ens.models.lnn.ltc import LTCCell
+from velora_ens.models.lnn.mixed import MixedMemoryCell
 from velora_ens.models.lnn.sparse import SparseLinear
 from velora_ens.wiring import Wiring
 
@@ -74,7 +75,7 @@ class _WiredNetwork(nn.Module):
 
     def _wiring_buffers(self) -> dict[str, torch.Tensor]:
         return {f"{layer}.{name}": buffer for layer in ("inter", "command", "motor")
-                for name, buffer in getattr(self, layer).named_buffers(recurse=False)}
+                for name, buffer in getattr(self, layer).named_buffers()}
 
     def _register_wiring_seed(self, device: torch.device | str | None) -> None:
         seed = self.wiring.seed
@@ -176,6 +177,10 @@ class LiquidNCPNetwork(_WiredNetwork):
         dense_recurrence: every command neuron synapses onto every command neuron
             (:class:`~velora_ens.wiring.Wiring`'s option) instead of the NCP's sparse
             recurrence.
+        mixed_memory: an LSTM memory cell beside the liquid cell
+            (:class:`~velora_ens.models.lnn.mixed.MixedMemoryCell`, ncps's option of the
+            same name): the state is ``[h, c]``, twice the command neurons, and the network
+            remembers over far longer delays (see the liquid-networks guide).
 
     ``forward(x, h=None, *, dt=None, episode_start=None) -> (y, h)``: ``x`` is
     ``(B, in_features)`` (one step, ``y: (B, out_features)``) or ``(B, L, in_features)``
@@ -203,6 +208,7 @@ class LiquidNCPNetwork(_WiredNetwork):
         ode_unfolds: int = 6,
         sign_constrained: bool = False,
         dense_recurrence: bool = False,
+        mixed_memory: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -225,13 +231,23 @@ class LiquidNCPNetwork(_WiredNetwork):
         else:
             self.command = LTCCell(counts.inter, counts.command, masks.command,
                                    recurrent_mask=masks.recurrent, ode_unfolds=ode_unfolds, **kw)
+        self.mixed_memory = bool(mixed_memory)
+        if self.mixed_memory:
+            self.command = MixedMemoryCell(self.command)
         self.motor = SparseLinear(counts.command, counts.motor, masks.motor, **kw)
         self._register_wiring_seed(device)
 
     @property
+    def liquid_cell(self) -> NCPLiquidCell | LTCCell:
+        """The CfC or LTC cell of the command layer (``command`` wraps it with
+        ``mixed_memory``)."""
+        return self.command.cell if self.mixed_memory else self.command
+
+    @property
     def hidden_size(self) -> int:
-        """Size of the recurrent state (the command neurons)."""
-        return self.wiring.counts.command
+        """Size of the recurrent state: the command neurons (twice that with
+        ``mixed_memory``: ``[h, c]``)."""
+        return self.command.n_hidden
 
     @property
     def n_parameters(self) -> int:
@@ -260,12 +276,17 @@ class LiquidNCPNetwork(_WiredNetwork):
         """
         x = as_features(x, self.in_features, self.inter.weight, type(self).__name__)
         if (x.dim() == 2 and h is not None and dt is None and episode_start is None
-                and not torch.is_grad_enabled() and isinstance(self.command, NCPLiquidCell)
+                and not torch.is_grad_enabled() and type(self.command) is NCPLiquidCell
                 and self.command.mode != "pure" and not torch.jit.is_tracing()):
             return self._inference_step(x, h)
         u = self._act(self.inter(x))
         states, h_new = self.command(u, h, dt, episode_start)
-        return self.motor(states), (states if return_states else h_new)
+        return self.motor(self.motor_input(states)), (states if return_states else h_new)
+
+    def motor_input(self, states: torch.Tensor) -> torch.Tensor:
+        """The liquid cell's part of states ``(..., hidden_size)`` (all of it unless
+        ``mixed_memory``): what the motor layer reads."""
+        return states[..., :self.wiring.counts.command] if self.mixed_memory else states
 
     def final_state(
         self,
@@ -296,7 +317,7 @@ class LiquidNCPNetwork(_WiredNetwork):
 
     def get_config(self) -> dict:
         """Constructor arguments (JSON-serialisable) that rebuild this architecture."""
-        cmd = self.command
+        cmd = self.liquid_cell
         config = {
             "in_features": self.in_features,
             "n_neurons": self.n_neurons,
@@ -311,6 +332,8 @@ class LiquidNCPNetwork(_WiredNetwork):
         }
         if self.wiring.dense_recurrence:  # only when set: older configs stay as they were
             config["dense_recurrence"] = True
+        if self.mixed_memory:
+            config["mixed_memory"] = True
         return config
 
 
