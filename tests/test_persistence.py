@@ -64,6 +64,8 @@ def test_round_trip_gives_identical_actions_and_states(tmp_path, env_id):
     ("CartPoleNoVel-v1", {"critic_trains_state": True, "n_step": 2}),
     ("Pendulum-v1", {"critic_encoder": "own", "n_envs": 2, "normalize_observations": True}),
     ("CartPole-v1", {"buffer_size": 45}),  # the ring wraps around before the save
+    ("CartPoleNoVel-v1", {"cell": "gru", "critic_encoder": "own"}),  # gated baselines
+    ("Pendulum-v1", {"cell": "lstm", "n_envs": 2}),
 ])
 def test_resume_is_exact(tmp_path, env_id, extra):
     """Stop at step k, save with the buffer, load, continue: the same parameters, losses,

@@ -245,6 +245,9 @@ def test_same_seed_same_run():
     ("Pendulum-v1", {"use_sde": True, "log_std_init": -1.0}),
     ("PendulumNoVel-v1", {"actor_head": [16, 8], "actor_dense_recurrence": True,
                           "seq_len": 8}),
+    ("CartPoleNoVel-v1", {"cell": "lstm", "seq_len": 8}),  # gated baselines
+    ("PendulumNoVelIrregular-v1", {"cell": "gru", "elapsed_time_key": "elapsed_time",
+                                   "elapsed_time_unit": 0.05, "seq_len": 8}),
 ])
 def test_resume_is_exact_mid_rollout(tmp_path, env_id, extra):
     """Stop in the middle of a rollout, save with the rollout, load, continue: the same

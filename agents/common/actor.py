@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from agents.common.distributions import discrete_actions
 from velora_ens._validation import check_int
-from velora_ens.models import LiquidNCPNetwork
+from velora_ens.models import recurrent_network
 
 __all__ = ["LiquidActor"]
 
@@ -21,7 +21,9 @@ GSDE_EPSILON = 1e-6  # added to gSDE's variance, as Stable-Baselines3
 
 
 class LiquidActor(nn.Module):
-    """A :class:`LiquidNCPNetwork` whose outputs parametrise the policy.
+    """A :class:`LiquidNCPNetwork` whose outputs parametrise the policy (``cell="gru"`` or
+    ``"lstm"``: a :class:`~velora_ens.models.GatedNetwork` of ``n_neurons`` units instead,
+    a comparison baseline).
 
     * Box actions: ``2 |A|`` outputs, the mean and log-std of a Gaussian squashed by
       ``tanh`` into ``[-1, 1]`` (actions are stored and fed to critics in that range and
@@ -83,8 +85,8 @@ class LiquidActor(nn.Module):
         self.gaussian = distribution in ("gaussian", "gsde") and not self.discrete
         out = self.action_dim if self.discrete or self.gaussian else 2 * self.action_dim
         motor = head_layers[0] if head_layers else out
-        self.net = LiquidNCPNetwork(obs_dim, max(n_neurons, motor), motor, cell=cell, seed=seed,
-                                    dense_recurrence=dense_recurrence)
+        self.net = recurrent_network(obs_dim, max(n_neurons, motor), motor, cell=cell,
+                                     seed=seed, dense_recurrence=dense_recurrence)
         # motor neurons -> ReLU -> [Linear -> ReLU]... -> Linear to the outputs
         self.head = (None if not head_layers else nn.Sequential(*(
             layer for a, b in zip(head_layers, (*head_layers[1:], out), strict=True)
@@ -119,7 +121,7 @@ class LiquidActor(nn.Module):
                     episode_start: torch.Tensor | None = None,
                     dt: torch.Tensor | None = None) -> torch.Tensor:
         """The state after ``obs`` without the policy outputs (see
-        :meth:`LiquidNCPNetwork.final_state`)."""
+        :meth:`~velora_ens.models.LiquidNCPNetwork.final_state`)."""
         return self.net.final_state(obs, state, dt=dt, episode_start=episode_start)
 
     # ---------------------------------------------------------- Box actions

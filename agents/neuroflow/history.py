@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from agents.common.actor import LiquidActor
-from velora_ens.models import LiquidNCPNetwork
+from velora_ens.models import recurrent_network
+from velora_ens.models.recurrent import RecurrentNetwork
 
 __all__ = ["ActorStateHistory", "CriticHistory", "NoHistory", "OwnEncoderHistory",
            "SharedEncoderHistory", "make_history"]
@@ -156,7 +157,7 @@ class SharedEncoderHistory(CriticHistory):
 class OwnEncoderHistory(CriticHistory):
     """A separate liquid network of its own, trained by the critic loss only."""
 
-    def __init__(self, actor: LiquidActor, encoder: LiquidNCPNetwork) -> None:
+    def __init__(self, actor: LiquidActor, encoder: RecurrentNetwork) -> None:
         super().__init__(actor)
         self.encoder = encoder
         self.stored_size = encoder.hidden_size
@@ -203,7 +204,7 @@ def make_history(critic_encoder: str, critic_trains_state: bool, actor: LiquidAc
         if critic_trains_state:
             raise ValueError("critic_trains_state applies to critic_encoder='actor' only; the "
                              "critics' own encoder is always trained by the critic loss")
-        encoder = LiquidNCPNetwork(obs_dim, n_neurons, 1, cell=cell,
-                                   seed=None if seed is None else seed + 2)
+        encoder = recurrent_network(obs_dim, n_neurons, 1, cell=cell,
+                                    seed=None if seed is None else seed + 2)
         return OwnEncoderHistory(actor, encoder)
     return SharedEncoderHistory(actor) if critic_trains_state else ActorStateHistory(actor)

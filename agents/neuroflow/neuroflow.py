@@ -56,7 +56,9 @@ class NeuroFlow(BaseAgent):
             strategy's keys) and ``verbose``. Actions ``Box``, ``Discrete``,
             ``MultiDiscrete`` or ``MultiBinary``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
-        cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
+        cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
+            torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
+            input) in the liquid network's place, a baseline for comparisons.
         critic_hidden: hidden widths of each MLP critic.
         critic_ncp_neurons: use NCP-wired critics with this many neurons instead.
         n_critics: critics in the ensemble head (targets use their minimum).

@@ -80,7 +80,9 @@ class LiquidPPO(BaseAgent):
             neurons instead of the NCP's sparse ones (:class:`velora_ens.wiring.Wiring`).
             With ``actor_head=(64,)``, the tuned PendulumNoVel setting (trials in
             ``benchmarks/README.md``).
-        cell: ``"cfc"`` (closed-form, default) or ``"ltc"``.
+        cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
+            torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
+            input) in the liquid network's place, a baseline for comparisons.
         shared_critic: a linear value head on the actor's liquid state instead of a
             separate liquid critic.
         n_steps: rows collected per environment copy before each update.

@@ -19,16 +19,17 @@ import torch
 from torch import nn
 
 from agents.common.actor import LiquidActor
-from velora_ens.models import LiquidNCPNetwork
+from velora_ens.models import recurrent_network
 
 __all__ = ["SeparateValue", "SharedValue", "make_value"]
 
 
 class SeparateValue:
-    """A liquid critic ``LiquidNCPNetwork(obs_dim, n_neurons, 1)`` with its own state."""
+    """A recurrent critic of its own (``LiquidNCPNetwork(obs_dim, n_neurons, 1)``, or the
+    gated network of ``cell``) with its own state."""
 
     def __init__(self, obs_dim: int, n_neurons: int, cell: str, seed: int | None) -> None:
-        self.net = LiquidNCPNetwork(obs_dim, n_neurons, 1, cell=cell, seed=seed)
+        self.net = recurrent_network(obs_dim, n_neurons, 1, cell=cell, seed=seed)
 
     @property
     def state_size(self) -> int:
