@@ -177,6 +177,8 @@ class LiquidNCPNetwork(_WiredNetwork):
         dense_recurrence: every command neuron synapses onto every command neuron
             (:class:`~velora_ens.wiring.Wiring`'s option) instead of the NCP's sparse
             recurrence.
+        self_synapse_init: CfC only: each command neuron's synapse onto itself starts at
+            this weight (see :class:`NCPLiquidCell`); ``None``: the uniform draw.
         mixed_memory: an LSTM memory cell beside the liquid cell
             (:class:`~velora_ens.models.lnn.mixed.MixedMemoryCell`, ncps's option of the
             same name): the state is ``[h, c]``, twice the command neurons, and the network
@@ -209,12 +211,16 @@ class LiquidNCPNetwork(_WiredNetwork):
         sign_constrained: bool = False,
         dense_recurrence: bool = False,
         mixed_memory: bool = False,
+        self_synapse_init: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if cell not in ("cfc", "ltc"):
             raise ValueError(f"cell must be 'cfc' or 'ltc', got {cell!r}")
+        if cell == "ltc" and self_synapse_init is not None:
+            raise ValueError(f"self_synapse_init applies to the CfC cell (cell='cfc'), not to "
+                             f"cell='ltc', got {self_synapse_init!r}")
         self.wiring = Wiring(in_features, n_neurons, out_features,
                              sparsity_level=sparsity_level, seed=seed,
                              dense_recurrence=dense_recurrence)
@@ -227,7 +233,8 @@ class LiquidNCPNetwork(_WiredNetwork):
         if cell == "cfc":
             self.command: NCPLiquidCell | LTCCell = NCPLiquidCell(
                 counts.inter, counts.command, masks.command, recurrent_mask=masks.recurrent,
-                mode=mode, sign_constrained=sign_constrained, **kw)
+                mode=mode, sign_constrained=sign_constrained,
+                self_synapse_init=self_synapse_init, **kw)
         else:
             self.command = LTCCell(counts.inter, counts.command, masks.command,
                                    recurrent_mask=masks.recurrent, ode_unfolds=ode_unfolds, **kw)
@@ -334,6 +341,8 @@ class LiquidNCPNetwork(_WiredNetwork):
             config["dense_recurrence"] = True
         if self.mixed_memory:
             config["mixed_memory"] = True
+        if getattr(cmd, "self_synapse_init", None) is not None:
+            config["self_synapse_init"] = cmd.self_synapse_init
         return config
 
 
