@@ -198,3 +198,40 @@ def test_gated_cells_in_both_agents_reset_at_episode_starts_and_take_the_elapsed
         expected = net.final_state(x, dt=torch.full((2, 1), 2.0))
     np.testing.assert_allclose(timed, expected.numpy(), rtol=1e-6, atol=1e-6)
     assert not np.allclose(timed, fresh[1])
+
+
+def test_self_synapse_init_sets_only_the_heads_self_synapses():
+    plain = LiquidNCPNetwork(4, 20, 2, seed=4, dense_recurrence=True)
+    torch.manual_seed(0)
+    a = LiquidNCPNetwork(4, 20, 2, seed=4, dense_recurrence=True, self_synapse_init=0.5)
+    torch.manual_seed(0)
+    b = LiquidNCPNetwork(4, 20, 2, seed=4, dense_recurrence=True)
+    cell, ref = a.liquid_cell, b.liquid_cell
+    H = cell.n_hidden
+    w, w_ref = cell.recurrent_weight.detach(), ref.recurrent_weight.detach()
+    changed = torch.zeros_like(w, dtype=torch.bool)
+    for head in (0, 1):  # ff1, ff2: the diagonal of their blocks
+        changed[head * H:(head + 1) * H].diagonal().fill_(True)
+    assert torch.equal(w[changed], torch.full((2 * H,), 0.5))
+    assert torch.equal(w[~changed], w_ref[~changed])  # the rest is the same draw
+    assert a.get_config()["self_synapse_init"] == 0.5
+    assert "self_synapse_init" not in plain.get_config()
+    rebuilt = LiquidNCPNetwork(**a.get_config())
+    rebuilt.load_state_dict(a.state_dict())
+    x = torch.randn(3, 5, 4)
+    assert torch.equal(rebuilt(x)[0], a(x)[0])
+    # the fused scan's gradient against the plain autograd loop
+    x = torch.randn(3, 7, 4)
+    weights = torch.randn(3, 7, 2)
+    fused = torch.autograd.grad((a(x)[0] * weights).sum(), list(a.parameters()))
+    cell.fused = False
+    loop = torch.autograd.grad((a(x)[0] * weights).sum(), list(a.parameters()))
+    for g, r in zip(fused, loop, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_self_synapse_init_refuses_the_ltc_cell_and_bad_values():
+    with pytest.raises(ValueError, match="self_synapse_init applies to the CfC cell"):
+        LiquidNCPNetwork(4, 20, 2, cell="ltc", self_synapse_init=0.5)
+    with pytest.raises(ValueError, match="self_synapse_init must be a finite number"):
+        LiquidNCPNetwork(4, 20, 2, self_synapse_init=float("nan"))
