@@ -1,0 +1,106 @@
+"""benchmarks/bench_memory.py: the probes' targets against an independent computation, the
+networks it compares, the chain that stops after two unsolved delays, resuming from the
+file, and the page's verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_memory
+
+    return bench_memory
+
+
+def test_delay_targets_are_the_symbol_k_steps_back(bench):
+    x, y, first = bench.task_batch("4", 8, torch.Generator().manual_seed(0))
+    assert first == 4 and x.shape == (8, bench.LENGTH, 4)
+    symbols = x.argmax(-1)
+    for b in range(8):
+        for t in range(4, bench.LENGTH):
+            assert y[b, t] == symbols[b, t - 4]
+
+
+def test_count_targets_are_the_sign_of_ones_minus_zeros_so_far(bench):
+    x, y, first = bench.task_batch("count", 4, torch.Generator().manual_seed(1))
+    assert first == 0
+    bits = x.argmax(-1).tolist()
+    for b in range(4):
+        ones = zeros = 0
+        for t, bit in enumerate(bits[b]):
+            ones, zeros = ones + bit, zeros + (1 - bit)
+            assert int(y[b, t]) == (0 if ones < zeros else 1 if ones == zeros else 2)
+
+
+def test_the_networks_have_the_widths_and_parameter_budgets_the_page_names(bench):
+    width, budget = bench.liquid_width(4, 4)
+    assert width == 12
+    gru = bench.build("gru", "8", 0)
+    assert gru.rnn.hidden_size == width
+    for kind in ("gru-params", "lstm-params"):
+        net = bench.build(kind, "8", 0)
+        hidden = net.rnn.hidden_size
+        assert bench.parameters(net) <= budget < bench.parameters(
+            bench.GatedReadout(kind.split("-")[0], 4, hidden + 1, 4))
+    mixed = bench.build("liquid-mixed", "8", 0)
+    assert mixed.net.mixed_memory and bench.state_width("liquid-mixed", "8") == 2 * width
+    assert bench.build("liquid-dense-self", "8", 0).net.get_config()["self_synapse_init"] == 0.5
+
+
+def test_a_chain_stops_after_two_unsolved_delays_and_still_counts(bench, monkeypatch):
+    solved_up_to = 2
+
+    def fake(task, model, seed, steps, lr):
+        ok = task != "count" and int(task) <= solved_up_to
+        return {"task": task, "model": model, "seed": seed, "accuracy": 1.0 if ok else 0.3}
+
+    monkeypatch.setattr(bench, "run_one", fake)
+    runs = bench.run_chain(("gru", 0, ["count", "8", "1", "2", "4", "16", "32"], 250, 1e-3))
+    assert [r["task"] for r in runs] == ["1", "2", "4", "8", "count"]
+
+
+def test_resume_keeps_finished_chains_and_the_page_gives_the_verdict(bench, monkeypatch,
+                                                                       tmp_path):
+    calls = []
+
+    def chain(job):
+        model, seed, tasks, steps, lr = job
+        calls.append((model, seed))
+        solved = {"liquid": 2, "gru": 4}[model]
+        return [{"task": t, "model": model, "seed": seed, "steps": steps,
+                 "accuracy": 1.0 if int(t) <= solved else 0.5, "step_ms": 1.0,
+                 "parameters": 10, "state_width": 12} for t in tasks]
+
+    class Pool:  # in-process, so the fake chain runs here
+        def __init__(self, jobs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def imap_unordered(self, fn, jobs):
+            return map(fn, jobs)
+
+    monkeypatch.setattr(bench, "run_chain", chain)
+    monkeypatch.setattr(bench, "get_context", lambda kind: type("C", (), {"Pool": Pool}))
+    out, page = tmp_path / "m.json", tmp_path / "m.md"
+    argv = ["--models", "liquid", "--tasks", "1", "2", "4", "--seeds", "0", "1",
+            "--out", str(out), "--page", str(page)]
+    assert bench.main(argv) == 0  # no GRU on the page: no verdict
+    argv[1:2] = ["liquid", "gru"]
+    assert bench.main(argv) == 1  # the GRU solves K=4, the liquid network K=2
+    assert calls == [("liquid", 0), ("liquid", 1), ("gru", 0), ("gru", 1)]
+    text = page.read_text()
+    assert "| liquid | 12 | 10 | 2 | **1.00** | **1.00** | 0.50 |" in text
+    assert "2 against 4, **missed**" in text
+    assert len(json.loads(out.read_text())["runs"]) == 12
