@@ -245,6 +245,8 @@ def test_same_seed_same_run():
     ("Pendulum-v1", {"use_sde": True, "log_std_init": -1.0}),
     ("PendulumNoVel-v1", {"actor_head": [16, 8], "actor_dense_recurrence": True,
                           "seq_len": 8}),
+    ("CartPoleNoVel-v1", {"actor_mixed_memory": True, "actor_self_synapse_init": 0.5,
+                          "seq_len": 8}),  # the memory options
     ("CartPoleNoVel-v1", {"cell": "lstm", "seq_len": 8}),  # gated baselines
     ("PendulumNoVelIrregular-v1", {"cell": "gru", "elapsed_time_key": "elapsed_time",
                                    "elapsed_time_unit": 0.05, "seq_len": 8}),

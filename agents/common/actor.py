@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.common.distributions import discrete_actions
-from velora_ens._validation import check_int
+from velora_ens._validation import check_bool, check_int
 from velora_ens.models import recurrent_network
 
 __all__ = ["LiquidActor"]
@@ -50,7 +50,9 @@ class LiquidActor(nn.Module):
     and a linear output layer. ``dense_recurrence=True`` connects every command neuron to
     every other (:class:`~velora_ens.wiring.Wiring`). Together they are LiquidPPO's tuned
     actor on PendulumNoVel, where the policy must infer the angular velocity from
-    positions (trials in ``benchmarks/README.md``).
+    positions (trials in ``benchmarks/README.md``). ``mixed_memory`` and
+    ``self_synapse_init`` are :class:`~velora_ens.models.LiquidNCPNetwork`'s memory
+    options (the Memory section of the liquid-networks guide).
 
     >>> actor = LiquidActor(2, gym.spaces.Box(-1, 1, (1,)), 64, seed=0,
     ...                     distribution="gaussian", head_layers=(64,), dense_recurrence=True)
@@ -63,7 +65,8 @@ class LiquidActor(nn.Module):
                  cell: str = "cfc", seed: int | None = None,
                  distribution: str = "squashed_gaussian", log_std_init: float = 0.0,
                  head_layers: tuple[int, ...] | list[int] = (),
-                 dense_recurrence: bool = False) -> None:
+                 dense_recurrence: bool = False, mixed_memory: bool = False,
+                 self_synapse_init: float | None = None) -> None:
         super().__init__()
         if not isinstance(head_layers, (tuple, list)):
             raise ValueError(f"head_layers must be a sequence of layer widths, e.g. (64,), "
@@ -86,7 +89,9 @@ class LiquidActor(nn.Module):
         out = self.action_dim if self.discrete or self.gaussian else 2 * self.action_dim
         motor = head_layers[0] if head_layers else out
         self.net = recurrent_network(obs_dim, max(n_neurons, motor), motor, cell=cell,
-                                     seed=seed, dense_recurrence=dense_recurrence)
+                                     seed=seed, dense_recurrence=dense_recurrence,
+                                     mixed_memory=check_bool("mixed_memory", mixed_memory),
+                                     self_synapse_init=self_synapse_init)
         # motor neurons -> ReLU -> [Linear -> ReLU]... -> Linear to the outputs
         self.head = (None if not head_layers else nn.Sequential(*(
             layer for a, b in zip(head_layers, (*head_layers[1:], out), strict=True)
@@ -104,6 +109,10 @@ class LiquidActor(nn.Module):
             self.config["head_layers"] = list(head_layers)
         if dense_recurrence:
             self.config["dense_recurrence"] = True
+        if mixed_memory:
+            self.config["mixed_memory"] = True
+        if self_synapse_init is not None:
+            self.config["self_synapse_init"] = float(self_synapse_init)
 
     @property
     def state_dim(self) -> int:

@@ -80,6 +80,11 @@ class LiquidPPO(BaseAgent):
             neurons instead of the NCP's sparse ones (:class:`velora_ens.wiring.Wiring`).
             With ``actor_head=(64,)``, the tuned PendulumNoVel setting (trials in
             ``benchmarks/README.md``).
+        actor_mixed_memory: an LSTM memory cell beside the actor's liquid cell
+            (:class:`~velora_ens.models.lnn.mixed.MixedMemoryCell`; the state doubles).
+        actor_self_synapse_init: CfC only: the actor's command neurons' synapses onto
+            themselves start at this weight (``None``: the uniform draw); see the Memory
+            section of the liquid-networks guide.
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
             torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
             input) in the liquid network's place, a baseline for comparisons.
@@ -135,6 +140,8 @@ class LiquidPPO(BaseAgent):
         critic_neurons: int = 32,
         actor_head: tuple[int, ...] | list[int] = (),
         actor_dense_recurrence: bool = False,
+        actor_mixed_memory: bool = False,
+        actor_self_synapse_init: float | None = None,
         cell: str = "cfc",
         shared_critic: bool = False,
         learning_rate: float | str | Callable[[float], float] = 3e-4,
@@ -210,7 +217,9 @@ class LiquidPPO(BaseAgent):
         self._set_actor(LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                     seed=seed, distribution="gsde" if use_sde else "gaussian",
                                     log_std_init=log_std_init, head_layers=actor_head,
-                                    dense_recurrence=actor_dense_recurrence))
+                                    dense_recurrence=actor_dense_recurrence,
+                                    mixed_memory=actor_mixed_memory,
+                                    self_synapse_init=actor_self_synapse_init))
         self.noise = make_noise(self.discrete, noise_hold_steps, use_sde, sde_sample_freq)
         self.value = make_value(shared_critic, self.actor, self.obs_dim, critic_neurons, cell,
                                 0 if seed is None else seed + 1)
