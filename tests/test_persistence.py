@@ -66,6 +66,8 @@ def test_round_trip_gives_identical_actions_and_states(tmp_path, env_id):
     ("CartPole-v1", {"buffer_size": 45}),  # the ring wraps around before the save
     ("CartPoleNoVel-v1", {"cell": "gru", "critic_encoder": "own"}),  # gated baselines
     ("Pendulum-v1", {"cell": "lstm", "n_envs": 2}),
+    ("CartPoleNoVel-v1", {"actor_dense_recurrence": True, "actor_mixed_memory": True,
+                          "actor_self_synapse_init": 0.5}),  # the memory options
 ])
 def test_resume_is_exact(tmp_path, env_id, extra):
     """Stop at step k, save with the buffer, load, continue: the same parameters, losses,

@@ -56,6 +56,11 @@ class NeuroFlow(BaseAgent):
             strategy's keys) and ``verbose``. Actions ``Box``, ``Discrete``,
             ``MultiDiscrete`` or ``MultiBinary``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
+        actor_dense_recurrence, actor_mixed_memory, actor_self_synapse_init: the actor's
+            liquid network's recurrence and memory options (``dense_recurrence``,
+            ``mixed_memory``, ``self_synapse_init`` of
+            :class:`~velora_ens.models.LiquidNCPNetwork`; the Memory section of the
+            liquid-networks guide).
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
             torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
             input) in the liquid network's place, a baseline for comparisons.
@@ -116,6 +121,9 @@ class NeuroFlow(BaseAgent):
         env: Any = None,
         *,
         actor_neurons: int = 32,
+        actor_dense_recurrence: bool = False,
+        actor_mixed_memory: bool = False,
+        actor_self_synapse_init: float | None = None,
         cell: str = "cfc",
         critic_hidden: tuple[int, ...] = (128, 128),
         critic_ncp_neurons: int | None = None,
@@ -173,7 +181,9 @@ class NeuroFlow(BaseAgent):
                              f"({head_options.target_subset})")
         self._setup(config)
         self._set_actor(LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
-                                    seed=seed))
+                                    seed=seed, dense_recurrence=actor_dense_recurrence,
+                                    mixed_memory=actor_mixed_memory,
+                                    self_synapse_init=actor_self_synapse_init))
         self.history = make_history(critic_encoder, critic_trains_state, self.actor,
                                     self.obs_dim, actor_neurons, cell, seed)
         for module in self.history.modules().values():
