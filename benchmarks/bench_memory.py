@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=[*map(str, DELAYS), "count"],
                         default=[*map(str, DELAYS), "count"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/memory.json")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {flag} {' '.join(map(str, value))}" for flag, value, default in (
             ("--models", args.models, list(MODELS)),
             ("--tasks", args.tasks, [*map(str, DELAYS), "count"]),
-            ("--seeds", args.seeds, [0, 1, 2]), ("--steps", [args.steps], [3000]),
+            ("--seeds", args.seeds, [0, 1, 2]), ("--steps", [args.steps], [2000]),
             ("--lr", [args.lr], [3e-3])) if list(value) != default)
     # a chain (network, seed) already in --out with this budget and these tasks is kept,
     # so an interrupted run goes on where it stopped
