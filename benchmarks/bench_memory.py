@@ -197,14 +197,19 @@ def render(report: dict, path: Path) -> None:
         acc = [r["accuracy"] for r in runs if r["model"] == model and r["task"] == task]
         return (statistics.fmean(acc), len(acc)) if acc else None
 
-    def solved(c: tuple[float, int] | None) -> bool:
-        return c is not None and c[1] == len(seeds) and c[0] >= SOLVED
+    def ran(model: str) -> list[int]:
+        """The seeds a network has run (a chain not yet run leaves its seed out)."""
+        return sorted({r["seed"] for r in runs if r["model"] == model})
 
-    def shown(c: tuple[float, int] | None) -> str:
+    def solved(model: str, c: tuple[float, int] | None) -> bool:
+        return c is not None and c[1] == len(ran(model)) and c[0] >= SOLVED
+
+    def shown(model: str, c: tuple[float, int] | None) -> str:
         if c is None:
             return "-"
-        text = f"**{c[0]:.2f}**" if solved(c) else f"{c[0]:.2f}"
-        return text if c[1] == len(seeds) else f"{text} ({c[1]} of {len(seeds)} seeds)"
+        text = f"**{c[0]:.2f}**" if solved(model, c) else f"{c[0]:.2f}"
+        n = len(ran(model))
+        return text if c[1] == n else f"{text} ({c[1]} of {n} seeds)"
 
     delays = [t for t in tasks if t != "count"]
     lines = ["# Memory of the networks", "",
@@ -224,14 +229,15 @@ def render(report: dict, path: Path) -> None:
     largest: dict[str, int] = {}
     for m in models:
         mine = [r for r in runs if r["model"] == m]
-        done = [int(t) for t in delays if solved(cell(m, t))]
+        done = [int(t) for t in delays if solved(m, cell(m, t))]
         largest[m] = max(done, default=0)
         width = {r["state_width"] for r in mine if r["task"] != "count"}
         params = {r["parameters"] for r in mine if r["task"] != "count"}
-        lines.append(f"| {m} | {'/'.join(map(str, sorted(width)))} | "
+        label = m if ran(m) == seeds else f"{m} (seeds {', '.join(map(str, ran(m)))} only)"
+        lines.append(f"| {label} | {'/'.join(map(str, sorted(width)))} | "
                      f"{'/'.join(map(str, sorted(params)))} | "
                      f"{max(done) if done else 'none'} | "
-                     + " | ".join(shown(cell(m, t)) for t in tasks)
+                     + " | ".join(shown(m, cell(m, t)) for t in tasks)
                      + f" | {statistics.median(r['step_ms'] for r in mine):.1f} |")
     lines += ["", "The training-step time is the median over every run of the network "
               "(forward, backward and Adam step at batch 64, length 64, one thread); it varies "

@@ -104,3 +104,19 @@ def test_resume_keeps_finished_chains_and_the_page_gives_the_verdict(bench, monk
     assert "| liquid | 12 | 10 | 2 | **1.00** | **1.00** | 0.50 |" in text
     assert "2 against 4, **missed**" in text
     assert len(json.loads(out.read_text())["runs"]) == 12
+
+
+def test_a_network_short_of_seeds_is_judged_on_its_own_and_labelled(bench, tmp_path):
+    def run(model, seed, task, acc):
+        return {"task": task, "model": model, "seed": seed, "accuracy": acc, "steps": 250,
+                "step_ms": 1.0, "parameters": 10, "state_width": 12}
+
+    runs = [run("liquid", s, t, 1.0 if t == "1" else 0.5) for s in (0, 1) for t in ("1", "2")]
+    runs += [run("gru", 0, t, 1.0) for t in ("1", "2")]
+    report = {"command": "c", "machine": "m", "torch": "t", "date": "d", "jobs": 2,
+              "minutes": 1.0, "steps": 250, "lr": 1e-3, "tasks": ["1", "2"], "runs": runs}
+    bench.render(report, tmp_path / "m.md")
+    text = (tmp_path / "m.md").read_text()
+    assert "| gru (seeds 0 only) | 12 | 10 | 2 | **1.00** | **1.00** |" in text
+    assert "| liquid | 12 | 10 | 1 | **1.00** | 0.50 |" in text
+    assert report["target_met"] is False
