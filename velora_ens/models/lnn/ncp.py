@@ -181,8 +181,8 @@ class LiquidNCPNetwork(_WiredNetwork):
             this weight (see :class:`NCPLiquidCell`); ``None``: the uniform draw.
         mixed_memory: an LSTM memory cell beside the liquid cell
             (:class:`~velora_ens.models.lnn.mixed.MixedMemoryCell`, ncps's option of the
-            same name): the state is ``[h, c]``, twice the command neurons, and the network
-            remembers over far longer delays (see the liquid-networks guide).
+            same name): the state is ``[h, c]``, twice the command neurons (the Memory
+            section of the liquid-networks guide says what each option remembers).
 
     ``forward(x, h=None, *, dt=None, episode_start=None) -> (y, h)``: ``x`` is
     ``(B, in_features)`` (one step, ``y: (B, out_features)``) or ``(B, L, in_features)``
