@@ -120,3 +120,24 @@ def test_a_network_short_of_seeds_is_judged_on_its_own_and_labelled(bench, tmp_p
     assert "| gru (seeds 0 only) | 12 | 10 | 2 | **1.00** | **1.00** |" in text
     assert "| liquid | 12 | 10 | 1 | **1.00** | 0.50 |" in text
     assert report["target_met"] is False
+
+
+def test_the_liquid_networks_guide_quotes_the_memory_page(bench):
+    """Each row of the guide's largest-K table against docs/benchmarks/memory.json."""
+    import re
+
+    root = Path(__file__).parents[1]
+    report = json.loads((root / "docs/benchmarks/memory.json").read_text())
+    runs = report["runs"]
+    guide = (root / "docs/guide/liquid-networks.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)`: [^|]+\| (\d+) \| (\d+|none) \|$", guide, re.M)
+    assert len(rows) >= 9
+    for model, width, largest in rows:
+        mine = [r for r in runs if r["model"] == model]
+        seeds = {r["seed"] for r in mine}
+        solved = [int(t) for t in {r["task"] for r in mine} - {"count"}
+                  if sum(r["task"] == t for r in mine) == len(seeds)
+                  and sum(r["accuracy"] for r in mine if r["task"] == t) / len(seeds)
+                  >= bench.SOLVED]
+        assert str(max(solved, default="none")) == largest, model
+        assert {str(r["state_width"]) for r in mine if r["task"] != "count"} == {width}

@@ -56,11 +56,14 @@ class NeuroFlow(BaseAgent):
             strategy's keys) and ``verbose``. Actions ``Box``, ``Discrete``,
             ``MultiDiscrete`` or ``MultiBinary``.
         actor_neurons: inter + command neurons of the actor's NCP wiring.
-        actor_dense_recurrence, actor_mixed_memory, actor_self_synapse_init: the actor's
-            liquid network's recurrence and memory options (``dense_recurrence``,
-            ``mixed_memory``, ``self_synapse_init`` of
-            :class:`~velora_ens.models.LiquidNCPNetwork`; the Memory section of the
-            liquid-networks guide).
+        actor_dense_recurrence: every command neuron of the actor's liquid network reads
+            every other (``dense_recurrence`` of
+            :class:`~velora_ens.models.LiquidNCPNetwork`).
+        actor_mixed_memory: an LSTM memory cell beside the actor's liquid cell
+            (``mixed_memory``; the state doubles).
+        actor_self_synapse_init: CfC only: the actor's self-synapses start at this weight
+            (``self_synapse_init``); the Memory section of the liquid-networks guide says
+            what each option remembers.
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
             torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
             input) in the liquid network's place, a baseline for comparisons.
