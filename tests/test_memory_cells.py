@@ -67,6 +67,8 @@ def test_mixed_memory_forget_bias_and_a_reset_equal_a_fresh_start():
     states, _ = cell(x, torch.randn(2, 8), episode_start=starts)
     fresh, _ = cell(x[:, 2:])
     torch.testing.assert_close(states[:, 2:], fresh)
+    with pytest.raises(ValueError, match="forget_bias must be a finite number"):
+        MixedMemoryCell(NCPLiquidCell(3, 4), forget_bias=float("inf"))
 
 
 @pytest.mark.parametrize("kind", ["cfc", "ltc"])
@@ -153,6 +155,16 @@ def test_gated_network_resets_steps_and_round_trips(cell):
     other = GatedNetwork(3, 8, 2, cell=cell, seed=6)
     other.load_state_dict(net.state_dict())
     assert torch.equal(other(x)[0], net(x)[0])
+
+
+def test_gated_network_refuses_bad_input_with_the_liquid_networks_messages():
+    net = GatedNetwork(3, 8, 2, cell="lstm")
+    with pytest.raises(ValueError, match=r"GatedNetwork expected 3 input features"):
+        net(torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match=r"hidden state of shape \(B, H\) = \(2, 16\)"):
+        net(torch.randn(2, 3), torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="cell must be one of"):
+        GatedNetwork(3, 8, 2, cell="rnn")
 
 
 def test_recurrent_network_builds_each_cell_and_refuses_liquid_options_for_gated_ones():

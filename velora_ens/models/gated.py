@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from velora_ens._validation import check_int
-from velora_ens.models.lnn.inputs import as_elapsed_time, as_features, as_keep_mask, as_state
+from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import unroll
 
 __all__ = ["GATED_CELLS", "GatedNetwork"]
@@ -84,14 +84,13 @@ class GatedNetwork(nn.Module):
         h, c = self.cell(x, tuple(state.split(self.n_neurons, dim=-1)))
         return torch.cat([h, c], dim=-1)
 
+    @property
+    def n_hidden(self) -> int:
+        """``hidden_size``, under the name the cells' input checks read."""
+        return self.hidden_size
+
     def _run(self, x, h, dt, episode_start) -> tuple[torch.Tensor, torch.Tensor]:
-        who = type(self).__name__
-        like = self.motor.weight
-        x = as_features(x, self.in_features, like, who)
-        batch, steps = x.shape[0], (x.shape[1] if x.dim() == 3 else None)
-        h = as_state(h, batch, self.hidden_size, like, who)
-        dt = as_elapsed_time(dt, batch, steps, like, who)
-        keep = as_keep_mask(episode_start, batch, steps, like, who)
+        x, h, dt, keep, steps = cell_inputs(self, x, h, dt, episode_start, self.motor.weight)
         return unroll(self._step, (x,), h, dt, keep, time_dim=None if steps is None else 1)
 
     def motor_input(self, states: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from velora_ens._validation import check_number
 from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import Step, unroll
 
@@ -56,7 +57,7 @@ class MixedMemoryCell(nn.Module):
         like = next(cell.parameters())
         self.lstm = nn.LSTMCell(self.in_features, self.liquid_size, device=like.device,
                                 dtype=like.dtype)
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = check_number("forget_bias", forget_bias, -10.0, 10.0)
         self.reset_lstm_parameters()
 
     def reset_lstm_parameters(self) -> None:
