@@ -481,10 +481,11 @@ def test_bench_irregular_targets_and_tables(bench_irregular):
     lines = bi.table(summary)
     assert lines[2] == ("| NeuroFlow, elapsed time to the cells (`cells`) | 20.0 ± 10.0 | "
                         "10.0, 30.0 | 50 | 7 |")
-    diffs = bi.differences(summary)
+    diffs = bi.differences(bi.FAMILIES["neuroflow"], summary)
+    assert diffs[0].startswith("Final return of `cells` minus each other variant")
     assert "| `none` | +0.0 | -20.0, +20.0 |" in diffs
     assert "| `recurrent_ppo` | +15.0 | +5.0, +25.0 |" in diffs
-    assert bi.differences({"cells": cells}) == []
+    assert bi.differences(bi.FAMILIES["neuroflow"], {"cells": cells}) == []
 
 
 def test_bench_irregular_variants_are_built_as_the_issue_says(bench_irregular):
@@ -538,32 +539,45 @@ def test_bench_irregular_default_budget_is_the_tasks(bench_irregular, monkeypatc
     monkeypatch.setattr(bench_irregular, "learning", lambda args: seen.append(args) or 0)
     nf = ["--variants", "cells", "obs", "none"]  # no sb3-contrib needed
     assert bench_irregular.main([task, *nf]) == 0
-    assert seen[0].steps == steps
-    # the page's command leaves the default out and names any other budget
-    assert "--steps" not in bench_irregular.command_of(seen[0])
-    bench_irregular.main([task, *nf, "--steps", "5000"])
+    assert seen[0].steps == steps and seen[0].ppo_steps == 100_000  # LiquidPPO: 100k on both
+    assert [bench_irregular.budget(v, seen[0]) for v in ("cells", "recurrent_ppo",
+                                                         "ppo-cells")] == [steps, steps, 100_000]
+    # the page's command leaves the defaults out and names any other budget
+    assert "steps" not in bench_irregular.command_of(seen[0])
+    bench_irregular.main([task, *nf, "--steps", "5000", "--ppo-steps", "2000"])
     assert bench_irregular.command_of(seen[1]) == (f"python benchmarks/bench_irregular.py {task} "
-                                                   "--variants cells obs none --steps 5000")
+                                                   "--variants cells obs none --steps 5000 "
+                                                   "--ppo-steps 2000")
+    assert bench_irregular.budget("ppo-gru-obs", seen[1]) == 2000
+    # all eight variants by default
+    bench_irregular.main([task])
+    assert seen[2].variants == list(bench_irregular.VARIANTS) and len(seen[2].variants) == 8
 
 
 def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
     pytest.importorskip("sb3_contrib")
     out = tmp_path / "irregular"
-    argv = ["cartpole", "--steps", "120", "--eval-every", "60", "--seeds", "0", "--jobs", "1",
-            "--out", str(out)]
+    argv = ["cartpole", "--steps", "120", "--ppo-steps", "256", "--eval-every", "60",
+            "--seeds", "0", "--jobs", "1", "--out", str(out)]
     code = bench_irregular.main(argv)
     report = json.loads((out / "irregular-cartpole.json").read_text())
     assert report["command"] == ("python benchmarks/bench_irregular.py cartpole --seeds 0 "
-                                 f"--jobs 1 --steps 120 --eval-every 60 --out {out}")
-    assert report["variants"] == ["cells", "obs", "none", "recurrent_ppo"]
+                                 f"--jobs 1 --steps 120 --ppo-steps 256 --eval-every 60 "
+                                 f"--out {out}")
+    assert report["variants"] == ["cells", "obs", "none", "recurrent_ppo", "ppo-cells",
+                                  "ppo-obs", "ppo-none", "ppo-gru-obs"]
     assert report["threads_per_run"] == [1] and report["machine"]
     assert code == (0 if all(t["met"] for t in report["targets"]) else 1)
-    assert len(report["targets"]) == 2
+    assert len(report["targets"]) == 4
     runs = {r["variant"]: r for r in report["results"]}
     for variant in ("cells", "obs", "none"):
         assert [step for step, _ in runs[variant]["curve"]] == [60, 120]
     # RecurrentPPO: 8 copies of 32 steps a rollout
     assert [step for step, _ in runs["recurrent_ppo"]["curve"]] == [64, 256]
+    for variant in bench_irregular.LIQUID_PPO:  # the --ppo-steps budget
+        assert runs[variant]["budget"] == 256 and runs[variant]["curve"][-1][0] >= 256
+    assert sorted(p.name for p in (out / "irregular-runs").iterdir()) == sorted(
+        f"cartpole-{v}-0.json" for v in report["variants"])
     page = (out / "irregular-cartpole.md").read_text()
     assert report["command"] in page and "Machine: " in page
     for variant, row in report["summary"].items():
@@ -579,6 +593,8 @@ def test_bench_irregular_end_to_end(bench_irregular, tmp_path):
     (["cartpole", "--steps", "0"], "--steps must be >= 1, got 0"),
     (["cartpole", "--eval-every", "often"], "--eval-every must be an integer, got 'often'"),
     (["cartpole", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["cartpole", "--ppo-steps", "0"], "--ppo-steps must be >= 1, got 0"),
+    (["cartpole", "--variants", "ppo-lstm"], "invalid choice: 'ppo-lstm'"),
     (["cartpole", "--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
     (["pendulum", "--variants", "cells", "lstm"], "invalid choice: 'lstm'"),
     (["pendulum", "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -609,6 +625,258 @@ def test_bench_irregular_error_from_a_fresh_process():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "bench_irregular.py: error: --seeds must be an integer, got 'x'"
+
+
+def test_bench_irregular_liquid_ppo_targets_and_tables(bench_irregular):
+    bi = bench_irregular
+    summary = {v: bi.summarize([irregular_run(v, s, f) for s, f in zip((1, 0), finals,
+                                                                       strict=True)])
+               for v, finals in (("ppo-cells", (30.0, 10.0)), ("ppo-obs", (20.0, 20.0)),
+                                 ("ppo-none", (40.0, 40.0)), ("ppo-gru-obs", (25.0, 16.0)))}
+    checks = bi.targets(summary)
+    # ppo-cells 20 >= ppo-obs 20 (met); ppo-cells 20 >= ppo-gru-obs 20.5 (missed); no target
+    # on ppo-none, however far ahead it is
+    assert checks == [
+        ("ppo-cells >= ppo-obs (mean final return): **met** (20.0 against 20.0; ppo-cells >= "
+         "ppo-obs in 1/2 seeds)", True),
+        ("ppo-cells >= ppo-gru-obs (mean final return): **not met** (20.0 against 20.5; "
+         "ppo-cells >= ppo-gru-obs in 1/2 seeds)", False)]
+    assert bi.targets({v: summary[v] for v in ("ppo-obs", "ppo-gru-obs")}) == []
+    # with the NeuroFlow family's rows too: its targets first, then LiquidPPO's
+    both = {**{v: bi.summarize([irregular_run(v, 0, f)])
+               for v, f in (("cells", 5.0), ("obs", 4.0), ("none", 3.0))}, **summary}
+    assert [text.split(" (")[0] for text, _ in bi.targets(both)] == [
+        "cells >= obs", "cells > none", "ppo-cells >= ppo-obs", "ppo-cells >= ppo-gru-obs"]
+    lines = bi.table(summary)
+    assert lines[2] == ("| LiquidPPO, elapsed time to the cells (`ppo-cells`) | 20.0 ± 10.0 | "
+                        "10.0, 30.0 | 50 | 7 |")
+    assert lines[5].startswith("| LiquidPPO with a GRU core (`cell=\"gru\"`), elapsed time "
+                               "appended to the observation (`ppo-gru-obs`) | 20.5 ± 4.5 |")
+    diffs = bi.differences(bi.FAMILIES["liquid_ppo"], both)  # the family's variants only
+    assert diffs[0].startswith("Final return of `ppo-cells` minus each other variant")
+    assert diffs[4:] == ["| `ppo-obs` | +0.0 | -10.0, +10.0 |",
+                         "| `ppo-none` | -20.0 | -30.0, -10.0 |",
+                         "| `ppo-gru-obs` | -0.5 | -6.0, +5.0 |"]
+    assert bi.differences(bi.FAMILIES["liquid_ppo"], {"ppo-cells": summary["ppo-cells"]}) == []
+
+
+@pytest.mark.parametrize("name", ["cartpole", "pendulum"])
+def test_bench_irregular_liquid_ppo_variants_are_built_as_the_issue_says(bench_irregular,
+                                                                         name):
+    from agents import LiquidPPO
+    from agents.common.hyperparams import tuned_hyperparams
+    from velora_ens.models import GatedNetwork
+
+    bi = bench_irregular
+    task = bi.TASKS[name]
+    tuned = tuned_hyperparams("LiquidPPO", task.base_id)
+    assert tuned["n_envs"] > 1  # the NoVel task's tuned settings, n_envs included
+    config = {v: bi.settings(v, task) for v in bi.LIQUID_PPO}
+    assert config["ppo-cells"] == {**tuned, "elapsed_time_key": "elapsed_time",
+                                   "elapsed_time_unit": task.nominal_dt}
+    assert config["ppo-obs"] == config["ppo-none"] == tuned
+    # the GRU takes none of the options that only the liquid cells take (PendulumNoVel's
+    # dense recurrence), everything else as tuned
+    liquid_only = {k: v for k, v in tuned.items() if k in bi.LIQUID_ONLY}
+    assert (name == "pendulum") == bool(liquid_only)
+    assert config["ppo-gru-obs"] == {**{k: v for k, v in tuned.items()
+                                        if k not in liquid_only}, "cell": "gru"}
+    models = {v: bi.build(v, task, 0, config[v]) for v in bi.LIQUID_PPO}
+    for variant, (model, _) in models.items():
+        assert type(model) is LiquidPPO and model.n_envs == tuned["n_envs"], variant
+        assert model.gamma == tuned["gamma"] and model.n_steps == tuned["n_steps"]
+        appended = variant in ("ppo-obs", "ppo-gru-obs")
+        base_dim = models["ppo-none"][0].observation_space.shape[0]
+        assert model.observation_space.shape == (base_dim + appended,), variant
+        assert isinstance(model.actor.net, GatedNetwork) == (variant == "ppo-gru-obs")
+        assert model.elapsed_time_key == ("elapsed_time" if variant == "ppo-cells" else None)
+    assert models["ppo-cells"][0].elapsed.unit == task.nominal_dt
+    assert models["ppo-gru-obs"][0].actor.net.cell_type == "gru"
+    if name == "pendulum":
+        return  # the evaluation's elapsed time: CartPole's episodes are the short ones
+    # ppo-cells' evaluation hands predict the elapsed time of every observation, ppo-obs'
+    # does not (it is in the observation)
+    for variant in ("ppo-cells", "ppo-obs"):
+        model, evaluate = models[variant]
+        calls, predict = [], model.predict
+
+        def spy(*args, _calls=calls, _predict=predict, **kwargs):
+            _calls.append((kwargs.get("elapsed_time"), kwargs["episode_start"][0]))
+            return _predict(*args, **kwargs)
+
+        model.predict = spy
+        assert np.isfinite(evaluate(2))
+        if variant == "ppo-obs":
+            assert {dt for dt, _ in calls} == {None}
+            continue
+        assert [dt for dt, start in calls if start] == [0.02, 0.02]  # the resets
+        assert {round(dt / 0.02) for dt, _ in calls} <= {1, 2, 3, 4}
+        assert len({dt for dt, _ in calls}) > 1
+
+
+def irregular_file_run(bi, task, variant, seed, final, budget, eval_every=5_000, **extra):
+    """A run file's content as ``run_one`` writes it, without training."""
+    return {"task": task, "env_id": bi.TASKS[task].env_id, "variant": variant, "seed": seed,
+            "budget": budget, "eval_every": eval_every,
+            "settings": bi.settings(variant, bi.TASKS[task]),
+            "curve": [[eval_every, 0.0], [budget, final]], "steps": budget,
+            "train_seconds": 60.0, "eval_seconds": 0.0, "steps_per_second": 50.0,
+            "threads": 1, "parameters": 7, "command": "python benchmarks/bench_irregular.py",
+            "jobs": 2, "machine": "test machine", "torch": "2.x", "date": "2026-12-05", **extra}
+
+
+@pytest.fixture
+def fake_irregular_runs(bench_irregular, monkeypatch):
+    """``run_all`` replaced by one that writes each job's run file as ``run_one`` would
+    (final return: ``FINALS[variant] + seed``), recording the jobs it was given."""
+    from pathlib import Path
+
+    from report import write_report
+
+    bi = bench_irregular
+    jobs: list[list[tuple]] = []
+
+    def run_all(run_one, work, n_jobs):
+        assert run_one is bi.run_one
+        jobs.append(list(work))
+        for task, variant, seed, steps, eval_every, path, sitting in work:
+            write_report(Path(path), irregular_file_run(
+                bi, task, variant, seed, IRREGULAR_FINALS[variant] + seed, steps, eval_every,
+                **sitting))
+        return [], 0.0
+
+    monkeypatch.setattr(bi, "run_all", run_all)
+    return jobs
+
+
+IRREGULAR_FINALS = {"cells": 30.0, "obs": 20.0, "none": 10.0, "recurrent_ppo": 40.0,
+                    "ppo-cells": 50.0, "ppo-obs": 40.0, "ppo-none": 30.0, "ppo-gru-obs": 60.0}
+
+
+def test_bench_irregular_skips_the_runs_on_file_of_this_budget_and_settings(
+        bench_irregular, fake_irregular_runs, tmp_path, capsys):
+    from report import write_report
+
+    bi = bench_irregular
+    out = tmp_path / "irregular"
+    argv = ["cartpole", "--variants", "ppo-cells", "ppo-obs", "--ppo-steps", "2000",
+            "--seeds", "0", "1", "--out", str(out)]
+    bi.main(argv)
+    assert [(v, s, steps) for _, v, s, steps, *_ in fake_irregular_runs[0]] == [
+        ("ppo-cells", 0, 2000), ("ppo-obs", 0, 2000), ("ppo-cells", 1, 2000),
+        ("ppo-obs", 1, 2000)]
+    first = json.loads(bi.run_path(out, "cartpole", "ppo-obs", 1).read_text())
+    assert first["command"].endswith("--ppo-steps 2000 --out " + str(out))
+    # the same command again: every run is on file, nothing runs
+    bi.main(argv)
+    assert len(fake_irregular_runs) == 1
+    assert "ppo-obs seed 1: on file, skipped" in capsys.readouterr().err
+    # files of another budget, evaluation interval or settings are run again, and only they
+    path = bi.run_path(out, "cartpole", "ppo-cells", 0)
+    write_report(path, irregular_file_run(bi, "cartpole", "ppo-cells", 0, 1.0, 4000))
+    path = bi.run_path(out, "cartpole", "ppo-obs", 0)
+    write_report(path, irregular_file_run(bi, "cartpole", "ppo-obs", 0, 1.0, 2000, 1000))
+    path = bi.run_path(out, "cartpole", "ppo-cells", 1)
+    run = irregular_file_run(bi, "cartpole", "ppo-cells", 1, 1.0, 2000)
+    run["settings"] = bi.settings("ppo-obs", bi.TASKS["cartpole"])  # no elapsed_time_key
+    write_report(path, run)
+    bi.main(argv)
+    assert [(v, s) for _, v, s, *_ in fake_irregular_runs[1]] == [
+        ("ppo-cells", 0), ("ppo-obs", 0), ("ppo-cells", 1)]
+    err = capsys.readouterr().err
+    assert "ppo-cells seed 0: on file with budget 4000 instead of 2000, run again" in err
+    assert "ppo-obs seed 0: on file with eval-every 1000 instead of 5000, run again" in err
+    assert "ppo-cells seed 1: on file with settings" in err
+    assert json.loads(bi.run_path(out, "cartpole", "ppo-cells", 0).read_text())["budget"] == 2000
+    # --force runs the matching ones again too
+    bi.main([*argv, "--force"])
+    assert len(fake_irregular_runs[2]) == 4
+
+
+def test_bench_irregular_page_keeps_the_other_familys_rows(bench_irregular,
+                                                          fake_irregular_runs, tmp_path):
+    bi = bench_irregular
+    out = tmp_path / "irregular"
+    nf = ["--variants", "cells", "obs", "none", "--steps", "3000", "--seeds", "0", "1"]
+    assert bi.main(["pendulum", *nf, "--out", str(out)]) == 0  # cells ahead of obs and none
+    page = (out / "irregular-pendulum.md").read_text()
+    assert "### LiquidPPO, 100,000 steps\n\nNot run yet: `python benchmarks/bench_irregular.py "\
+           "pendulum --variants ppo-cells ppo-obs ppo-none ppo-gru-obs`." in page
+    ppo = ["--variants", *bi.LIQUID_PPO, "--steps", "3000", "--ppo-steps", "2000", "--seeds",
+           "0", "1", "--out", str(out)]
+    # the LiquidPPO rows join the NeuroFlow ones; ppo-gru-obs (60) beats ppo-cells (50)
+    assert bi.main(["pendulum", *ppo]) == 1
+    assert [v for _, v, *_ in fake_irregular_runs[1]] == list(bi.LIQUID_PPO) * 2
+    report = json.loads((out / "irregular-pendulum.json").read_text())
+    assert report["variants"] == [*bi.NEUROFLOW, *bi.LIQUID_PPO]
+    assert [t["met"] for t in report["targets"]] == [True, True, True, False]
+    page = (out / "irregular-pendulum.md").read_text()
+    for heading in ("### NeuroFlow and RecurrentPPO, 3,000 steps, seeds [0, 1]",
+                    "### LiquidPPO, 2,000 steps, seeds [0, 1]"):
+        assert heading in page
+    assert page.index("(`cells`) | 30.5 ± 0.5 | 30.0, 31.0 |") < page.index(
+        "### LiquidPPO") < page.index("(`ppo-cells`) | 50.5 ± 0.5 | 50.0, 51.0 |")
+    assert "Target: ppo-cells >= ppo-gru-obs (mean final return): **not met**" in page
+    assert "| `ppo-gru-obs` | -10.0 | -10.0, -10.0 |" in page
+    assert "Not run yet" not in page
+    # the commands of both sittings, each in its family
+    assert page.count("Command: `python benchmarks/bench_irregular.py pendulum --seeds 0 1 "
+                      "--variants ") == 2
+    # --render-only renders the same page from the run files, training nothing
+    (out / "irregular-pendulum.md").unlink()
+    assert bi.main(["pendulum", "--render-only", *ppo[len(bi.LIQUID_PPO) + 1:]]) == 1
+    assert (out / "irregular-pendulum.md").read_text() == page
+    assert len(fake_irregular_runs) == 2
+    # asked for another NeuroFlow budget, the page leaves those runs out and says so
+    assert bi.main(["pendulum", "--render-only", "--ppo-steps", "2000", "--seeds", "0",
+                    "--out", str(out)]) == 1
+    page = (out / "irregular-pendulum.md").read_text()
+    assert "(`cells`)" not in page and "(`ppo-cells`) | 50.5 ± 0.5 |" in page
+    assert "Run files left out (another budget, evaluation interval or settings): cells seed " \
+           "0 (budget 3000 instead of 30000)" in page
+
+
+def test_bench_irregular_imports_a_page_written_before_the_run_files(bench_irregular,
+                                                                    tmp_path):
+    bi = bench_irregular
+    task = bi.TASKS["cartpole"]
+    results = [{k: v for k, v in irregular_file_run(bi, "cartpole", v, s, f, 100_000).items()
+                if k in ("variant", "seed", "curve", "steps", "train_seconds", "eval_seconds",
+                         "steps_per_second", "threads", "parameters")}
+               for v, s, f in (("cells", 0, 300.0), ("obs", 0, 200.0))]
+    old = {"task": "cartpole", "env_id": task.env_id, "steps": 100_000, "eval_every": 5_000,
+           "command": "python benchmarks/bench_irregular.py cartpole --seeds 0 --jobs 2 "
+                      "--out /tmp/irr100k", "machine": "old machine", "torch": "2.13",
+           "jobs": 2, "date": "2026-12-02",
+           "settings": {v: bi.settings(v, task) for v in ("cells", "obs")}, "results": results}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    paths = bi.import_page(tmp_path / "old.json", tmp_path)
+    assert paths == [bi.run_path(tmp_path, "cartpole", v, 0) for v in ("cells", "obs")]
+    run = json.loads(paths[0].read_text())
+    assert run["budget"] == 100_000 and run["settings"] == old["settings"]["cells"]
+    assert run["curve"] == results[0]["curve"] and run["date"] == "2026-12-02"
+    assert run["command"] == "python benchmarks/bench_irregular.py cartpole --seeds 0 --jobs 2"
+    assert run["copied_from"] == "/tmp/irr100k"
+    assert bi.main(["cartpole", "--render-only", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "irregular-cartpole.md").read_text()
+    assert ("Command: `python benchmarks/bench_irregular.py cartpole --seeds 0 --jobs 2` (run "
+            "with `--out /tmp/irr100k`, then copied here). Machine: old machine; torch 2.13, 1 "
+            "torch thread(s) per run, 2 run(s) at a time; 2026-12-02; 2 run(s)") in page
+    assert "Target: cells >= obs (mean final return): **met** (300.0 against 200.0" in page
+
+
+def test_bench_irregular_committed_pages_render_from_their_run_files(bench_irregular):
+    # the pages are what --render-only writes from the run files beside them
+    from pathlib import Path
+
+    bi = bench_irregular
+    docs = Path(__file__).parents[1] / "docs" / "benchmarks" / "rl"
+    for name in bi.TASKS:
+        report = json.loads((docs / f"irregular-{name}.json").read_text())
+        assert "\n".join(bi.page(report)) == (docs / f"irregular-{name}.md").read_text()
+        runs = bi.read_runs(docs, name)
+        assert runs == report["results"] and len(runs) >= 20, name
+        assert {r["variant"] for r in runs} >= set(bi.FAMILIES["neuroflow"].variants)
 
 
 # --- benchmarks/tasks.py: the interleaved timing every throughput page uses ---------------
