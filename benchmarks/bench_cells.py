@@ -53,7 +53,16 @@ import bench_popgym
 import bench_ppo
 import numpy as np
 from report import draw_learning_curves, machine, settings_list, write_page, write_report
-from tasks import OUT, Task, command, evaluate, json_settings, run_all, train_with_evaluations
+from tasks import (
+    OUT,
+    Task,
+    changed_defaults,
+    command,
+    evaluate,
+    json_settings,
+    run_all,
+    train_with_evaluations,
+)
 
 from velora_ens.cli_options import integer_option
 
@@ -143,6 +152,7 @@ def run_one(job: tuple[str, str, int, int, dict, list[str], str, int]) -> dict:
     result = done["result"]
     run = {"task": name, "env_id": task_of(name).env_id, "cell": cell, "seed": seed,
            "steps": steps, "interval": interval(name), "settings": config,
+           "defaults": bench_popgym.defaults("liquid_ppo"),
            "dropped": dropped, "curve": done["curve"], "curve_kind": done["curve_kind"],
            "mmer": done["mmer"], "normalised_mmer": bench_popgym.normalised(done["mmer"]),
            "final_eval": result["curve"][-1][1],
@@ -171,7 +181,7 @@ def stale(run: dict, args: argparse.Namespace) -> str | None:
                              ("settings", run["settings"], wanted)):
         if have != want:
             return f"{what} {have} instead of {want}"
-    return None
+    return changed_defaults(run.get("defaults"), bench_popgym.defaults("liquid_ppo"))
 
 
 def to_do(args: argparse.Namespace) -> tuple[list[tuple], list[str]]:

@@ -77,6 +77,8 @@ from tasks import (
     OUT,
     Task,
     VecEnvAsEnv,
+    agent_defaults,
+    changed_defaults,
     chunk_learner,
     command,
     evaluate,
@@ -112,6 +114,16 @@ DEFAULTS = {"--tasks": list(TASK_NAMES), "--algos": list(ALGOS), "--seeds": [0, 
             "--steps": STEPS, "--log-every": 10_000, "--jobs": 2, "--liquid-settings": {},
             "--neuroflow-settings": {}, "--out": OUT}
 RUNS = "popgym-runs"  # the folder of the run files under --out
+
+
+def defaults(algo: str) -> dict | None:
+    """Our agent's constructor defaults today (``tasks.agent_defaults``), which its runs
+    record beside their settings; ``None`` for the SB3 agents."""
+    if algo not in ("liquid_ppo", "neuroflow"):
+        return None
+    import agents
+
+    return agent_defaults(getattr(agents, ALGOS[algo]))
 
 
 def settings(algo: str, liquid: dict | None = None, neuroflow: dict | None = None) -> dict:
@@ -271,7 +283,8 @@ def run_one(job: tuple[str, str, int, int, int, dict, str, int]) -> dict:
     episodes.finish()
     best = mmer(episodes.curve)
     run = {"task": task_name, "env_id": env_id, "algo": algo, "seed": seed, "steps": steps,
-           "log_every": log_every, "settings": config, "sb3_wrappers": wrappers,
+           "log_every": log_every, "settings": config, "defaults": defaults(algo),
+           "sb3_wrappers": wrappers,
            "curve": [[s, v] for s, v, _ in episodes.curve],
            "curve_episodes": [n for *_, n in episodes.curve],
            "training_episodes": episodes.episodes, "mmer": best,
@@ -298,6 +311,8 @@ def stale(run: dict, args: argparse.Namespace) -> str | None:
                              ("settings", run["settings"], wanted)):
         if have != want:
             return f"{name} {have} instead of {want}"
+    if run["algo"] in ("liquid_ppo", "neuroflow"):
+        return changed_defaults(run.get("defaults"), defaults(run["algo"]))
     return None
 
 
@@ -403,6 +418,26 @@ def wrapped_tasks(summary: dict, tasks: list[str], algos: list[str]) -> dict[str
     return wrapped
 
 
+# the defaults that shape an agent's memory and its updates, which the page names
+NAMED_DEFAULTS = ("cell", "actor_neurons", "critic_neurons", "actor_dense_recurrence",
+                  "actor_head", "n_steps", "batch_size", "seq_len", "n_epochs",
+                  "learning_rate", "buffer_size")
+
+
+def defaults_lines(defaults: dict) -> list[str]:
+    """What our agents' defaults are, as recorded by their runs (every default is in the
+    run files and the JSON)."""
+    if not defaults:
+        return []
+    lines = ["Our agents' defaults under those settings (all of them are in each run file):",
+             ""]
+    for algo, values in defaults.items():
+        named = ", ".join(f"`{k}={values[k]!r}`" for k in dict.fromkeys(NAMED_DEFAULTS)
+                          if k in values)
+        lines.append(f"- {ALGOS[algo]}: {named}")
+    return [*lines, ""]
+
+
 def page(report: dict) -> list[str]:
     """The Markdown page of ``report`` (what :func:`render` writes as popgym.json)."""
     tasks, algos, summary = report["tasks"], report["algos"], report["summary"]
@@ -435,6 +470,7 @@ def page(report: dict) -> list[str]:
         "",
         *settings_list({ALGOS[a]: report["settings"][a] for a in algos}),
         "",
+        *defaults_lines(report.get("defaults", {})),
         "Our agents take every task by its id, `popgym:popgym-<Task>Easy-v0`, spaces as they "
         "are." + "".join(f" The SB3 agents see the observations of {', '.join(ts)} through "
                          f"`{name}` (one-hot): `MlpPolicy` refuses `Tuple` observations and "
@@ -519,6 +555,7 @@ def render(args: argparse.Namespace) -> dict:
         "seeds": args.seeds, "steps": args.steps, "log_every": args.log_every,
         "settings": {a: settings(a, args.liquid_settings, args.neuroflow_settings)
                      for a in args.algos},
+        "defaults": {a: defaults(a) for a in args.algos if defaults(a) is not None},
         "env_ids": {t: TASKS[t].env_id for t in args.tasks},
         "machines": machines, "torch": sorted({r["torch"] for r in runs}),
         "jobs": sorted({r["jobs"] for r in runs}),

@@ -295,6 +295,34 @@ def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
     return None
 
 
+# constructor arguments that name the run, not the agent's behaviour
+NOT_DEFAULTS = ("self", "policy", "env", "seed", "device", "verbose", "tensorboard_log")
+
+
+def agent_defaults(cls: Any) -> dict:
+    """The keyword defaults of ``cls``'s constructor, as JSON would hold them: a run "on the
+    agent's defaults" records them, so that a later change of a default marks the run as
+    one of other settings (a run file keeps only the settings given over them)."""
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if name not in NOT_DEFAULTS and p.default is not inspect.Parameter.empty}
+    return json.loads(json.dumps(defaults))
+
+
+def changed_defaults(have: dict | None, want: dict) -> str | None:
+    """Which defaults differ between a run file's ``have`` and today's ``want`` (one
+    line), or None."""
+    if have == want:
+        return None
+    if have is None:
+        return "no agent defaults recorded"
+    before, after = ({n: d.get(n, "(none)") for n in sorted(set(have) | set(want))}
+                     for d in (have, want))
+    return "agent defaults " + ", ".join(f"{n} {before[n]!r} -> {after[n]!r}"
+                                         for n in before if before[n] != after[n])
+
+
 def chunk_learner(model: Any, chunk: int) -> Callable[[], int]:
     """Train ``model`` for ``chunk`` more steps; returns the steps it trained (a PPO
     ``learn`` call trains whole rollouts and may go past ``chunk``)."""

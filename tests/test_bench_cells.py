@@ -118,7 +118,8 @@ def fake_run(bench, task: str, cell: str, seed: int, final: float, mmer: float |
     curve = [[5, final / 2], [10, final]]
     return {"task": task, "env_id": bench.task_of(task).env_id, "cell": cell, "seed": seed,
             "steps": steps or bench.budget(task, None), "interval": bench.interval(task),
-            "settings": config, "dropped": dropped, "curve": curve,
+            "settings": config, "defaults": bench.bench_popgym.defaults("liquid_ppo"),
+            "dropped": dropped, "curve": curve,
             "curve_kind": "evaluation" if task in bench.NOVEL else "training",
             "mmer": mmer, "normalised_mmer": None if mmer is None else 0.5 * mmer + 0.5,
             "final_eval": final, "eval_episodes": 20, "trained_steps": 10,

@@ -143,6 +143,35 @@ def test_our_agents_run_by_id(bench_popgym, tmp_path):
     assert "--neuroflow-settings" in report["command"]
 
 
+def test_a_run_on_other_agent_defaults_is_stale(bench_popgym):
+    """A run file keeps the settings given over the agent's defaults and the defaults
+    themselves: when a default changes, the run no longer holds "the agent on its
+    defaults" and is run again (or left off the page)."""
+    import inspect
+
+    from agents import LiquidPPO
+
+    args = SimpleNamespace(steps=1000, log_every=100, liquid_settings={},
+                           neuroflow_settings={})
+    today = bench_popgym.defaults("liquid_ppo")
+    signature = inspect.signature(LiquidPPO.__init__).parameters
+    assert today["actor_dense_recurrence"] == signature["actor_dense_recurrence"].default
+    assert today["actor_head"] == list(signature["actor_head"].default)  # as JSON holds it
+    assert "seed" not in today and "env" not in today
+    run = {"algo": "liquid_ppo", "steps": 1000, "log_every": 100,
+           "settings": bench_popgym.settings("liquid_ppo"), "defaults": today}
+    assert bench_popgym.stale(run, args) is None
+    older = {**today, "actor_neurons": 7}
+    assert bench_popgym.stale({**run, "defaults": older}, args) == \
+        f"agent defaults actor_neurons 7 -> {today['actor_neurons']!r}"
+    assert bench_popgym.stale({k: v for k, v in run.items() if k != "defaults"}, args) == \
+        "no agent defaults recorded"
+    # the SB3 agents' runs record none and need none
+    sb3 = {"algo": "ppo", "steps": 1000, "log_every": 100,
+           "settings": bench_popgym.settings("ppo")}
+    assert bench_popgym.stale(sb3, args) is None and bench_popgym.defaults("ppo") is None
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--tasks", "Concentration"], "invalid choice: 'Concentration'"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
