@@ -173,6 +173,11 @@ def test_recurrent_network_builds_each_cell_and_refuses_liquid_options_for_gated
     assert recurrent_network(3, 8, 2, cell="cfc", seed=0, mixed_memory=True).mixed_memory
     with pytest.raises(ValueError, match=r"\['dense_recurrence'\] apply to the liquid cells"):
         recurrent_network(3, 8, 2, cell="lstm", dense_recurrence=True)
+    # a self-synapse start of 0.0 is a value asked for (0.0 == False once let it through)
+    with pytest.raises(ValueError, match=r"\['self_synapse_init'\] apply to the liquid"):
+        recurrent_network(3, 8, 2, cell="gru", self_synapse_init=0.0)
+    assert isinstance(recurrent_network(3, 8, 2, cell="gru", dense_recurrence=False,
+                                        self_synapse_init=None), GatedNetwork)
     with pytest.raises(ValueError, match="cell must be one of .* got 'rnn'"):
         recurrent_network(3, 8, 2, cell="rnn")
 
@@ -247,3 +252,4 @@ def test_self_synapse_init_refuses_the_ltc_cell_and_bad_values():
         LiquidNCPNetwork(4, 20, 2, cell="ltc", self_synapse_init=0.5)
     with pytest.raises(ValueError, match="self_synapse_init must be a finite number"):
         LiquidNCPNetwork(4, 20, 2, self_synapse_init=float("nan"))
+

@@ -29,7 +29,9 @@ def recurrent_network(in_features: int, n_neurons: int, out_features: int, *,
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
     if cell in GATED_CELLS:
-        chosen = sorted(k for k, v in liquid_options.items() if v not in (None, False))
+        # ``0.0`` is a value set (``0.0 == False``, hence ``is``): only None and False are not
+        chosen = sorted(k for k, v in liquid_options.items()
+                        if v is not None and v is not False)
         if chosen:
             raise ValueError(f"{chosen} apply to the liquid cells ('cfc', 'ltc') only, not "
                              f"to cell={cell!r}")
