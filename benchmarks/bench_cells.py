@@ -59,6 +59,7 @@ from tasks import (
     changed_defaults,
     command,
     evaluate,
+    for_cell,
     json_settings,
     run_all,
     train_with_evaluations,
@@ -71,12 +72,6 @@ COLORS = {"cfc": "tab:blue", "ltc": "tab:purple", "gru": "tab:orange", "lstm": "
 NOVEL = {"CartPoleNoVel": "cartpole-novel", "PendulumNoVel": "pendulum-novel"}  # bench_ppo's
 POPGYM = ("RepeatPrevious", "CountRecall", "Autoencode")  # bench_popgym's, Easy level
 TASK_NAMES = (*NOVEL, *POPGYM)
-# LiquidPPO keyword arguments that a cell refuses when set (recurrent_network, LiquidNCPNetwork)
-LIQUID_ONLY = {"cfc": (), "ltc": ("actor_self_synapse_init",),
-               "gru": ("actor_dense_recurrence", "actor_mixed_memory",
-                       "actor_self_synapse_init"),
-               "lstm": ("actor_dense_recurrence", "actor_mixed_memory",
-                        "actor_self_synapse_init")}
 LOG_EVERY = bench_popgym.DEFAULTS["--log-every"]  # POPGym: steps between the MMER's points
 DEFAULTS = {"--tasks": list(TASK_NAMES), "--cells": list(CELLS), "--seeds": [0, 1, 2],
             "--steps": None, "--jobs": 2, "--liquid-settings": {}, "--out": OUT}
@@ -106,9 +101,7 @@ def settings(name: str, cell: str, liquid: dict | None = None) -> tuple[dict, li
         base = bench_ppo.settings("liquid_ppo", task_of(name), liquid)
     else:
         base = bench_popgym.settings("liquid_ppo", liquid)
-    dropped = [k for k in LIQUID_ONLY[cell] if base.get(k) is not None and base[k] is not False]
-    config = {k: v for k, v in base.items() if k not in dropped}
-    return {**config, "cell": cell}, dropped
+    return for_cell(base, cell)
 
 
 # ---------------------------------------------------------------------- runs

@@ -72,6 +72,7 @@ from tasks import (
     add_options,
     command,
     evaluate,
+    for_cell,
     run_all,
     train_with_evaluations,
 )
@@ -109,8 +110,6 @@ LIQUID_PPO = ("ppo-cells", "ppo-obs", "ppo-none", "ppo-gru-obs")
 IN_CELLS = ("cells", "ppo-cells")  # the variants whose cells take the elapsed time as dt
 # the variants whose env is wrapped in AppendElapsedTime
 APPENDED = ("obs", "recurrent_ppo", "ppo-obs", "ppo-gru-obs")
-# LiquidPPO options that only the liquid cells take (ppo-gru-obs leaves them out)
-LIQUID_ONLY = ("actor_dense_recurrence", "actor_mixed_memory", "actor_self_synapse_init")
 COLORS = {"cells": "tab:blue", "obs": "tab:green", "none": "tab:gray",
           "recurrent_ppo": "tab:orange", "ppo-cells": "tab:blue", "ppo-obs": "tab:green",
           "ppo-none": "tab:gray", "ppo-gru-obs": "tab:red"}
@@ -172,8 +171,7 @@ def settings(variant: str, task: Task) -> dict:
     if variant in IN_CELLS:
         config.update(elapsed_time_key="elapsed_time", elapsed_time_unit=task.nominal_dt)
     if variant == "ppo-gru-obs":  # LiquidPPO refuses the liquid-only options for a GRU
-        config = {k: v for k, v in config.items() if k not in LIQUID_ONLY}
-        config["cell"] = "gru"
+        config = for_cell(config, "gru")[0]
     return config
 
 

@@ -295,6 +295,23 @@ def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
     return None
 
 
+# LiquidPPO keyword arguments that a cell refuses when set (recurrent_network for the gated
+# cells, LiquidNCPNetwork for LTC): a comparison across cells leaves them out of the others
+LIQUID_ONLY = {"cfc": (), "ltc": ("actor_self_synapse_init",),
+               "gru": ("actor_dense_recurrence", "actor_mixed_memory",
+                       "actor_self_synapse_init"),
+               "lstm": ("actor_dense_recurrence", "actor_mixed_memory",
+                        "actor_self_synapse_init")}
+
+
+def for_cell(settings: dict, cell: str) -> tuple[dict, list[str]]:
+    """``settings`` with ``cell`` and without the options that ``cell`` refuses when set
+    (:data:`LIQUID_ONLY`), and the names of those left out."""
+    dropped = [k for k in LIQUID_ONLY[cell]  # 0.0 is a value set; None and False are not
+               if settings.get(k) is not None and settings.get(k) is not False]
+    return {**{k: v for k, v in settings.items() if k not in dropped}, "cell": cell}, dropped
+
+
 # constructor arguments that name the run, not the agent's behaviour
 NOT_DEFAULTS = ("self", "policy", "env", "seed", "device", "verbose", "tensorboard_log")
 

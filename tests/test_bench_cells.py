@@ -99,10 +99,12 @@ def test_the_settings_are_the_scripts_own_plus_the_cell(bench):
 
 def test_liquidppo_refuses_what_the_script_leaves_out(bench):
     """Dropping is needed: with the dropped options LiquidPPO fails; without them it builds."""
+    from tasks import LIQUID_ONLY
+
     from agents import LiquidPPO
 
     small = {"n_steps": 8, "batch_size": 8, "actor_neurons": 8, "critic_neurons": 8}
-    for cell, options in bench.LIQUID_ONLY.items():
+    for cell, options in LIQUID_ONLY.items():
         for name in options:
             value = 0.5 if name == "actor_self_synapse_init" else True
             with pytest.raises(ValueError):
