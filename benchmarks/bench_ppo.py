@@ -92,17 +92,21 @@ ALGOS = {"liquid_ppo": "LiquidPPO",
          "ppo_stacked": "SB3 PPO (MlpPolicy, 4 stacked frames)"}
 COLORS = {"liquid_ppo": "tab:blue", "recurrent_ppo": "tab:orange", "ppo_stacked": "tab:green"}
 DEFAULTS = {"--seeds": [0, 1, 2, 3, 4], "--jobs": 2, "--algos": list(ALGOS), "--rounds": 7,
-            "--chunk": 2048, "--liquid-settings": {}, "--out": OUT}
+            "--chunk": 2048, "--liquid-settings": {}, "--untuned": False, "--out": OUT}
 
 
-def settings(algo: str, task: Task, liquid: dict | None = None) -> dict:
+def settings(algo: str, task: Task, liquid: dict | None = None, untuned: bool = False
+             ) -> dict:
     """The algorithm's settings for the task (RL Zoo's spelling for the baselines).
     ``liquid``: LiquidPPO keyword arguments that replace or extend its tuned settings
-    (``--liquid-settings``), e.g. ``{"n_steps": 512}`` for a settings trial."""
+    (``--liquid-settings``), e.g. ``{"n_steps": 512}`` for a settings trial; ``untuned``
+    (``--untuned``): over LiquidPPO's defaults instead, as a user's task without tuned
+    settings gets them."""
     if algo == "liquid_ppo":
         from agents.common.hyperparams import TUNED_PPO_HYPERPARAMS
 
-        return {**TUNED_PPO_HYPERPARAMS[task.env_id], **(liquid or {})}
+        tuned = {} if untuned else TUNED_PPO_HYPERPARAMS[task.env_id]
+        return {**tuned, **(liquid or {})}
     if algo == "recurrent_ppo":
         return dict(PPO_LSTM_YML[task.env_id])
     return {**PPO_YML[task.base_id], **STACKED}
@@ -190,15 +194,15 @@ def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int 
     return next((step for step, value in curve if value >= threshold), None)
 
 
-def run_one(job: tuple[str, str, int, int, int, dict | None]) -> dict:
+def run_one(job: tuple[str, str, int, int, int, dict | None, bool]) -> dict:
     """Train and evaluate one (algorithm, seed) (``tasks.train_with_evaluations``: 10
     episodes every ``eval_every`` steps, 20 after training)."""
-    task_name, algo, seed, steps, eval_every, liquid = job
+    task_name, algo, seed, steps, eval_every, liquid, untuned = job
     import torch
 
     torch.set_num_threads(1)
     task = TASKS[task_name]
-    model, make_eval_env = build(algo, task, seed, settings(algo, task, liquid))
+    model, make_eval_env = build(algo, task, seed, settings(algo, task, liquid, untuned))
     result = train_with_evaluations(
         model, lambda episodes: evaluate(model, make_eval_env, episodes, seed),
         steps, eval_every, f"{algo:13s} seed {seed}")
@@ -269,7 +273,7 @@ def command_of(args: argparse.Namespace) -> str:
         task = TASKS[args.task]
         options = {"--seeds": args.seeds, "--jobs": args.jobs, "--algos": args.algos,
                    "--steps": args.steps, "--eval-every": args.eval_every,
-                   "--liquid-settings": args.liquid_settings}
+                   "--liquid-settings": args.liquid_settings, "--untuned": args.untuned}
         defaults = {"--steps": task.steps, "--eval-every": task.eval_every}
     return command("bench_ppo.py", args.task, {**options, "--out": args.out},
                    {**DEFAULTS, **defaults})
@@ -279,10 +283,10 @@ def learning(args: argparse.Namespace) -> int:
     import torch
 
     task = TASKS[args.task]
-    work = [(args.task, a, s, args.steps, args.eval_every, args.liquid_settings)
+    work = [(args.task, a, s, args.steps, args.eval_every, args.liquid_settings, args.untuned)
             for s in args.seeds for a in args.algos]
     results, minutes = run_all(run_one, work, args.jobs)
-    config = {a: settings(a, task, args.liquid_settings) for a in args.algos}
+    config = {a: settings(a, task, args.liquid_settings, args.untuned) for a in args.algos}
     rows = {a: summarize([r for r in results if r["algo"] == a]) for a in args.algos}
     checks = targets(task, rows)
     stem = args.out / f"ppo-{args.task}"
@@ -304,7 +308,7 @@ def learning(args: argparse.Namespace) -> int:
         "",
         "Settings (RL Zoo's spelling for the baselines: `ppo_lstm.yml` for RecurrentPPO, "
         f"`ppo.yml`'s {task.base_id} for the stacked PPO, which also normalises; LiquidPPO: "
-        "its tuned settings"
+        + ("its defaults (no tuned settings)" if args.untuned else "its tuned settings")
         + (f", with `--liquid-settings` {args.liquid_settings}" if args.liquid_settings
            else "") + "):",
         "",
@@ -437,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="LiquidPPO keyword arguments over its tuned settings, as a JSON "
                              "object, for a settings trial (write it elsewhere with --out; "
                              "the trials so far: benchmarks/README.md) (default: none)")
+    parser.add_argument("--untuned", action="store_true",
+                        help="LiquidPPO on its defaults instead of the task's tuned settings "
+                             "(with --liquid-settings over them), as a task without tuned "
+                             "settings gets them")
     add_options(parser, DEFAULTS, "--out")
     args = parser.parse_args(argv)
     args.algos = list(dict.fromkeys(args.algos))

@@ -424,6 +424,26 @@ def test_bench_ppo_liquid_settings_reach_the_model(bench_ppo, tmp_path):
     assert "with `--liquid-settings` {'actor_neurons': 24, 'critic_neurons': 20}" in page
 
 
+def test_bench_ppo_untuned_runs_liquidppo_on_its_defaults(bench_ppo, tmp_path):
+    """``--untuned``: LiquidPPO on its defaults with ``--liquid-settings`` over them (a
+    task without tuned settings), not on the task's tuned settings."""
+    from agents import LiquidPPO
+
+    out = tmp_path / "untuned"
+    argv = ["cartpole-novel", "--steps", "64", "--eval-every", "64", "--seeds", "0",
+            "--jobs", "1", "--algos", "liquid_ppo", "--untuned", "--liquid-settings",
+            '{"n_envs": 2, "n_steps": 32, "batch_size": 32}', "--out", str(out)]
+    bench_ppo.main(argv)
+    report = json.loads((out / "ppo-cartpole-novel.json").read_text())
+    trial = {"n_envs": 2, "n_steps": 32, "batch_size": 32}
+    assert report["settings"]["liquid_ppo"] == trial
+    assert report["results"][0]["parameters"] == bench_ppo.parameter_count(
+        LiquidPPO("CartPoleNoVel-v1", seed=0, **trial))
+    assert " --untuned " in report["command"]
+    assert "LiquidPPO: its defaults (no tuned settings)" in (
+        out / "ppo-cartpole-novel.md").read_text()
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["cartpole-novel", "--liquid-settings", "{n_steps: 16}"],
      "--liquid-settings must be a JSON object of LiquidPPO keyword arguments, got '{n_steps"),
