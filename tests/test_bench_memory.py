@@ -52,6 +52,21 @@ def test_the_networks_have_the_widths_and_parameter_budgets_the_page_names(bench
     mixed = bench.build("liquid-mixed", "8", 0)
     assert mixed.net.mixed_memory and bench.state_width("liquid-mixed", "8") == 2 * width
     assert bench.build("liquid-dense-self", "8", 0).net.get_config()["self_synapse_init"] == 0.5
+    # liquid-agent: the network LiquidPPO's actor is on its defaults, for these shapes
+    import gymnasium as gym
+
+    from agents import LiquidPPO
+
+    class Probe(gym.Env):
+        observation_space, action_space = gym.spaces.Box(0, 1, (4,)), gym.spaces.Discrete(4)
+
+    agent = bench.build("liquid-agent", "8", 3).net
+    actor = LiquidPPO("MlpPolicy", Probe(), seed=3).actor.net
+    assert agent.get_config() == actor.get_config()
+    assert all(torch.equal(a, b) for a, b in zip(agent.state_dict().values(),
+                                                   actor.state_dict().values(), strict=True))
+    counting = bench.build("liquid-agent", "count", 0).net
+    assert (counting.in_features, counting.out_features) == (2, 3)
 
 
 def test_a_chain_stops_after_two_unsolved_delays_and_still_counts(bench, monkeypatch):
@@ -73,7 +88,7 @@ def test_resume_keeps_finished_chains_and_the_page_gives_the_verdict(bench, monk
     def chain(job):
         model, seed, tasks, steps, lr = job
         calls.append((model, seed))
-        solved = {"liquid": 2, "gru": 4}[model]
+        solved = {"liquid-agent": 2, "gru": 4}[model]
         return [{"task": t, "model": model, "seed": seed, "steps": steps,
                  "accuracy": 1.0 if int(t) <= solved else 0.5, "step_ms": 1.0,
                  "parameters": 10, "state_width": 12} for t in tasks]
@@ -94,14 +109,14 @@ def test_resume_keeps_finished_chains_and_the_page_gives_the_verdict(bench, monk
     monkeypatch.setattr(bench, "run_chain", chain)
     monkeypatch.setattr(bench, "get_context", lambda kind: type("C", (), {"Pool": Pool}))
     out, page = tmp_path / "m.json", tmp_path / "m.md"
-    argv = ["--models", "liquid", "--tasks", "1", "2", "4", "--seeds", "0", "1",
+    argv = ["--models", "liquid-agent", "--tasks", "1", "2", "4", "--seeds", "0", "1",
             "--out", str(out), "--page", str(page)]
     assert bench.main(argv) == 0  # no GRU on the page: no verdict
-    argv[1:2] = ["liquid", "gru"]
+    argv[1:2] = ["liquid-agent", "gru"]
     assert bench.main(argv) == 1  # the GRU solves K=4, the liquid network K=2
-    assert calls == [("liquid", 0), ("liquid", 1), ("gru", 0), ("gru", 1)]
+    assert calls == [("liquid-agent", 0), ("liquid-agent", 1), ("gru", 0), ("gru", 1)]
     text = page.read_text()
-    assert "| liquid | 12 | 10 | 2 | **1.00** | **1.00** | 0.50 |" in text
+    assert "| liquid-agent | 12 | 10 | 2 | **1.00** | **1.00** | 0.50 |" in text
     assert "2 against 4, **missed**" in text
     assert len(json.loads(out.read_text())["runs"]) == 12
 
@@ -111,15 +126,22 @@ def test_a_network_short_of_seeds_is_judged_on_its_own_and_labelled(bench, tmp_p
         return {"task": task, "model": model, "seed": seed, "accuracy": acc, "steps": 250,
                 "step_ms": 1.0, "parameters": 10, "state_width": 12}
 
-    runs = [run("liquid", s, t, 1.0 if t == "1" else 0.5) for s in (0, 1) for t in ("1", "2")]
+    runs = [run("liquid-agent", s, t, 1.0 if t == "1" else 0.5) for s in (0, 1)
+            for t in ("1", "2")]
     runs += [run("gru", 0, t, 1.0) for t in ("1", "2")]
     report = {"command": "c", "machine": "m", "torch": "t", "date": "d", "jobs": 2,
               "minutes": 1.0, "steps": 250, "lr": 1e-3, "tasks": ["1", "2"], "runs": runs}
     bench.render(report, tmp_path / "m.md")
     text = (tmp_path / "m.md").read_text()
     assert "| gru (seeds 0 only) | 12 | 10 | 2 | **1.00** | **1.00** |" in text
-    assert "| liquid | 12 | 10 | 1 | **1.00** | 0.50 |" in text
+    assert "| liquid-agent | 12 | 10 | 1 | **1.00** | 0.50 |" in text
     assert report["target_met"] is False
+    # no verdict between networks of different state widths
+    wider = [{**r, "state_width": 24} if r["model"] == "gru" else r for r in runs]
+    report = {**report, "runs": wider}
+    bench.render(report, tmp_path / "m.md")
+    assert report["target_met"] is None
+    assert "state width {12} is not the GRU's {24}" in (tmp_path / "m.md").read_text()
 
 
 def test_the_liquid_networks_guide_quotes_the_memory_page(bench):
