@@ -65,6 +65,7 @@ def test_the_networks_have_the_widths_and_parameter_budgets_the_page_names(bench
     assert agent.get_config() == actor.get_config()
     assert all(torch.equal(a, b) for a, b in zip(agent.state_dict().values(),
                                                    actor.state_dict().values(), strict=True))
+    assert bench.build("gru-agent", "8", 0).rnn.hidden_size == agent.hidden_size
     counting = bench.build("liquid-agent", "count", 0).net
     assert (counting.in_features, counting.out_features) == (2, 3)
 
@@ -141,7 +142,14 @@ def test_a_network_short_of_seeds_is_judged_on_its_own_and_labelled(bench, tmp_p
     report = {**report, "runs": wider}
     bench.render(report, tmp_path / "m.md")
     assert report["target_met"] is None
-    assert "state width {12} is not the GRU's {24}" in (tmp_path / "m.md").read_text()
+    assert "state width {12} is not the GRU's {24}; run `gru-agent`" in (
+        tmp_path / "m.md").read_text()
+    # a GRU of the agents' network's width settles it
+    report = {**report, "runs": wider + [run("gru-agent", 0, t, 1.0) for t in ("1", "2")]}
+    bench.render(report, tmp_path / "m.md")
+    assert report["target_met"] is False
+    assert "the same state width (`gru-agent`) solves: 1 against 2, **missed**" in (
+        tmp_path / "m.md").read_text()
 
 
 def test_the_liquid_networks_guide_quotes_the_memory_page(bench):
