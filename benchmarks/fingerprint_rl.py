@@ -87,6 +87,14 @@ PPO_CONFIGS: dict[str, dict] = {
 }
 
 
+# the networks the configurations above were first fingerprinted with (LiquidPPO's defaults
+# until they became wider and densely recurrent), so that their lines stay comparable with
+# older commits; "ppo-cartpole-defaults" runs on today's defaults
+SPARSE_NETWORKS = {"actor_neurons": 32, "critic_neurons": 32, "actor_dense_recurrence": False}
+PPO_CONFIGS = {name: {**SPARSE_NETWORKS, **config} for name, config in PPO_CONFIGS.items()}
+PPO_CONFIGS["ppo-cartpole-defaults"] = {"env": "CartPole-v1", "n_steps": 64, "batch_size": 64}
+
+
 def ppo_fingerprint(agent) -> str:
     """SHA-256 over every saved tensor of a LiquidPPO agent and its last logged values."""
     import torch
