@@ -608,7 +608,8 @@ def throughput(args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "chunk": chunk,
         "jobs": args.jobs, "rows": rows,
         "settings": {a: settings(a, args.liquid_settings)
-                     for a in ("liquid_ppo", "recurrent_ppo")}})
+                     for a in ("liquid_ppo", "recurrent_ppo")},
+        "defaults": {"liquid_ppo": defaults("liquid_ppo")}})
     lines = [
         "## POPGym training throughput: LiquidPPO and RecurrentPPO",
         "",
@@ -624,6 +625,7 @@ def throughput(args: argparse.Namespace) -> int:
         *settings_list({ALGOS[a]: settings(a, args.liquid_settings)
                         for a in ("liquid_ppo", "recurrent_ppo")}),
         "",
+        *defaults_lines({"liquid_ppo": defaults("liquid_ppo")}),
         "| task | LiquidPPO steps/s | RecurrentPPO steps/s | ratio | LiquidPPO parameters | "
         "RecurrentPPO parameters |",
         "|---|---:|---:|---:|---:|---:|",
