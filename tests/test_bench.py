@@ -1123,7 +1123,7 @@ def test_every_benchmark_evaluation_goes_through_agents_evaluate_policy(tasks, m
         if algo == "recurrent_ppo" and not contrib:
             continue
         calls.clear()
-        run = bench_ppo.run_one(("cartpole-novel", algo, 0, 256, 256, None))
+        run = bench_ppo.run_one(("cartpole-novel", algo, 0, 256, 256, None, False))
         assert [step for step, _ in run["curve"]][-1] >= 256
         assert calls == episodes(name, 0, (20,))
     # bench_irregular: every variant (cells is handed the elapsed time, tested above)
