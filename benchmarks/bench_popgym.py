@@ -422,9 +422,8 @@ def wrapped_tasks(summary: dict, tasks: list[str], algos: list[str]) -> dict[str
 NAMED_DEFAULTS = ("cell", "actor_neurons", "critic_neurons", "actor_dense_recurrence",
                   "actor_head", "n_steps", "batch_size", "seq_len", "n_epochs",
                   "learning_rate", "buffer_size")
-# what a default that stands for a choice made later means
-DEFAULT_NOTES = {("actor_dense_recurrence", None):
-                 " (on for the liquid cells, off for GRU and LSTM)"}
+# what a default of None, a choice made when the agent is built, stands for
+NONE_MEANS = {"actor_dense_recurrence": "on for the liquid cells, off for GRU and LSTM"}
 
 
 def defaults_lines(defaults: dict) -> list[str]:
@@ -435,7 +434,8 @@ def defaults_lines(defaults: dict) -> list[str]:
     lines = ["Our agents' defaults under those settings (all of them are in each run file):",
              ""]
     for algo, values in defaults.items():
-        named = ", ".join(f"`{k}={values[k]!r}`" + DEFAULT_NOTES.get((k, values[k]), "")
+        named = ", ".join(f"`{k}={values[k]!r}`" + (f" ({NONE_MEANS[k]})" if values[k] is None
+                                                     and k in NONE_MEANS else "")
                           for k in NAMED_DEFAULTS if k in values)
         lines.append(f"- {ALGOS[algo]}: {named}")
     return [*lines, ""]

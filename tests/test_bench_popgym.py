@@ -166,6 +166,11 @@ def test_a_run_on_other_agent_defaults_is_stale(bench_popgym):
         f"agent defaults actor_neurons 7 -> {today['actor_neurons']!r}"
     assert bench_popgym.stale({k: v for k, v in run.items() if k != "defaults"}, args) == \
         "no agent defaults recorded"
+    # the page names the defaults that shape memory, lists and all, and what None means
+    line = bench_popgym.defaults_lines({"liquid_ppo": today})[2]
+    assert line.startswith("- LiquidPPO: `cell='cfc'`") and "`actor_head=[]`" in line
+    assert ("`actor_dense_recurrence=None` (on for the liquid cells" in line) == (
+        today["actor_dense_recurrence"] is None)
     # the SB3 agents' runs record none and need none
     sb3 = {"algo": "ppo", "steps": 1000, "log_every": 100,
            "settings": bench_popgym.settings("ppo")}
