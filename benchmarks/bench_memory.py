@@ -292,6 +292,11 @@ def render(report: dict, path: Path) -> None:
     elif AGENT in largest and "gru" in largest:
         lines += [f"No target line: `{AGENT}`'s state width {widths[AGENT]} is not the GRU's "
                   f"{widths['gru']}; run `gru-agent`.", ""]
+    elif AGENT not in largest:
+        lines += [f"Target (the liquid network as the agents build it by default solves at "
+                  f"least the largest K that the GRU of the same state width solves): not "
+                  f"judged, `{AGENT}` has not run (`python benchmarks/bench_memory.py "
+                  f"--models {AGENT} gru-agent`).", ""]
     report["target_met"] = met
     write_page(path, lines)
 
@@ -324,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
             ("--seeds", args.seeds, [0, 1, 2]), ("--steps", [args.steps], [2000]),
             ("--lr", [args.lr], [3e-3])) if list(value) != default)
     # a chain (network, seed) already in --out with this budget and these tasks is kept,
-    # so an interrupted run goes on where it stopped
+    # so an interrupted run goes on where it stopped, and so does every other network's:
+    # running some networks adds their rows to the page
     earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
     same = all(earlier.get(k) == v for k, v in (("steps", args.steps), ("lr", args.lr),
                                                ("tasks", args.tasks)))
-    runs = [r for r in earlier.get("runs", []) if same and r["model"] in args.models
-            and r["seed"] in args.seeds]
+    runs = [r for r in earlier.get("runs", []) if same]
     done = {(r["model"], r["seed"]) for r in runs}
     # the slowest networks first, so that the pool ends together
     order = sorted(args.models, key=lambda m: (not m.startswith("ltc"), "mixed" not in m))

@@ -120,6 +120,12 @@ def test_resume_keeps_finished_chains_and_the_page_gives_the_verdict(bench, monk
     assert "| liquid-agent | 12 | 10 | 2 | **1.00** | **1.00** | 0.50 |" in text
     assert "2 against 4, **missed**" in text
     assert len(json.loads(out.read_text())["runs"]) == 12
+    # running one network more keeps every other network's rows
+    calls.clear()
+    bench.main(["--models", "gru", *argv[3:]])
+    assert calls == []  # its chains are on file
+    assert "| liquid-agent | 12 | 10 | 2 |" in page.read_text()
+    assert len(json.loads(out.read_text())["runs"]) == 12
 
 
 def test_a_network_short_of_seeds_is_judged_on_its_own_and_labelled(bench, tmp_path):
