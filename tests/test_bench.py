@@ -699,7 +699,8 @@ def test_bench_irregular_liquid_ppo_variants_are_built_as_the_issue_says(bench_i
     # dense recurrence), everything else as tuned
     from tasks import LIQUID_ONLY
 
-    liquid_only = {k: v for k, v in tuned.items() if k in LIQUID_ONLY["gru"]}
+    liquid_only = {k: v for k, v in tuned.items()  # those set: False and None are not
+                   if k in LIQUID_ONLY["gru"] and v is not False and v is not None}
     assert (name == "pendulum") == bool(liquid_only)
     assert config["ppo-gru-obs"] == {**{k: v for k, v in tuned.items()
                                         if k not in liquid_only}, "cell": "gru"}

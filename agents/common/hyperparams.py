@@ -42,6 +42,7 @@ TUNED_PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
                          "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": "lin_1e-3",
                          "clip_range": "lin_0.2", "ent_coef": 0.01, "target_kl": 0.02,
                          "actor_neurons": 64, "critic_neurons": 64,
+                         "actor_dense_recurrence": False,  # tuned on the sparse NCP wiring
                          "normalize_observations": True, "normalize_rewards": True},
     # RL Zoo's rollout, discount and normalisation; an actor whose 64 motor neurons feed a
     # ReLU and a linear layer (RecurrentPPO's pi=[64] head) over all-to-all recurrent command

@@ -45,6 +45,7 @@ from agents.ppo.noise import make_noise
 from agents.ppo.rollout import RolloutBuffer
 from agents.ppo.values import make_value
 from velora_ens._validation import check_bool, check_int, check_number
+from velora_ens.models.gated import GATED_CELLS
 
 __all__ = ["LiquidPPO"]
 
@@ -78,8 +79,10 @@ class LiquidPPO(BaseAgent):
             (default): the motor neurons are the outputs.
         actor_dense_recurrence: all-to-all recurrent synapses between the actor's command
             neurons instead of the NCP's sparse ones (:class:`velora_ens.wiring.Wiring`).
-            With ``actor_head=(64,)``, the tuned PendulumNoVel setting (trials in
-            ``benchmarks/README.md``).
+            ``None`` (default): on for the liquid cells, which then remember about twice
+            as far back at the same parameter count (the Memory section of the
+            liquid-networks guide; POPGym trials in ``benchmarks/README.md``), off for the
+            gated ones, which have no wiring. ``False``: the NCP's sparse recurrence.
         actor_mixed_memory: an LSTM memory cell beside the actor's liquid cell
             (:class:`~velora_ens.models.lnn.mixed.MixedMemoryCell`; the state doubles).
         actor_self_synapse_init: CfC only: the actor's command neurons' synapses onto
@@ -136,10 +139,10 @@ class LiquidPPO(BaseAgent):
         policy: Any = None,
         env: Any = None,
         *,
-        actor_neurons: int = 32,
-        critic_neurons: int = 32,
+        actor_neurons: int = 128,
+        critic_neurons: int = 64,
         actor_head: tuple[int, ...] | list[int] = (),
-        actor_dense_recurrence: bool = False,
+        actor_dense_recurrence: bool | None = None,
         actor_mixed_memory: bool = False,
         actor_self_synapse_init: float | None = None,
         cell: str = "cfc",
@@ -214,6 +217,8 @@ class LiquidPPO(BaseAgent):
         self.normalize_advantage = normalize_advantage
         if use_sde and not isinstance(self.action_space, gym.spaces.Box):
             raise ValueError(f"use_sde=True needs Box actions, got {self.action_space}")
+        if actor_dense_recurrence is None:  # on wherever there is a wiring to make dense
+            actor_dense_recurrence = cell not in GATED_CELLS
         self._set_actor(LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                     seed=seed, distribution="gsde" if use_sde else "gaussian",
                                     log_std_init=log_std_init, head_layers=actor_head,
