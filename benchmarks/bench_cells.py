@@ -61,6 +61,7 @@ from tasks import (
     evaluate,
     for_cell,
     json_settings,
+    pick_runs,
     run_all,
     train_with_evaluations,
 )
@@ -393,18 +394,9 @@ def command_of(args: argparse.Namespace) -> str:
 def render(args: argparse.Namespace) -> dict:
     """The page, its JSON and its curves from the run files of ``args``' tasks, cells,
     seeds, budget and settings."""
-    runs, left_out = [], []
-    for run in read_runs(args.out):
-        if (run["task"] not in args.tasks or run["cell"] not in args.cells
-                or run["seed"] not in args.seeds):
-            continue
-        if why := stale(run, args):
-            left_out.append(f"{run['task']}-{run['cell']}-{run['seed']} ({why})")
-        else:
-            runs.append(run)
-    machines: dict[str, int] = {}
-    for r in runs:
-        machines[r["machine"]] = machines.get(r["machine"], 0) + 1
+    runs, left_out, machines = pick_runs(
+        read_runs(args.out), {"task": args.tasks, "cell": args.cells, "seed": args.seeds},
+        lambda run: stale(run, args))
     base = {t: {k: v for k, v in settings(t, "cfc", args.liquid_settings)[0].items()
                 if k != "cell"} for t in args.tasks}
     report = write_report(args.out / "cells.json", {

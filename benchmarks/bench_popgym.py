@@ -84,6 +84,7 @@ from tasks import (
     evaluate,
     interleaved_rates,
     json_settings,
+    pick_runs,
     run_all,
     train_with_evaluations,
     unknown_settings,
@@ -541,18 +542,9 @@ def command_of(args: argparse.Namespace) -> str:
 def render(args: argparse.Namespace) -> dict:
     """The page, its JSON and its curves from the run files of ``args``' tasks, agents,
     seeds, budget and settings."""
-    runs, left_out = [], []
-    for run in read_runs(args.out):
-        if (run["task"] not in args.tasks or run["algo"] not in args.algos
-                or run["seed"] not in args.seeds):
-            continue
-        if why := stale(run, args):
-            left_out.append(f"{run['task']}-{run['algo']}-{run['seed']} ({why})")
-        else:
-            runs.append(run)
-    machines: dict[str, int] = {}
-    for r in runs:
-        machines[r["machine"]] = machines.get(r["machine"], 0) + 1
+    runs, left_out, machines = pick_runs(
+        read_runs(args.out), {"task": args.tasks, "algo": args.algos, "seed": args.seeds},
+        lambda run: stale(run, args))
     report = write_report(args.out / "popgym.json", {
         "command": command_of(args), "tasks": args.tasks, "algos": args.algos,
         "seeds": args.seeds, "steps": args.steps, "log_every": args.log_every,

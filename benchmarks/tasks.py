@@ -295,6 +295,24 @@ def unknown_settings(cls: Any, option: str, overrides: dict) -> str | None:
     return None
 
 
+def pick_runs(runs: list[dict], wanted: Mapping[str, list], stale: Callable[[dict], str | None]
+              ) -> tuple[list[dict], list[str], dict[str, int]]:
+    """The run files a page shows: those whose every ``wanted`` field (e.g. ``task``,
+    ``algo``, ``seed``) is among the values asked for and that ``stale`` finds current;
+    the names of those it leaves out, with why (``task-algo-seed (why)``); and how many
+    runs each machine made."""
+    kept, left_out, machines = [], [], {}
+    for run in runs:
+        if any(run[field] not in values for field, values in wanted.items()):
+            continue
+        if why := stale(run):
+            left_out.append("-".join(str(run[f]) for f in wanted) + f" ({why})")
+        else:
+            kept.append(run)
+            machines[run["machine"]] = machines.get(run["machine"], 0) + 1
+    return kept, left_out, machines
+
+
 # LiquidPPO keyword arguments that a cell refuses when set (recurrent_network for the gated
 # cells, LiquidNCPNetwork for LTC): a comparison across cells leaves them out of the others
 LIQUID_ONLY = {"cfc": (), "ltc": ("actor_self_synapse_init",),
