@@ -5,9 +5,10 @@ with an MSE loss on every step's output; single-step inference = one step at bat
 under ``torch.inference_mode`` with the state carried over. Models:
 
 * ``LiquidNCPNetwork(32, 19, 1)``: ours, CfC command cell (and the same with the fused
-  scan turned off, and with the LTC cell);
-* ncps ``CfC(32, AutoNCP(20, 1))`` and ``LTC(32, AutoNCP(20, 1))`` (20 neurons = 19 inter
-  + command + 1 motor, the same wiring sizes as ours);
+  scan turned off, with mixed memory, fused and not, and with the LTC cell);
+* ncps ``CfC(32, AutoNCP(20, 1))`` (and with ``mixed_memory=True``) and
+  ``LTC(32, AutoNCP(20, 1))`` (20 neurons = 19 inter + command + 1 motor, the same wiring
+  sizes as ours);
 * ``torch.nn.LSTM(32, 20)`` with a ``Linear(20, 1)`` read-out.
 
 Measurements are interleaved (round robin) and reported as medians over rounds, so a
@@ -66,6 +67,9 @@ def build_cases(include_ncps: bool) -> list[Case]:
     unfused = LiquidNCPNetwork(FEATURES, 19, 1, seed=0)
     unfused.command.fused = False
     ours_ltc = LiquidNCPNetwork(FEATURES, 19, 1, seed=0, cell="ltc")
+    mixed = LiquidNCPNetwork(FEATURES, 19, 1, seed=0, mixed_memory=True)
+    mixed_unfused = LiquidNCPNetwork(FEATURES, 19, 1, seed=0, mixed_memory=True)
+    mixed_unfused.command.fused = False
     lstm = LSTMRegressor()
 
     def liquid_step(net):
@@ -76,6 +80,10 @@ def build_cases(include_ncps: bool) -> list[Case]:
              liquid_step(ours), 20),
         Case("velora_ens LiquidNCPNetwork (CfC, unfused autograd loop)", unfused,
              lambda x: unfused(x)[0], liquid_step(unfused), 20),
+        Case("velora_ens LiquidNCPNetwork (CfC, mixed memory)", mixed,
+             lambda x: mixed(x)[0], liquid_step(mixed), 10),
+        Case("velora_ens LiquidNCPNetwork (CfC, mixed memory, unfused autograd loop)",
+             mixed_unfused, lambda x: mixed_unfused(x)[0], liquid_step(mixed_unfused), 5),
         Case("velora_ens LiquidNCPNetwork (LTC, 6 unfolds)", ours_ltc,
              lambda x: ours_ltc(x)[0], liquid_step(ours_ltc), 3),
         Case("torch.nn.LSTM(32, 20) + Linear", lstm, lambda x: lstm(x)[0],
@@ -87,9 +95,12 @@ def build_cases(include_ncps: bool) -> list[Case]:
 
         cfc = CfC(FEATURES, AutoNCP(20, 1, seed=0), batch_first=True)
         ltc = LTC(FEATURES, AutoNCP(20, 1, seed=0), batch_first=True)
+        cfc_mixed = CfC(FEATURES, AutoNCP(20, 1, seed=0), batch_first=True, mixed_memory=True)
         cases += [
             Case("ncps CfC(32, AutoNCP(20, 1))", cfc, lambda x: cfc(x)[0],
                  lambda x, h: cfc(x.unsqueeze(1), h), 3),
+            Case("ncps CfC(32, AutoNCP(20, 1), mixed_memory=True)", cfc_mixed,
+                 lambda x: cfc_mixed(x)[0], lambda x, h: cfc_mixed(x.unsqueeze(1), h), 2),
             Case("ncps LTC(32, AutoNCP(20, 1))", ltc, lambda x: ltc(x)[0],
                  lambda x, h: ltc(x.unsqueeze(1), h), 1),
         ]

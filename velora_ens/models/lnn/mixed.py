@@ -31,8 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from velora_ens._validation import check_number
+from velora_ens.models.lnn.cell import NCPLiquidCell
 from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import Step, unroll
+from velora_ens.models.lnn.mixed_scan import mixed_scan
 
 __all__ = ["MixedMemoryCell"]
 
@@ -58,6 +60,7 @@ class MixedMemoryCell(nn.Module):
         self.lstm = nn.LSTMCell(self.in_features, self.liquid_size, device=like.device,
                                 dtype=like.dtype)
         self.forget_bias = check_number("forget_bias", forget_bias, -10.0, 10.0)
+        self.fused = True  # CfC sequences use the fused scan (velora_ens.models.lnn.mixed_scan)
         self.reset_lstm_parameters()
 
     def reset_lstm_parameters(self) -> None:
@@ -99,10 +102,29 @@ class MixedMemoryCell(nn.Module):
         h: torch.Tensor | None = None,
         dt: torch.Tensor | float | None = None,
         episode_start: torch.Tensor | None = None,
+        *,
+        fused: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``."""
+        """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``.
+
+        Sequences of a CfC cell in ``default``/``no_gate`` mode run the fused scan
+        (:func:`~velora_ens.models.lnn.mixed_scan.mixed_scan`), with the plain loop where
+        it cannot serve; ``fused=False`` (or ``cell.fused = False``) forces the
+        step-by-step autograd loop, the reference the scan is tested against.
+        """
+        fused = self.fused if fused is None else fused
         x, h, dt, keep, steps = cell_inputs(self, x, h, dt, episode_start,
                                             self.lstm.weight_ih)
+        if (steps is not None and fused and isinstance(self.cell, NCPLiquidCell)
+                and self.cell.mode != "pure" and not torch.jit.is_tracing()
+                and not (dt is not None and dt.requires_grad)):
+            x_tm = x.transpose(0, 1)
+            ul, u = (d.contiguous() for d in self.drive(x_tm))
+            out = mixed_scan(ul, self.lstm.weight_hh.t(), u,
+                             self.cell.effective_recurrent_weight().t(), h,
+                             None if dt is None else dt.transpose(0, 1),
+                             None if keep is None else keep.transpose(0, 1), self.cell.mode)
+            return out.transpose(0, 1), out[-1]
         return unroll(self.stepper(), self.drive(x), h, dt, keep,
                       time_dim=None if steps is None else 1)
 

@@ -35,7 +35,7 @@ from torch.autograd import forward_ad
 
 from velora_ens.models.lnn.loop import unroll
 
-__all__ = ["CfCScan", "cfc_activate", "cfc_scan", "fused_scan_serves"]
+__all__ = ["CfCScan", "cfc_activate", "cfc_scan", "fused_scan_serves", "reset_steps"]
 
 _MODES = {"default": 0, "no_gate": 1}
 _MODE_NAMES = {code: name for name, code in _MODES.items()}
@@ -239,6 +239,17 @@ class CfCScan(torch.autograd.Function):
         return grad_u, grad_w, grad_h0, None, None, None, None
 
 
+def reset_steps(keep: torch.Tensor | None) -> tuple[torch.Tensor | None, list[bool] | None]:
+    """``keep`` and which steps reset some sample (time-major ``keep``), for a fused loop:
+    one cheap read on a CPU (on an accelerator it would cost a synchronisation, so there
+    every step applies its mask: ``None``). Most steps of RL sequences reset nothing, and
+    multiplying by ones is then skipped; a ``keep`` of all ones is dropped."""
+    if keep is None or keep.device.type != "cpu":
+        return keep, None
+    resets = (keep < 1).flatten(1).any(1).tolist()
+    return (None, None) if not any(resets) else (keep, resets)
+
+
 def cfc_scan(
     u: torch.Tensor,
     w_hh: torch.Tensor,
@@ -259,14 +270,7 @@ def cfc_scan(
     if not fused_scan_serves(u, w_hh, h0, dt, keep):
         return _plain_loop(u, w_hh, h0, dt, keep, mode)
     code = _MODES[mode]
-    resets = None
-    if keep is not None and keep.device.type == "cpu":
-        # Which steps reset some sample (one cheap read on a CPU; on an accelerator it
-        # would cost a synchronisation, so every step applies its mask there). Most
-        # steps of RL sequences reset nothing; multiplying by ones is then skipped.
-        resets = (keep < 1).flatten(1).any(1).tolist()
-        if not any(resets):
-            keep, resets = None, None
+    keep, resets = reset_steps(keep)
     if torch.is_grad_enabled() and (u.requires_grad or w_hh.requires_grad or h0.requires_grad):
         return CfCScan.apply(u, w_hh, h0, dt, keep, code, resets)
     return _forward(u, w_hh, h0, dt, keep, code, resets)[0]
