@@ -52,7 +52,7 @@ from pathlib import Path
 import bench_popgym
 import bench_ppo
 import numpy as np
-from report import draw_learning_curves, machine, settings_list, write_page, write_report
+from report import machine, plot_panels, settings_list, write_page, write_report
 from tasks import (
     OUT,
     Task,
@@ -361,27 +361,11 @@ def page(report: dict) -> list[str]:
 def plot(report: dict, runs: list[dict], path: Path) -> None:
     """One panel per task that has runs: each cell's curve (mean, min-max over seeds), the
     evaluations (NoVel) or the training episodes' mean return (POPGym)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = [t for t in report["tasks"] if any(r["task"] == t for r in runs)]
-    if not tasks:
-        return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 2.8), squeeze=False)
-    labels = {c: CELLS[c] for c in report["cells"]}
-    for ax, t in zip(axes.flat, tasks, strict=True):
-        draw_learning_curves(ax, [r for r in runs if r["task"] == t], "cell", labels, COLORS)
-        kind = "evaluation return" if t in NOVEL else "training episode return"
-        ax.set_title(f"{t} ({kind})", fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.legend(fontsize=6, loc="best")
-    fig.suptitle("LiquidPPO's cells: mean, min-max over seeds, against environment steps",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    panels = {t: [r for r in runs if r["task"] == t] for t in report["tasks"]}
+    plot_panels({f"{t} ({'evaluation return' if t in NOVEL else 'training episode return'})": rs
+                 for t, rs in panels.items() if rs}, "cell",
+                {c: CELLS[c] for c in report["cells"]}, COLORS,
+                "LiquidPPO's cells: mean, min-max over seeds, against environment steps", path)
 
 
 def command_of(args: argparse.Namespace) -> str:

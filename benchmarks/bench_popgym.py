@@ -1,5 +1,5 @@
-"""POPGym (Morad et al., ICLR 2023): LiquidPPO, NeuroFlow, RecurrentPPO and memory-free PPO on
-the Easy level of ten partially observable tasks, on the same budget.
+"""POPGym (Morad et al., ICLR 2023): LiquidPPO (and its GRU baseline), NeuroFlow, RecurrentPPO
+and memory-free PPO on the Easy level of ten partially observable tasks, on the same budget.
 
 Every (agent, task, seed) run trains for ``--steps`` environment steps (200,000 by default;
 a PPO agent stops there within its rollout, at most one step of each copy past it) with one
@@ -36,6 +36,9 @@ Agents (one settings set for the whole suite, no per-task settings):
 
 - ``liquid_ppo``: ``agents.LiquidPPO`` on its defaults with 8 environment copies and
   normalised observations (``--liquid-settings`` JSON overrides them);
+- ``liquid_ppo_gru``: the same with ``cell="gru"``, torch's GRU cell in place of the liquid
+  one (a baseline: what the cell buys, the algorithm held fixed); ``--liquid-settings`` apply
+  to it too, less the options only a liquid cell takes (``tasks.for_cell``);
 - ``neuroflow``: ``agents.NeuroFlow`` on its defaults (``--neuroflow-settings``);
 - ``recurrent_ppo``: sb3-contrib's ``RecurrentPPO("MlpLstmPolicy")`` on its defaults with 8
   copies (its default rollout is 128 steps per copy, as LiquidPPO's);
@@ -67,8 +70,8 @@ from typing import Any
 import numpy as np
 from bench_ppo import unknown_liquid_settings
 from report import (
-    draw_learning_curves,
     machine,
+    plot_panels,
     settings_list,
     write_page,
     write_report,
@@ -82,6 +85,7 @@ from tasks import (
     chunk_learner,
     command,
     evaluate,
+    for_cell,
     interleaved_rates,
     json_settings,
     pick_runs,
@@ -99,12 +103,14 @@ TASK_NAMES = ("RepeatPrevious", "RepeatFirst", "CountRecall", "Autoencode", "Hig
 TASKS = {name: Task(f"popgym:popgym-{name}Easy-v0", STEPS) for name in TASK_NAMES}
 
 ALGOS = {"liquid_ppo": "LiquidPPO",
+         "liquid_ppo_gru": "LiquidPPO with cell=\"gru\" (a baseline)",
          "neuroflow": "NeuroFlow",
          "recurrent_ppo": "sb3-contrib RecurrentPPO (MlpLstmPolicy)",
          "ppo": "SB3 PPO (MlpPolicy, no memory)"}
-COLORS = {"liquid_ppo": "tab:blue", "neuroflow": "tab:purple", "recurrent_ppo": "tab:orange",
-          "ppo": "tab:green"}
+COLORS = {"liquid_ppo": "tab:blue", "liquid_ppo_gru": "tab:cyan", "neuroflow": "tab:purple",
+          "recurrent_ppo": "tab:orange", "ppo": "tab:green"}
 # the one settings set of each agent (keyword arguments of its class; n_envs: copies)
+# (liquid_ppo_gru: liquid_ppo's with cell="gru", see settings())
 SETTINGS = {"liquid_ppo": {"n_envs": 8, "normalize_observations": True},
             "neuroflow": {},
             "recurrent_ppo": {"n_envs": 8},
@@ -115,21 +121,26 @@ DEFAULTS = {"--tasks": list(TASK_NAMES), "--algos": list(ALGOS), "--seeds": [0, 
             "--steps": STEPS, "--log-every": 10_000, "--jobs": 2, "--liquid-settings": {},
             "--neuroflow-settings": {}, "--out": OUT}
 RUNS = "popgym-runs"  # the folder of the run files under --out
+# our agents' classes in the agents package; the rest are SB3's
+OURS = {"liquid_ppo": "LiquidPPO", "liquid_ppo_gru": "LiquidPPO", "neuroflow": "NeuroFlow"}
 
 
 def defaults(algo: str) -> dict | None:
     """Our agent's constructor defaults today (``tasks.agent_defaults``), which its runs
     record beside their settings; ``None`` for the SB3 agents."""
-    if algo not in ("liquid_ppo", "neuroflow"):
+    if algo not in OURS:
         return None
     import agents
 
-    return agent_defaults(getattr(agents, ALGOS[algo]))
+    return agent_defaults(getattr(agents, OURS[algo]))
 
 
 def settings(algo: str, liquid: dict | None = None, neuroflow: dict | None = None) -> dict:
-    """The agent's settings: :data:`SETTINGS` with ``--liquid-settings`` (LiquidPPO) or
+    """The agent's settings: :data:`SETTINGS` with ``--liquid-settings`` (both LiquidPPO
+    rows; the GRU row leaves out the liquid-only options, ``tasks.for_cell``) or
     ``--neuroflow-settings`` (NeuroFlow) over them."""
+    if algo == "liquid_ppo_gru":
+        return for_cell({**SETTINGS["liquid_ppo"], **(liquid or {})}, "gru")[0]
     extra = {"liquid_ppo": liquid, "neuroflow": neuroflow}.get(algo)
     return {**SETTINGS[algo], **(extra or {})}
 
@@ -160,10 +171,10 @@ def build(algo: str, env_id: str, seed: int, config: dict
     (evaluated on one copy of it through ``tasks.VecEnvAsEnv``)."""
     import gymnasium as gym
 
-    if algo in ("liquid_ppo", "neuroflow"):
-        from agents import LiquidPPO, NeuroFlow
+    if algo in OURS:
+        import agents
 
-        cls = LiquidPPO if algo == "liquid_ppo" else NeuroFlow
+        cls = getattr(agents, OURS[algo])
         model = cls("MlpPolicy", env_id, seed=seed, **config)
         return model, lambda: gym.make(env_id), []
     from stable_baselines3 import PPO
@@ -312,7 +323,7 @@ def stale(run: dict, args: argparse.Namespace) -> str | None:
                              ("settings", run["settings"], wanted)):
         if have != want:
             return f"{name} {have} instead of {want}"
-    if run["algo"] in ("liquid_ppo", "neuroflow"):
+    if run["algo"] in OURS:
         return changed_defaults(run.get("defaults"), defaults(run["algo"]))
     return None
 
@@ -434,11 +445,15 @@ def defaults_lines(defaults: dict) -> list[str]:
         return []
     lines = ["Our agents' defaults under those settings (all of them are in each run file):",
              ""]
+    shown = set()
     for algo, values in defaults.items():
+        if OURS.get(algo, algo) in shown:  # both LiquidPPO rows: one class, one line
+            continue
+        shown.add(OURS.get(algo, algo))
         named = ", ".join(f"`{k}={values[k]!r}`" + (f" ({NONE_MEANS[k]})" if values[k] is None
                                                      and k in NONE_MEANS else "")
                           for k in NAMED_DEFAULTS if k in values)
-        lines.append(f"- {ALGOS[algo]}: {named}")
+        lines.append(f"- {OURS.get(algo, ALGOS[algo])}: {named}")
     return [*lines, ""]
 
 
@@ -500,35 +515,11 @@ def page(report: dict) -> list[str]:
 def plot(report: dict, runs: list[dict], path: Path) -> None:
     """One panel per task that has runs: each agent's training curve (mean, min-max over
     seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = [t for t in report["tasks"] if any(r["task"] == t for r in runs)]
-    if not tasks:
-        return
-    cols = min(5, len(tasks))
-    rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    labels = {a: ALGOS[a] for a in report["algos"]}
-    for ax, t in zip(axes.flat, tasks, strict=False):
-        draw_learning_curves(ax, [r for r in runs if r["task"] == t], "algo", labels, COLORS)
-        ax.set_title(t, fontsize=8)
-        ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.axis("off")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    for ax in axes.flat:  # the legend of the panel with the most agents
-        h, n = ax.get_legend_handles_labels()
-        if len(h) > len(handles):
-            handles, names = h, n
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=7)
-    fig.suptitle("POPGym Easy: mean training episode return (mean, min-max over seeds) "
-                 "against environment steps", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    panels = {t: [r for r in runs if r["task"] == t] for t in report["tasks"]}
+    plot_panels({t: rs for t, rs in panels.items() if rs}, "algo",
+                {a: ALGOS[a] for a in report["algos"]}, COLORS,
+                "POPGym Easy: mean training episode return (mean, min-max over seeds) "
+                "against environment steps", path)
 
 
 def command_of(args: argparse.Namespace) -> str:
@@ -643,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
                         help="POPGym tasks, each at its Easy level (default: all ten)")
     parser.add_argument("--algos", nargs="+", choices=list(ALGOS), default=list(ALGOS),
-                        help="agents (default: all four)")
+                        help="agents (default: all five)")
     parser.add_argument("--seeds", type=integer_option("--seeds", 0), nargs="+",
                         default=DEFAULTS["--seeds"], help="seeds (default 0 1 2)")
     parser.add_argument("--steps", type=integer_option("--steps", 1), default=STEPS,
@@ -682,8 +673,10 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--neuroflow-settings", "neuroflow", args.neuroflow_settings)):
         if not value:
             continue
-        if algo not in args.algos:
-            parser.error(f"{option} needs {algo} among --algos")
+        users = [a for a in args.algos if OURS.get(a) == OURS[algo]]
+        if not users:
+            parser.error(f"{option} needs {' or '.join(a for a in OURS if OURS[a] == OURS[algo])}"
+                         " among --algos")
         if algo == "liquid_ppo":
             why = unknown_liquid_settings(value)
         else:

@@ -14,7 +14,7 @@ import numpy as np
 
 from velora_ens.bench.report import machine, write_atomic
 
-__all__ = ["draw_learning_curves", "machine", "plot_learning_curves", "run_line",
+__all__ = ["draw_learning_curves", "machine", "plot_learning_curves", "plot_panels", "run_line",
            "settings_list", "write_atomic", "write_page", "write_report"]
 
 
@@ -88,4 +88,38 @@ def plot_learning_curves(results: list[dict], key: str, labels: dict[str, str],
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_panels(panels: Mapping[str, list[dict]], key: str, labels: dict[str, str],
+                colors: dict[str, str], title: str, path: Path, columns: int = 5) -> None:
+    """One panel per entry of ``panels`` (its title: its results), each drawn by
+    :func:`draw_learning_curves`, at most ``columns`` to a row, under one legend (that of
+    the panel with the most groups), as a PNG at ``path``; nothing when ``panels`` is
+    empty. E.g. a task per panel and an agent per line."""
+    if not panels:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(columns, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.4), squeeze=False)
+    for ax, (name, results) in zip(axes.flat, panels.items(), strict=False):
+        draw_learning_curves(ax, results, key, labels, colors)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, names = [], []
+    for ax in axes.flat:
+        h, n = ax.get_legend_handles_labels()
+        if len(h) > len(handles):
+            handles, names = h, n
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08 if rows == 1 else 0.05, 1, 0.95))
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -58,6 +58,23 @@ def test_every_task_is_an_easy_popgym_id(bench_popgym):
     assert bench_popgym.settings("neuroflow", None, {"batch_size": 64}) == {"batch_size": 64}
 
 
+def test_the_gru_row_is_liquidppos_settings_with_the_gru_cell(bench_popgym):
+    """The GRU baseline row changes the cell alone: LiquidPPO's suite settings and
+    ``--liquid-settings`` with ``cell="gru"``, less the options a GRU refuses."""
+    base = bench_popgym.settings("liquid_ppo")
+    assert bench_popgym.settings("liquid_ppo_gru") == {**base, "cell": "gru"}
+    liquid = {"n_steps": 64, "actor_dense_recurrence": True, "actor_mixed_memory": False}
+    assert bench_popgym.settings("liquid_ppo_gru", liquid) == {
+        **base, "n_steps": 64, "actor_mixed_memory": False, "cell": "gru"}
+    # one class, one defaults line for both LiquidPPO rows
+    today = bench_popgym.defaults("liquid_ppo")
+    assert bench_popgym.defaults("liquid_ppo_gru") == today
+    lines = bench_popgym.defaults_lines({"liquid_ppo": today, "liquid_ppo_gru": today,
+                                         "neuroflow": bench_popgym.defaults("neuroflow")})
+    assert [line.split(":")[0] for line in lines if line.startswith("- ")] == [
+        "- LiquidPPO", "- NeuroFlow"]
+
+
 def test_sb3_agents_get_the_flattened_observations_they_need(bench_popgym):
     pytest.importorskip("popgym")
     sb3_contrib = pytest.importorskip("sb3_contrib")
@@ -127,19 +144,24 @@ def test_runs_are_kept_skipped_and_rendered(bench_popgym, tmp_path, capsys):
 def test_our_agents_run_by_id(bench_popgym, tmp_path):
     pytest.importorskip("popgym")
     out = tmp_path / "ours"
-    argv = ["--tasks", "PositionOnlyCartPole", "--algos", "liquid_ppo", "neuroflow",
+    argv = ["--tasks", "PositionOnlyCartPole", "--algos", "liquid_ppo", "liquid_ppo_gru",
+            "neuroflow",
             "--steps", "128", "--log-every", "64", "--seeds", "0", "--jobs", "1",
             "--liquid-settings", '{"n_envs": 2, "n_steps": 32, "batch_size": 32}',
             "--neuroflow-settings", '{"learning_starts": 32, "batch_size": 16}',
             "--out", str(out)]
     assert bench_popgym.main(argv) == 0
     report = json.loads((out / "popgym.json").read_text())
-    assert {r["algo"] for r in report["runs"]} == {"liquid_ppo", "neuroflow"}
+    assert {r["algo"] for r in report["runs"]} == {"liquid_ppo", "liquid_ppo_gru", "neuroflow"}
     for r in report["runs"]:
         assert r["sb3_wrappers"] == [] and r["parameters"] > 0
         assert r["settings"] == bench_popgym.settings(
             r["algo"], {"n_envs": 2, "n_steps": 32, "batch_size": 32},
             {"learning_starts": 32, "batch_size": 16})
+    gru = next(r for r in report["runs"] if r["algo"] == "liquid_ppo_gru")
+    assert gru["settings"]["cell"] == "gru"
+    page = (out / "popgym.md").read_text()
+    assert '| PositionOnlyCartPole | LiquidPPO with cell="gru" (a baseline) | 0 |' in page
     assert "--neuroflow-settings" in report["command"]
 
 
@@ -181,7 +203,7 @@ def test_a_run_on_other_agent_defaults_is_stale(bench_popgym):
     (["--tasks", "Concentration"], "invalid choice: 'Concentration'"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--algos", "ppo", "--liquid-settings", '{"n_steps": 16}'],
-     "--liquid-settings needs liquid_ppo among --algos"),
+     "--liquid-settings needs liquid_ppo or liquid_ppo_gru among --algos"),
     (["--neuroflow-settings", '{"n_stepz": 3}'],
      "--neuroflow-settings: 'n_stepz' not NeuroFlow keyword argument(s)"),
     (["--neuroflow-settings", "[3]"], "--neuroflow-settings must be a JSON object"),
