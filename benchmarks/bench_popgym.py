@@ -359,8 +359,10 @@ def summarize(runs: list[dict], tasks: list[str], algos: list[str]) -> dict:
                           key=lambda r: r["seed"])
             if mine:
                 cells[t][a] = cell_summary(mine)
+    # the tasks that every agent with runs has run (an agent not run yet has no column)
+    ran = [a for a in algos if any(cells[t][a] is not None for t in tasks)]
     common = [t for t in tasks if all(cells[t][a] is not None
-                                      and cells[t][a]["mmer_mean"] is not None for a in algos)]
+                                      and cells[t][a]["mmer_mean"] is not None for a in ran)]
     suite = {}
     for a in algos:
         done = [t for t in tasks if cells[t][a] is not None
@@ -370,7 +372,8 @@ def summarize(runs: list[dict], tasks: list[str], algos: list[str]) -> dict:
             "normalised_mmer": (float(np.mean([cells[t][a]["normalised_mmer_mean"]
                                                for t in done])) if done else None),
             "normalised_mmer_common": (float(np.mean([cells[t][a]["normalised_mmer_mean"]
-                                                      for t in common])) if common else None),
+                                                      for t in common]))
+                                       if common and a in ran else None),
             "final_eval": (float(np.mean([cells[t][a]["final_eval_mean"] for t in done]))
                            if done else None),
             "steps_per_second": (float(np.mean([cells[t][a]["steps_per_second"]
@@ -385,7 +388,8 @@ def number(value: float | None, digits: int = 3) -> str:
 def suite_table(summary: dict, algos: list[str], n_tasks: int) -> list[str]:
     common = summary["common_tasks"]
     lines = ["| agent | tasks run | mean normalised MMER over its tasks | mean normalised MMER "
-             f"over the {len(common)} task(s) every agent ran | mean final evaluation return "
+             f"over the {len(common)} task(s) every agent with runs ran | mean final evaluation "
+             "return "
              "over its tasks | mean train steps/s |",
              "|---|---:|---:|---:|---:|---:|"]
     for a in algos:

@@ -215,6 +215,23 @@ def test_mistakes_exit_2(bench_popgym, capsys, argv, fragment):
     assert fragment in capsys.readouterr().err
 
 
+def test_an_agent_not_run_yet_does_not_empty_the_common_column(bench_popgym):
+    """The column over the tasks every agent ran leaves out an agent with no runs at all
+    (a new row before its runs): the others keep their common tasks."""
+    def run(task, algo, value):
+        return {"task": task, "algo": algo, "seed": 0, "mmer": value, "final_eval": value,
+                "steps_per_second": 100.0, "parameters": 10, "sb3_wrappers": []}
+
+    runs = [run("A", "liquid_ppo", 0.5), run("B", "liquid_ppo", -0.5), run("A", "ppo", 0.0)]
+    summary = bench_popgym.summarize(runs, ["A", "B"], ["liquid_ppo", "liquid_ppo_gru", "ppo"])
+    assert summary["common_tasks"] == ["A"]
+    suite = summary["suite"]
+    assert suite["liquid_ppo"]["normalised_mmer_common"] == pytest.approx(0.75)
+    assert suite["liquid_ppo"]["normalised_mmer"] == pytest.approx(0.5)  # (0.75 + 0.25) / 2
+    assert suite["liquid_ppo_gru"]["tasks"] == []
+    assert suite["liquid_ppo_gru"]["normalised_mmer_common"] is None
+
+
 def test_one_seed_shows_no_spread(bench_popgym):
     assert bench_popgym.mean_std([0.25]) == "0.250"
     # population std, as numpy's default: values 0 and 1 -> mean 0.5, std 0.5
