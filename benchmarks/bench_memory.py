@@ -13,7 +13,7 @@ neurons):
 
 * ``liquid-agent``: the actor network ``agents.LiquidPPO`` builds on its defaults for 4
   observations and 4 discrete actions (2 and 3 for the counting task), whatever those
-  defaults are;
+  defaults are; ``liquid-agent-mixed``: the same with ``actor_mixed_memory=True``;
 * ``liquid``: its defaults; ``liquid-dense``: ``dense_recurrence=True``;
   ``liquid-self``: ``self_synapse_init=0.5`` (each neuron's synapse onto itself starts at
   0.5); ``liquid-dense-self``: both; ``liquid-mixed``: ``mixed_memory=True`` (an LSTM
@@ -64,7 +64,8 @@ LIQUID = {"liquid": {}, "liquid-dense": {"dense_recurrence": True},
           "ltc-mixed": {"cell": "ltc", "mixed_memory": True}}
 GATED = {"gru": nn.GRU, "lstm": nn.LSTM}
 AGENT = "liquid-agent"  # LiquidPPO's actor network on its defaults
-MODELS = (AGENT, *LIQUID, "gru", "lstm", "gru-params", "lstm-params", "gru-agent")
+AGENT_OPTIONS = {AGENT: {}, "liquid-agent-mixed": {"actor_mixed_memory": True}}
+MODELS = (*AGENT_OPTIONS, *LIQUID, "gru", "lstm", "gru-params", "lstm-params", "gru-agent")
 
 
 # ------------------------------------------------------------------ tasks
@@ -109,11 +110,12 @@ class LiquidSequence(nn.Module):
 
 
 class AgentSequence(nn.Module):
-    """The actor network ``agents.LiquidPPO`` builds on its defaults for ``in_features``
-    observations and ``out_features`` discrete actions (its logits read out at every
-    step)."""
+    """The actor network ``agents.LiquidPPO`` builds on its defaults (with ``options``, its
+    keyword arguments, over them) for ``in_features`` observations and ``out_features``
+    discrete actions (its logits read out at every step)."""
 
-    def __init__(self, in_features: int, out_features: int, seed: int) -> None:
+    def __init__(self, in_features: int, out_features: int, seed: int, **options: object
+                 ) -> None:
         super().__init__()
         import gymnasium as gym
 
@@ -129,7 +131,7 @@ class AgentSequence(nn.Module):
             def step(self, action):
                 return self.observation_space.low, 0.0, True, False, {}
 
-        self.net = LiquidPPO("MlpPolicy", Probe(), seed=seed).actor.net
+        self.net = LiquidPPO("MlpPolicy", Probe(), seed=seed, **options).actor.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[0]
@@ -147,8 +149,8 @@ def liquid_width(in_features: int, out_features: int) -> tuple[int, int]:
 
 def build(model: str, task: str, seed: int) -> nn.Module:
     in_f, out_f = task_sizes(task)
-    if model == AGENT:
-        return AgentSequence(in_f, out_f, seed)
+    if model in AGENT_OPTIONS:
+        return AgentSequence(in_f, out_f, seed, **AGENT_OPTIONS[model])
     if model in LIQUID:
         return LiquidSequence(in_f, out_f, seed, **LIQUID[model])
     kind, _, matched = model.partition("-")

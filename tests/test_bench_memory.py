@@ -68,6 +68,11 @@ def test_the_networks_have_the_widths_and_parameter_budgets_the_page_names(bench
     assert bench.build("gru-agent", "8", 0).rnn.hidden_size == agent.hidden_size
     counting = bench.build("liquid-agent", "count", 0).net
     assert (counting.in_features, counting.out_features) == (2, 3)
+    # liquid-agent-mixed: the same actor with actor_mixed_memory=True
+    mixed_agent = bench.build("liquid-agent-mixed", "8", 3).net
+    mixed_actor = LiquidPPO("MlpPolicy", Probe(), seed=3, actor_mixed_memory=True).actor.net
+    assert mixed_agent.mixed_memory and mixed_agent.get_config() == mixed_actor.get_config()
+    assert bench.state_width("liquid-agent-mixed", "8") == 2 * agent.hidden_size
 
 
 def test_a_chain_stops_after_two_unsolved_delays_and_still_counts(bench, monkeypatch):
