@@ -6,7 +6,9 @@ tell what the liquid cell buys from what the algorithm buys. They are comparison
 baselines: the liquid cells stay the default and the product.
 
 A gated cell has no time constant, so the elapsed time ``dt`` is appended to its input
-(``1`` where none is given: one network serves with and without time).
+(``1`` where none is given: one network serves with and without time). Sequences run the
+fused scan of :mod:`velora_ens.models.gated_scan` (``net.fused = False``: the step loop of
+torch's cells, the reference it is tested against).
 
 Example::
 
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from velora_ens._validation import check_int
+from velora_ens.models.gated_scan import gated_scan
 from velora_ens.models.lnn.inputs import cell_inputs
 from velora_ens.models.lnn.loop import unroll
 
@@ -60,6 +64,8 @@ class GatedNetwork(nn.Module):
             kind = nn.GRUCell if cell == "gru" else nn.LSTMCell
             self.cell = kind(self.in_features + 1, self.n_neurons, **kw)
             self.motor = nn.Linear(self.n_neurons, self.out_features, **kw)
+        # sequences run a fused scan (velora_ens.models.gated_scan); False: the step loop
+        self.fused = True
 
     @property
     def hidden_size(self) -> int:
@@ -89,9 +95,19 @@ class GatedNetwork(nn.Module):
         """``hidden_size``, under the name the cells' input checks read."""
         return self.hidden_size
 
-    def _run(self, x, h, dt, episode_start) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, x, h, dt, episode_start, fused: bool | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         x, h, dt, keep, steps = cell_inputs(self, x, h, dt, episode_start, self.motor.weight)
-        return unroll(self._step, (x,), h, dt, keep, time_dim=None if steps is None else 1)
+        fused = self.fused if fused is None else fused
+        if steps is None or not fused or torch.jit.is_tracing():
+            return unroll(self._step, (x,), h, dt, keep, time_dim=None if steps is None else 1)
+        time = x.new_ones(*x.shape[:2], 1) if dt is None else dt
+        cell = self.cell
+        ui = F.linear(torch.cat([x, time], dim=-1).transpose(0, 1), cell.weight_ih,
+                      cell.bias_ih).contiguous()
+        out = gated_scan(self.cell_type, ui, cell.weight_hh.t(), cell.bias_hh, h,
+                         None if keep is None else keep.transpose(0, 1))
+        return out.transpose(0, 1), out[-1]
 
     def motor_input(self, states: torch.Tensor) -> torch.Tensor:
         """What the read-out (``motor``) reads of states ``(..., hidden_size)``: the
