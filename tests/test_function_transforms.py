@@ -17,9 +17,9 @@ from velora_ens.models.lnn.scan import cfc_scan
 F64 = torch.float64
 
 
-def network(mode: str = "default") -> LiquidNCPNetwork:
+def network(mode: str = "default", mixed_memory: bool = False) -> LiquidNCPNetwork:
     torch.manual_seed(0)  # the weights (the seed fixes only the wiring)
-    return LiquidNCPNetwork(4, 12, 3, mode=mode, seed=0, dtype=F64)
+    return LiquidNCPNetwork(4, 12, 3, mode=mode, seed=0, dtype=F64, mixed_memory=mixed_memory)
 
 
 def data(batch: int = 3, steps: int = 6):
@@ -83,10 +83,12 @@ def test_first_order_gradients_do_not_change_with_create_graph():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_batched_gradients_equal_row_by_row_gradients():
+@pytest.mark.parametrize("mixed_memory", [False, True], ids=["cfc", "mixed-memory"])
+def test_batched_gradients_equal_row_by_row_gradients(mixed_memory):
     """``jacobian(vectorize=True)`` runs the backward under vmap (``is_grads_batched``);
-    the row-by-row Jacobian takes the hand-written backward once per output."""
-    net = network()
+    the row-by-row Jacobian takes the hand-written backward once per output (the CfC
+    scan's, or mixed memory's)."""
+    net = network(mixed_memory=mixed_memory)
     x, dt, starts = data(batch=2, steps=4)
 
     def f(inp: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,15 @@
 """The fused mixed-memory scan (``velora_ens.models.lnn.mixed_scan``) against the plain
 autograd loop it replaces (``MixedMemoryCell(..., fused=False)``) and finite differences:
 values and gradients of every input with resets and per-step elapsed time, the
-differentiable fallback (double backward, batched gradients) and the no-grad path."""
+differentiable fallback (double backward; batched gradients are in
+test_function_transforms.py) and the no-grad path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from velora_ens.models import LiquidNCPNetwork, MixedMemoryCell, NCPLiquidCell
+from velora_ens.models import MixedMemoryCell, NCPLiquidCell
 from velora_ens.models.lnn.mixed_scan import mixed_scan
 
 F64 = torch.float64
@@ -75,20 +76,6 @@ def test_scan_gradients_pass_gradcheck_and_gradgradcheck(mode):
 
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
-
-
-def test_batched_gradients_equal_row_by_row_gradients():
-    """``jacobian(vectorize=True)`` runs the backward under vmap: the fallback."""
-    torch.manual_seed(0)
-    net = LiquidNCPNetwork(5, 12, 3, mixed_memory=True, seed=0, dtype=F64)
-    x, dt, starts = data(batch=2, steps=4)
-
-    def f(inp: torch.Tensor) -> torch.Tensor:
-        return net(inp, dt=dt, episode_start=starts)[0]
-
-    batched = torch.autograd.functional.jacobian(f, x, vectorize=True)
-    rows = torch.autograd.functional.jacobian(f, x)
-    torch.testing.assert_close(batched, rows, rtol=1e-12, atol=1e-12)
 
 
 def test_without_gradients_the_forward_loop_gives_the_same_states():

@@ -29,7 +29,12 @@ import torch
 from torch import Tensor
 
 from velora_ens.models.lnn.loop import unroll
-from velora_ens.models.lnn.scan import fused_scan_serves, reset_steps
+from velora_ens.models.lnn.scan import (
+    fused_scan_serves,
+    grads_by_autograd,
+    needs_differentiable_backward,
+    reset_steps,
+)
 
 __all__ = ["GatedScan", "gated_scan"]
 
@@ -207,19 +212,9 @@ class GatedScan(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         ui, w_hh, b_hh, h0, keep, out, *saved = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
-                or torch._C._functorch.is_legacy_batchedtensor(grad_out)):
-            inputs = (ui, w_hh, b_hh, h0)
-            wanted = [k for k in range(4) if need[k + 1]]
-            with torch.enable_grad():
-                ref = _plain_loop(ctx.kind, ui, w_hh, b_hh, h0, keep)
-            grads = torch.autograd.grad(ref, [inputs[k] for k in wanted], grad_out,
-                                        create_graph=torch.is_grad_enabled(),
-                                        allow_unused=True)
-            result: list[Tensor | None] = [None] * 7
-            for k, grad in zip(wanted, grads, strict=True):
-                result[k + 1] = grad
-            return tuple(result)
+        if needs_differentiable_backward(grad_out):
+            return grads_by_autograd(lambda: _plain_loop(ctx.kind, ui, w_hh, b_hh, h0, keep),
+                                     (ui, w_hh, b_hh, h0), need[1:5], grad_out, 7, first=1)
         grad_ui, grad_gh, grad_h0, h_in = _BACKWARD[ctx.kind](grad_out, w_hh, h0, keep,
                                                               ctx.resets, out, *saved)
         width = grad_gh.shape[-1]

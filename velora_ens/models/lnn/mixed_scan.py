@@ -28,6 +28,8 @@ from velora_ens.models.lnn.scan import (
     _MODES,
     cfc_activate,
     fused_scan_serves,
+    grads_by_autograd,
+    needs_differentiable_backward,
     reset_steps,
 )
 
@@ -114,26 +116,12 @@ class MixedScan(torch.autograd.Function):
         return out
 
     @staticmethod
-    def _backward_by_autograd(ctx, grad_out):  # type: ignore[no-untyped-def]
-        """The plain loop's gradients, recomputed from the saved inputs."""
-        ul, w_lh, u, w_hh, h0, c0, dt, keep = ctx.saved_tensors[:8]
-        inputs = (ul, w_lh, u, w_hh, h0, c0)
-        wanted = [i for i in range(6) if ctx.needs_input_grad[i]]
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            out = _plain_loop(ul, w_lh, u, w_hh, h0, c0, dt, keep, _MODE_NAMES[ctx.mode])
-        grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out,
-                                    create_graph=create_graph, allow_unused=True)
-        result: list[torch.Tensor | None] = [None] * 10
-        for i, g in zip(wanted, grads, strict=True):
-            result[i] = g
-        return tuple(result)
-
-    @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        if (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
-                or torch._C._functorch.is_legacy_batchedtensor(grad_out)):
-            return MixedScan._backward_by_autograd(ctx, grad_out)
+        if needs_differentiable_backward(grad_out):
+            ul, w_lh, u, w_hh, h0, c0, dt, keep = ctx.saved_tensors[:8]
+            return grads_by_autograd(
+                lambda: _plain_loop(ul, w_lh, u, w_hh, h0, c0, dt, keep, _MODE_NAMES[ctx.mode]),
+                (ul, w_lh, u, w_hh, h0, c0), ctx.needs_input_grad, grad_out, 10)
         (_, w_lh, _, w_hh, h0, c0, dt, keep, out, acts, tanh_c, h_lstm, ffs,
          gates) = ctx.saved_tensors
         steps, batch, two_h = out.shape

@@ -30,12 +30,15 @@ with autograd, so gradients of gradients are the plain loop's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.autograd import forward_ad
 
 from velora_ens.models.lnn.loop import unroll
 
-__all__ = ["CfCScan", "cfc_activate", "cfc_scan", "fused_scan_serves", "reset_steps"]
+__all__ = ["CfCScan", "cfc_activate", "cfc_scan", "fused_scan_serves", "grads_by_autograd",
+           "needs_differentiable_backward", "reset_steps"]
 
 _MODES = {"default": 0, "no_gate": 1}
 _MODE_NAMES = {code: name for name, code in _MODES.items()}
@@ -153,7 +156,7 @@ class CfCScan(torch.autograd.Function):
     Gradients flow to ``u``, ``w_hh`` and ``h0``; ``dt`` and ``keep`` are treated as data.
     The hand-written backward is first-order; a backward with ``create_graph=True``
     (double backward, Hessians) differentiates the plain loop rebuilt from the saved
-    inputs instead (:meth:`_backward_by_autograd`, also used for batched gradients),
+    inputs instead (:func:`grads_by_autograd`, also used for batched gradients),
     which is why ``u`` is saved too.
     All inputs must share one dtype and no autocast may be active (see
     :func:`fused_scan_serves`; :func:`cfc_scan` checks it).
@@ -167,32 +170,12 @@ class CfCScan(torch.autograd.Function):
         return states
 
     @staticmethod
-    def _backward_by_autograd(ctx, grad_states):
-        """The plain loop's gradients, recomputed from the saved inputs (which keep their
-        history): differentiable again under ``create_graph=True``, and made of ops that
-        ``vmap`` can batch (``is_grads_batched=True``, ``jacobian(vectorize=True)``)."""
-        w_hh, h0, dt, keep, *_, u = ctx.saved_tensors
-        inputs = (u, w_hh, h0)
-        wanted = [i for i in range(3) if ctx.needs_input_grad[i]]
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            states = _plain_loop(u, w_hh, h0, dt, keep, _MODE_NAMES[ctx.mode])
-        grads = torch.autograd.grad(states, [inputs[i] for i in wanted], grad_states,
-                                    create_graph=create_graph, allow_unused=True)
-        out: list[torch.Tensor | None] = [None] * 7
-        for i, g in zip(wanted, grads, strict=True):
-            out[i] = g
-        return tuple(out)
-
-    @staticmethod
     def backward(ctx, grad_states):  # type: ignore[override]
-        # backward(create_graph=True) needs a differentiable backward, batched gradients
-        # (the backward runs under vmap: torch.func's, or autograd.grad's own for
-        # is_grads_batched) ops with batching rules: the hand-written one below writes
-        # through out= views and is neither.
-        if (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
-                or torch._C._functorch.is_legacy_batchedtensor(grad_states)):
-            return CfCScan._backward_by_autograd(ctx, grad_states)
+        if needs_differentiable_backward(grad_states):
+            w_hh, h0, dt, keep, *_, u = ctx.saved_tensors
+            return grads_by_autograd(
+                lambda: _plain_loop(u, w_hh, h0, dt, keep, _MODE_NAMES[ctx.mode]),
+                (u, w_hh, h0), ctx.needs_input_grad, grad_states, 7)
         w_hh, h0, dt, keep, states, ffs, gates, _ = ctx.saved_tensors
         steps, batch, hid = states.shape
         ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
@@ -237,6 +220,40 @@ class CfCScan(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_h0 = carry
         return grad_u, grad_w, grad_h0, None, None, None, None
+
+
+def needs_differentiable_backward(grad: torch.Tensor) -> bool:
+    """Whether a fused scan's backward must be differentiable or batchable: under
+    ``backward(create_graph=True)`` (gradients of gradients), inside ``torch.func``
+    transforms, or for batched gradients (``autograd.grad(is_grads_batched=True)`` runs the
+    backward under vmap). The hand-written backward passes write through ``out=`` views and
+    are neither."""
+    return (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+            or torch._C._functorch.is_legacy_batchedtensor(grad))
+
+
+def grads_by_autograd(
+    rebuild: Callable[[], torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    needed: tuple[bool, ...],
+    grad: torch.Tensor,
+    n_args: int,
+    first: int = 0,
+) -> tuple[torch.Tensor | None, ...]:
+    """A fused scan's differentiable backward: the gradients of ``rebuild()`` (the plain
+    autograd loop, rebuilt from the saved ``inputs``, which keep their history) with
+    respect to the ``inputs`` whose ``needed`` flag is set, placed from argument position
+    ``first`` in the ``n_args`` gradients a ``backward`` returns. Differentiable again
+    under ``create_graph=True`` and made of ops that ``vmap`` can batch."""
+    wanted = [k for k in range(len(inputs)) if needed[k]]
+    with torch.enable_grad():
+        out = rebuild()
+    grads = torch.autograd.grad(out, [inputs[k] for k in wanted], grad,
+                                create_graph=torch.is_grad_enabled(), allow_unused=True)
+    result: list[torch.Tensor | None] = [None] * n_args
+    for k, g in zip(wanted, grads, strict=True):
+        result[first + k] = g
+    return tuple(result)
 
 
 def reset_steps(keep: torch.Tensor | None) -> tuple[torch.Tensor | None, list[bool] | None]:
