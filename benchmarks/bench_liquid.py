@@ -32,7 +32,8 @@ import torch
 from report import machine, write_atomic
 from torch import nn
 
-from velora_ens.models import LiquidNCPNetwork
+from velora_ens.cli_options import integer_option
+from velora_ens.models import GatedNetwork, LiquidNCPNetwork
 
 BATCH, LENGTH, FEATURES = 64, 32, 32
 TARGETS = {
@@ -70,6 +71,12 @@ def build_cases(include_ncps: bool) -> list[Case]:
     mixed = LiquidNCPNetwork(FEATURES, 19, 1, seed=0, mixed_memory=True)
     mixed_unfused = LiquidNCPNetwork(FEATURES, 19, 1, seed=0, mixed_memory=True)
     mixed_unfused.command.fused = False
+    gated = {}
+    for kind in ("gru", "lstm"):
+        for fused in (True, False):
+            net = GatedNetwork(FEATURES, 20, 1, cell=kind, seed=0)
+            net.fused = fused
+            gated[kind, fused] = net
     lstm = LSTMRegressor()
 
     def liquid_step(net):
@@ -88,6 +95,10 @@ def build_cases(include_ncps: bool) -> list[Case]:
              lambda x: ours_ltc(x)[0], liquid_step(ours_ltc), 3),
         Case("torch.nn.LSTM(32, 20) + Linear", lstm, lambda x: lstm(x)[0],
              lambda x, s: lstm(x.unsqueeze(1), s), 20),
+        *(Case(f"velora_ens GatedNetwork(32, 20, 1, cell={kind!r})"
+               + ("" if fused else ", unfused autograd loop"), net,
+               (lambda n: lambda x: n(x)[0])(net), liquid_step(net), 10 if fused else 5)
+          for (kind, fused), net in gated.items()),
     ]
     if include_ncps:
         from ncps.torch import LTC, CfC
@@ -127,11 +138,12 @@ def time_inference(case: Case, x1, reps: int) -> float:
         return (time.perf_counter() - start) / reps
 
 
-def run(rounds: int, include_ncps: bool) -> tuple[dict[str, float], dict[str, float]]:
+def run(rounds: int, include_ncps: bool, batch: int = BATCH, length: int = LENGTH
+        ) -> tuple[dict[str, float], dict[str, float]]:
     torch.manual_seed(0)
     cases = build_cases(include_ncps)
-    x = torch.randn(BATCH, LENGTH, FEATURES)
-    target = torch.randn(BATCH, LENGTH, 1)
+    x = torch.randn(batch, length, FEATURES)
+    target = torch.randn(batch, length, 1)
     x1 = torch.randn(1, FEATURES)
     opts = {c.name: torch.optim.Adam(c.model.parameters(), lr=1e-3) for c in cases}
     train: dict[str, list[float]] = {c.name: [] for c in cases}
@@ -148,7 +160,8 @@ def run(rounds: int, include_ncps: bool) -> tuple[dict[str, float], dict[str, fl
             {k: statistics.median(v) for k, v in infer.items()})
 
 
-def report(train: dict[str, float], infer: dict[str, float], rounds: int) -> tuple[str, bool]:
+def report(train: dict[str, float], infer: dict[str, float], rounds: int, batch: int = BATCH,
+           length: int = LENGTH) -> tuple[str, bool]:
     ours = "velora_ens LiquidNCPNetwork (CfC)"
     lstm = "torch.nn.LSTM(32, 20) + Linear"
     ncps_cfc = "ncps CfC(32, AutoNCP(20, 1))"
@@ -157,7 +170,7 @@ def report(train: dict[str, float], infer: dict[str, float], rounds: int) -> tup
         f"{rounds} interleaved rounds, medians; "
         f"{dt.date.today().isoformat()}.",
         "",
-        f"Training step: forward + backward + Adam, batch {BATCH}, sequence length {LENGTH}, "
+        f"Training step: forward + backward + Adam, batch {batch}, sequence length {length}, "
         f"{FEATURES} inputs. Inference: one step at batch 1, `torch.inference_mode`, state "
         "carried over.",
         "",
@@ -168,6 +181,9 @@ def report(train: dict[str, float], infer: dict[str, float], rounds: int) -> tup
         speedup = train[name] / train[ours]
         lines.append(f"| {name} | {train[name] * 1e3:.2f} | {speedup:.2f}x | "
                      f"{infer[name] * 1e6:.1f} |")
+    if (batch, length) != (BATCH, LENGTH):  # the targets are set at the page's shape
+        lines += ["", f"The targets are judged at batch {BATCH} and {LENGTH} steps only."]
+        return "\n".join(lines), True
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     ok = True
     if ncps_cfc in train:
@@ -193,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-ncps", action="store_true", help="skip the ncps models")
+    parser.add_argument("--batch", type=integer_option("--batch", 1), default=BATCH,
+                        help=f"sequences per training step (default {BATCH}; LiquidPPO's "
+                             "update trains on 1 of 128 steps)")
+    parser.add_argument("--length", type=integer_option("--length", 1), default=LENGTH,
+                        help=f"steps per training sequence (default {LENGTH})")
     parser.add_argument("--markdown", help="also write the results as a Markdown page here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -204,14 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             print("ncps is not installed: pip install -e '.[bench]' (or pass --no-ncps)",
                   file=sys.stderr)
             return 2
-    train, infer = run(args.rounds, include_ncps)
-    table, ok = report(train, infer, args.rounds)
+    train, infer = run(args.rounds, include_ncps, args.batch, args.length)
+    table, ok = report(train, infer, args.rounds, args.batch, args.length)
     print(table)
     if args.markdown:
         page = (
             "# Liquid core speed\n\n"
-            "Generated by `python benchmarks/bench_liquid.py --markdown "
-            f"{args.markdown}` (install with `pip install -e '.[bench]'`).\n\n" + table + "\n"
+            "Generated by `python benchmarks/bench_liquid.py "
+            + "".join(f"--{k} {v} " for k, v in (("batch", args.batch), ("length", args.length))
+                      if v != {"batch": BATCH, "length": LENGTH}[k])
+            + f"--markdown {args.markdown}` (install with `pip install -e '.[bench]'`).\n\n"
+            + table + "\n"
         )
         write_atomic(args.markdown, page)
     return 0 if ok else 1
