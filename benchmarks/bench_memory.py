@@ -3,7 +3,8 @@
 Tasks (sequences of length 64, batch 64, a fresh batch each Adam step):
 
 * ``delay-K``: each step shows one of 4 symbols (one-hot); the target is the symbol shown
-  ``K`` steps ago (scored on steps ``t >= K``; chance 0.25).
+  ``K`` steps ago (scored on steps ``t >= K``; chance 0.25). Sequences are ``2 K`` steps
+  long where that is longer than 64 (K = 64), so that ``K`` steps are scored.
 * ``count``: each step shows a bit (one-hot); the target is the sign of (ones - zeros) so
   far: fewer, as many or more ones (chance about 0.4). It needs an exact running count.
 
@@ -77,7 +78,8 @@ def task_batch(task: str, n: int, generator: torch.Generator
         balance = torch.cumsum(2 * bits - 1, dim=1)
         return F.one_hot(bits, 2).float(), torch.sign(balance) + 1, 0
     delay = int(task)
-    symbols = torch.randint(0, SYMBOLS, (n, LENGTH), generator=generator)
+    # at least K scored steps: 64 steps, 128 for K = 64
+    symbols = torch.randint(0, SYMBOLS, (n, max(LENGTH, 2 * delay)), generator=generator)
     target = torch.roll(symbols, delay, dims=1)  # target[t] = symbols[t - K] for t >= K
     return F.one_hot(symbols, SYMBOLS).float(), target, delay
 
@@ -255,7 +257,8 @@ def render(report: dict, path: Path) -> None:
              run_line(report["command"], report["machine"], report["torch"], report["date"],
                       report["jobs"], report["minutes"]), "",
              f"Budget: at most {report['steps']} Adam steps (learning rate {report['lr']}) at "
-             f"batch {BATCH}, sequences of {LENGTH} steps, seeds {seeds}; a run stops once "
+             f"batch {BATCH}, sequences of {LENGTH} steps (2 K for K = 64), seeds {seeds}; "
+             "a run stops once "
              f"its held-out accuracy reaches {SOLVED}. Cells: mean held-out accuracy over the "
              "seeds (**bold**: solved, at least 0.99 over every seed; -: not run, after two "
              "shorter delays in a row were not solved).", "",

@@ -28,6 +28,15 @@ def test_delay_targets_are_the_symbol_k_steps_back(bench):
             assert y[b, t] == symbols[b, t - 4]
 
 
+def test_the_longest_delay_still_has_k_scored_steps(bench):
+    """K = 64 on sequences of 64 steps would score no step (its accuracy came out NaN)."""
+    x, target, first = bench.task_batch("64", 3, torch.Generator().manual_seed(0))
+    assert first == 64 and x.shape[1] == 128 and target.shape[1] == 128
+    symbols = x.argmax(-1)
+    assert torch.equal(target[:, 64:], symbols[:, :64])
+    assert bench.task_batch("32", 3, torch.Generator().manual_seed(0))[0].shape[1] == 64
+
+
 def test_count_targets_are_the_sign_of_ones_minus_zeros_so_far(bench):
     x, y, first = bench.task_batch("count", 4, torch.Generator().manual_seed(1))
     assert first == 0
