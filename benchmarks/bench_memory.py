@@ -327,12 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         render(report, args.page)
         return 1 if report.get("target_met") is False else 0
     start = time.time()
-    command = "python benchmarks/bench_memory.py" + "".join(
-        f" {flag} {' '.join(map(str, value))}" for flag, value, default in (
-            ("--models", args.models, list(MODELS)),
-            ("--tasks", args.tasks, [*map(str, DELAYS), "count"]),
-            ("--seeds", args.seeds, [0, 1, 2]), ("--steps", [args.steps], [2000]),
-            ("--lr", [args.lr], [3e-3])) if list(value) != default)
     # a chain (network, seed) already in --out with this budget and these tasks is kept,
     # so an interrupted run goes on where it stopped, and so does every other network's:
     # running some networks adds their rows to the page
@@ -341,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
                                                ("tasks", args.tasks)))
     runs = [r for r in earlier.get("runs", []) if same]
     done = {(r["model"], r["seed"]) for r in runs}
+    # the command that makes the whole page: every network and seed on file or asked for
+    models = [m for m in MODELS if m in args.models or any(r["model"] == m for r in runs)]
+    seeds = sorted({*args.seeds, *(r["seed"] for r in runs)})
+    command = "python benchmarks/bench_memory.py" + "".join(
+        f" {flag} {' '.join(map(str, value))}" for flag, value, default in (
+            ("--models", models, list(MODELS)),
+            ("--tasks", args.tasks, [*map(str, DELAYS), "count"]),
+            ("--seeds", seeds, [0, 1, 2]), ("--steps", [args.steps], [2000]),
+            ("--lr", [args.lr], [3e-3])) if list(value) != default)
     # the slowest networks first, so that the pool ends together
     order = sorted(args.models, key=lambda m: (not m.startswith("ltc"), "mixed" not in m))
     jobs = [(m, s, args.tasks, args.steps, args.lr) for m in order for s in args.seeds

@@ -140,6 +140,9 @@ def test_resume_keeps_finished_chains_and_the_page_gives_the_verdict(bench, monk
     assert calls == []  # its chains are on file
     assert "| liquid-agent | 12 | 10 | 2 |" in page.read_text()
     assert len(json.loads(out.read_text())["runs"]) == 12
+    # the page's command makes the whole page: every network on file, not the last asked
+    assert json.loads(out.read_text())["command"] == (
+        "python benchmarks/bench_memory.py --models liquid-agent gru --tasks 1 2 4 --seeds 0 1")
 
 
 def test_a_network_short_of_seeds_is_judged_on_its_own_and_labelled(bench, tmp_path):
