@@ -359,10 +359,15 @@ def summarize(runs: list[dict], tasks: list[str], algos: list[str]) -> dict:
                           key=lambda r: r["seed"])
             if mine:
                 cells[t][a] = cell_summary(mine)
-    # the tasks that every agent with runs has run (an agent not run yet has no column)
-    ran = [a for a in algos if any(cells[t][a] is not None for t in tasks)]
-    common = [t for t in tasks if all(cells[t][a] is not None
-                                      and cells[t][a]["mmer_mean"] is not None for a in ran)]
+    # the column over common tasks compares the agents that ran the whole suite (or, while
+    # none has, every agent with runs) on the tasks they all ran; an agent short of them
+    # has no value there
+    def has(t: str, a: str) -> bool:
+        return cells[t][a] is not None and cells[t][a]["mmer_mean"] is not None
+
+    ran = [a for a in algos if any(has(t, a) for t in tasks)]
+    basis = [a for a in ran if all(has(t, a) for t in tasks)] or ran
+    common = [t for t in tasks if all(has(t, a) for a in basis)]
     suite = {}
     for a in algos:
         done = [t for t in tasks if cells[t][a] is not None
@@ -373,7 +378,8 @@ def summarize(runs: list[dict], tasks: list[str], algos: list[str]) -> dict:
                                                for t in done])) if done else None),
             "normalised_mmer_common": (float(np.mean([cells[t][a]["normalised_mmer_mean"]
                                                       for t in common]))
-                                       if common and a in ran else None),
+                                       if common and all(has(t, a) for t in common)
+                                       else None),
             "final_eval": (float(np.mean([cells[t][a]["final_eval_mean"] for t in done]))
                            if done else None),
             "steps_per_second": (float(np.mean([cells[t][a]["steps_per_second"]
@@ -388,7 +394,8 @@ def number(value: float | None, digits: int = 3) -> str:
 def suite_table(summary: dict, algos: list[str], n_tasks: int) -> list[str]:
     common = summary["common_tasks"]
     lines = ["| agent | tasks run | mean normalised MMER over its tasks | mean normalised MMER "
-             f"over the {len(common)} task(s) every agent with runs ran | mean final evaluation "
+             f"over the {len(common)} task(s) every agent ran (-: an agent short of them) | "
+             "mean final evaluation "
              "return "
              "over its tasks | mean train steps/s |",
              "|---|---:|---:|---:|---:|---:|"]

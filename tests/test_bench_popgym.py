@@ -216,20 +216,31 @@ def test_mistakes_exit_2(bench_popgym, capsys, argv, fragment):
 
 
 def test_an_agent_not_run_yet_does_not_empty_the_common_column(bench_popgym):
-    """The column over the tasks every agent ran leaves out an agent with no runs at all
-    (a new row before its runs): the others keep their common tasks."""
+    """The column over the tasks every agent ran leaves out an agent with no runs (a new
+    row before its runs) and, once some agent has run the whole suite, an agent part way
+    through it: the others keep their common tasks."""
     def run(task, algo, value):
         return {"task": task, "algo": algo, "seed": 0, "mmer": value, "final_eval": value,
                 "steps_per_second": 100.0, "parameters": 10, "sb3_wrappers": []}
 
-    runs = [run("A", "liquid_ppo", 0.5), run("B", "liquid_ppo", -0.5), run("A", "ppo", 0.0)]
-    summary = bench_popgym.summarize(runs, ["A", "B"], ["liquid_ppo", "liquid_ppo_gru", "ppo"])
+    algos = ["liquid_ppo", "liquid_ppo_gru", "ppo"]
+    # no agent has run the whole suite: the tasks every agent with runs ran
+    runs = [run("A", "liquid_ppo", 0.5), run("A", "ppo", 0.0)]
+    summary = bench_popgym.summarize(runs, ["A", "B"], algos)
     assert summary["common_tasks"] == ["A"]
+    assert summary["suite"]["liquid_ppo"]["normalised_mmer_common"] == pytest.approx(0.75)
+    assert summary["suite"]["liquid_ppo_gru"]["normalised_mmer_common"] is None
+    # LiquidPPO has run the whole suite, PPO and the GRU row part of it: the column stays
+    # over every task, and theirs is empty
+    runs += [run("B", "liquid_ppo", -0.5), run("A", "liquid_ppo_gru", 0.9)]
+    summary = bench_popgym.summarize(runs, ["A", "B"], algos)
     suite = summary["suite"]
-    assert suite["liquid_ppo"]["normalised_mmer_common"] == pytest.approx(0.75)
-    assert suite["liquid_ppo"]["normalised_mmer"] == pytest.approx(0.5)  # (0.75 + 0.25) / 2
-    assert suite["liquid_ppo_gru"]["tasks"] == []
+    assert summary["common_tasks"] == ["A", "B"]
+    assert suite["liquid_ppo"]["normalised_mmer_common"] == pytest.approx(0.5)  # 0.75, 0.25
+    assert suite["ppo"]["normalised_mmer_common"] is None
+    assert suite["liquid_ppo_gru"]["normalised_mmer"] == pytest.approx(0.95)
     assert suite["liquid_ppo_gru"]["normalised_mmer_common"] is None
+    assert suite["liquid_ppo_gru"]["tasks"] == ["A"]
 
 
 def test_one_seed_shows_no_spread(bench_popgym):
