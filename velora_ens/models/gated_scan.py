@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from velora_ens.models.lnn.loop import unroll
+from velora_ens.models.lnn.mixed_scan import lstm_coefficients, lstm_gate_grads_into
 from velora_ens.models.lnn.scan import (
     fused_scan_serves,
     grads_by_autograd,
@@ -161,14 +162,11 @@ def _lstm_backward(grad_out: Tensor, w_hh: Tensor, h0: Tensor, keep: Tensor | No
     hid = two_h // 2
     h_out, c_out = out[..., :hid], out[..., hid:]
     h0_h, h0_c = h0.split(hid, dim=-1)
-    i, f, g, o = acts.split(hid, dim=-1)
     c_in = torch.cat([h0_c.unsqueeze(0), c_out[:-1]], dim=0)
     h_in = torch.cat([h0_h.unsqueeze(0), h_out[:-1]], dim=0)
     if keep is not None:
         c_in, h_in = c_in * keep, h_in * keep
-    to_c = o * (1.0 - tanh_c * tanh_c)                      # d h' / d c'
-    to_o = tanh_c * o * (1.0 - o)                           # d h' / d G_o
-    to_ifg = torch.stack([g * i * (1.0 - i), c_in * f * (1.0 - f), i * (1.0 - g * g)], dim=2)
+    to_c, to_o, to_ifg, f = lstm_coefficients(acts, tanh_c, c_in)
     grad_gates = to_ifg.new_empty(steps, batch, 4, hid)
     grad_flat = grad_gates.view(steps, batch, 4 * hid)
     w_t = w_hh.t()
@@ -181,9 +179,8 @@ def _lstm_backward(grad_out: Tensor, w_hh: Tensor, h0: Tensor, keep: Tensor | No
     keep_t = None if keep is None else keep.unbind(0)
     for t in range(steps - 1, -1, -1):
         d_h = gh_t[t] + carry_h
-        d_c = torch.addcmul(gc_t[t] + carry_c, d_h, to_c_t[t])
-        torch.mul(to_ifg_t[t], d_c.unsqueeze(1), out=gg_t[t][:, :3])
-        torch.mul(d_h, to_o_t[t], out=gg_t[t][:, 3])
+        d_c = lstm_gate_grads_into(d_h, gc_t[t] + carry_c, to_c_t[t], to_o_t[t], to_ifg_t[t],
+                                   gg_t[t])
         carry_c = d_c * f_t[t]
         carry_h = torch.mm(gf_t[t], w_t)
         if keep_t is not None and (resets is None or resets[t]):

@@ -27,6 +27,8 @@ from velora_ens.models.lnn.scan import (
     _MODE_NAMES,
     _MODES,
     cfc_activate,
+    cfc_coefficients,
+    cfc_step_into,
     fused_scan_serves,
     grads_by_autograd,
     needs_differentiable_backward,
@@ -74,7 +76,6 @@ def _forward(ul: Tensor, w_lh: Tensor, u: Tensor, w_hh: Tensor, h0: Tensor, c0: 
     ff1_t, ff2_t = ffs[..., :hid].unbind(0), ffs[..., hid:].unbind(0)
     dt_t = None if dt is None else dt.unbind(0)
     keep_t = None if keep is None else keep.unbind(0)
-    sizes = [2 * hid, hid, hid]
     h, c = h0, c0
     for t in range(steps):
         if keep_t is not None and (resets is None or resets[t]):
@@ -85,15 +86,31 @@ def _forward(ul: Tensor, w_lh: Tensor, u: Tensor, w_hh: Tensor, h0: Tensor, c0: 
         i, f, g, o = act.split(hid, dim=1)
         c = torch.addcmul(f * c, i, g, out=c_t[t])
         hl = torch.mul(o, torch.tanh(c, out=tc_t[t]), out=hl_t[t])
-        a_ff, a_a, a_b = torch.addmm(u_t[t], hl, w_hh).split_with_sizes(sizes, dim=1)
-        torch.tanh(a_ff, out=ff_t[t])
-        pre = a_a + a_b if dt_t is None else torch.addcmul(a_b, a_a, dt_t[t])
-        gate = torch.sigmoid(pre, out=gate_t[t])
-        if mode == 0:
-            h = torch.lerp(ff1_t[t], ff2_t[t], gate, out=h_t[t])
-        else:
-            h = torch.addcmul(ff1_t[t], gate, ff2_t[t], out=h_t[t])
+        h = cfc_step_into(torch.addmm(u_t[t], hl, w_hh), None if dt_t is None else dt_t[t],
+                          mode, ff_t[t], ff1_t[t], ff2_t[t], gate_t[t], h_t[t])
     return out, acts, tanh_c, h_lstm, ffs, gates
+
+
+def lstm_coefficients(acts: Tensor, tanh_c: Tensor, c_in: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What an LSTM step's backward multiplies by, for every step at once, from its gate
+    activations ``[i, f, g, o]`` ``(L, B, 4H)``, ``tanh(c')`` and the cell state it read:
+    ``d h' / d c'``, ``d h' / d G_o``, ``d c' / d [G_i, G_f, G_g]`` ``(L, B, 3, H)`` and
+    ``f`` (``d c' / d c``). Shared by this scan and the gated baselines' LSTM scan."""
+    i, f, g, o = acts.split(acts.shape[-1] // 4, dim=-1)
+    to_ifg = torch.stack([g * i * (1.0 - i), c_in * f * (1.0 - f), i * (1.0 - g * g)], dim=2)
+    return o * (1.0 - tanh_c * tanh_c), tanh_c * o * (1.0 - o), to_ifg, f
+
+
+def lstm_gate_grads_into(d_h: Tensor, d_c_out: Tensor, to_c: Tensor, to_o: Tensor,
+                         to_ifg: Tensor, out: Tensor) -> Tensor:
+    """One step of an LSTM's backward pass: the gradient of its gates into ``out``
+    ``(B, 4, H)`` from that of its output ``h'`` and of ``c'`` from outside the step
+    (``d_c_out``); returns the whole gradient of ``c'``."""
+    d_c = torch.addcmul(d_c_out, d_h, to_c)
+    torch.mul(to_ifg, d_c.unsqueeze(1), out=out[:, :3])
+    torch.mul(d_h, to_o, out=out[:, 3])
+    return d_c
 
 
 class MixedScan(torch.autograd.Function):
@@ -127,33 +144,13 @@ class MixedScan(torch.autograd.Function):
         steps, batch, two_h = out.shape
         hid = two_h // 2
         states, cells = out[..., :hid], out[..., hid:]
-        # The CfC part: d h' / d A_* for every step at once, (L, B, 4, H) (as CfCScan's).
-        ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
-        dsig = gates * (1.0 - gates)
-        coef = ffs.new_empty(steps, batch, 4, hid)
-        if ctx.mode == 0:
-            torch.mul(1.0 - gates, 1.0 - ff1 * ff1, out=coef[:, :, 0])
-            dz = (ff2 - ff1) * dsig
-        else:
-            coef[:, :, 0] = 1.0 - ff1 * ff1
-            dz = ff2 * dsig
-        torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
-        if dt is None:
-            coef[:, :, 2] = dz
-        else:
-            torch.mul(dz, dt, out=coef[:, :, 2])
-        coef[:, :, 3] = dz
+        coef = cfc_coefficients(ffs, gates, dt, ctx.mode)  # the CfC part, (L, B, 4, H)
         # The LSTM part: what the loop multiplies by, for every step at once.
-        i, f, g, o = acts.split(hid, dim=-1)
         c_in = torch.cat([c0.unsqueeze(0), cells[:-1]], dim=0)
         h_in = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)
         if keep is not None:
             c_in, h_in = c_in * keep, h_in * keep
-        to_c = o * (1.0 - tanh_c * tanh_c)              # d hl / d c'
-        to_o = tanh_c * o * (1.0 - o)                   # d hl / d G_o
-        to_ifg = torch.stack([g * i * (1.0 - i),        # d c' / d G_i, G_f, G_g
-                              c_in * f * (1.0 - f),
-                              i * (1.0 - g * g)], dim=2)
+        to_c, to_o, to_ifg, f = lstm_coefficients(acts, tanh_c, c_in)
 
         grad_a = torch.empty_like(coef)                 # d loss / d A, (L, B, 4, H)
         grad_u = grad_a.view(steps, batch, 4 * hid)
@@ -172,9 +169,8 @@ class MixedScan(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             torch.mul(coef_t[t], (gh_t[t] + carry_h).unsqueeze(1), out=ga_t[t])
             d_hl = torch.mm(gu_t[t], w_hh_t)
-            d_c = torch.addcmul(gc_t[t] + carry_c, d_hl, to_c_t[t])
-            torch.mul(to_ifg_t[t], d_c.unsqueeze(1), out=gg_t[t][:, :3])
-            torch.mul(d_hl, to_o_t[t], out=gg_t[t][:, 3])
+            d_c = lstm_gate_grads_into(d_hl, gc_t[t] + carry_c, to_c_t[t], to_o_t[t],
+                                       to_ifg_t[t], gg_t[t])
             carry_c = d_c * f_t[t]
             carry_h = torch.mm(gul_t[t], w_lh_t)
             if keep_t is not None and (resets is None or resets[t]):

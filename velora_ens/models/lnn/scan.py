@@ -133,20 +133,54 @@ def _forward(
     ff1_t, ff2_t = ffs[..., :hid].unbind(0), ffs[..., hid:].unbind(0)
     dt_t = None if dt is None else dt.unbind(0)
     keep_t = None if keep is None else keep.unbind(0)
-    sizes = [2 * hid, hid, hid]
     h = h0
     for t in range(steps):
         if keep_t is not None and (resets is None or resets[t]):
             h = h * keep_t[t]
-        a_ff, a_a, a_b = torch.addmm(u_t[t], h, w_hh).split_with_sizes(sizes, dim=1)
-        torch.tanh(a_ff, out=f_t[t])
-        pre = a_a + a_b if dt_t is None else torch.addcmul(a_b, a_a, dt_t[t])
-        g = torch.sigmoid(pre, out=g_t[t])
-        if mode == 0:
-            h = torch.lerp(ff1_t[t], ff2_t[t], g, out=s_t[t])
-        else:
-            h = torch.addcmul(ff1_t[t], g, ff2_t[t], out=s_t[t])
+        h = cfc_step_into(torch.addmm(u_t[t], h, w_hh), None if dt_t is None else dt_t[t],
+                          mode, f_t[t], ff1_t[t], ff2_t[t], g_t[t], s_t[t])
     return states, ffs, gates
+
+
+def cfc_step_into(a: torch.Tensor, dt: torch.Tensor | None, mode: int, ff: torch.Tensor,
+                  ff1: torch.Tensor, ff2: torch.Tensor, gate: torch.Tensor, out: torch.Tensor
+                  ) -> torch.Tensor:
+    """One CfC activation of the fused loops (this scan's and mixed memory's), from the
+    pre-activations ``a`` ``(B, 4H)``: the tanh heads into ``ff`` (``ff1``, ``ff2``: its
+    halves), the time gate into ``gate`` and the new state into ``out``, which it returns."""
+    hid = gate.shape[-1]
+    a_ff, a_a, a_b = a.split_with_sizes([2 * hid, hid, hid], dim=1)
+    torch.tanh(a_ff, out=ff)
+    pre = a_a + a_b if dt is None else torch.addcmul(a_b, a_a, dt)
+    g = torch.sigmoid(pre, out=gate)
+    if mode == 0:
+        return torch.lerp(ff1, ff2, g, out=out)
+    return torch.addcmul(ff1, g, ff2, out=out)
+
+
+def cfc_coefficients(ffs: torch.Tensor, gates: torch.Tensor, dt: torch.Tensor | None,
+                     mode: int) -> torch.Tensor:
+    """``d h_t / d a_*`` of the CfC activation for every step at once, ``(L, B, 4, H)``,
+    from the saved tanh heads ``ffs`` ``(L, B, 2H)`` and time gates ``(L, B, H)``."""
+    steps, batch, hid = gates.shape
+    ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
+    one_minus_g = 1.0 - gates
+    dsig = gates * one_minus_g
+    coef = ffs.new_empty(steps, batch, 4, hid)
+    if mode == 0:
+        torch.mul(one_minus_g, 1.0 - ff1 * ff1, out=coef[:, :, 0])
+        torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
+        dz = (ff2 - ff1) * dsig
+    else:
+        coef[:, :, 0] = 1.0 - ff1 * ff1
+        torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
+        dz = ff2 * dsig
+    if dt is None:
+        coef[:, :, 2] = dz
+    else:
+        torch.mul(dz, dt, out=coef[:, :, 2])
+    coef[:, :, 3] = dz
+    return coef
 
 
 class CfCScan(torch.autograd.Function):
@@ -178,24 +212,7 @@ class CfCScan(torch.autograd.Function):
                 (u, w_hh, h0), ctx.needs_input_grad, grad_states, 7)
         w_hh, h0, dt, keep, states, ffs, gates, _ = ctx.saved_tensors
         steps, batch, hid = states.shape
-        ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
-        one_minus_g = 1.0 - gates
-        dsig = gates * one_minus_g
-        # d h_t / d a_* for every step at once, stacked as (L, B, 4, H).
-        coef = ffs.new_empty(steps, batch, 4, hid)
-        if ctx.mode == 0:
-            torch.mul(one_minus_g, 1.0 - ff1 * ff1, out=coef[:, :, 0])
-            torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
-            dz = (ff2 - ff1) * dsig
-        else:
-            coef[:, :, 0] = 1.0 - ff1 * ff1
-            torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
-            dz = ff2 * dsig
-        if dt is None:
-            coef[:, :, 2] = dz
-        else:
-            torch.mul(dz, dt, out=coef[:, :, 2])
-        coef[:, :, 3] = dz
+        coef = cfc_coefficients(ffs, gates, dt, ctx.mode)  # d h_t / d a_*, (L, B, 4, H)
 
         grad_a = torch.empty_like(coef)
         grad_u = grad_a.view(steps, batch, 4 * hid)
