@@ -62,6 +62,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -336,6 +337,32 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
+# a training curve still rising at the budget: the last quarter of the seeds' mean curve at
+# least RISING above the quarter before it, and under CEILING (POPGym's returns reach 1 at
+# most, so a curve near it has little left to gain)
+RISING, CEILING = 0.05, 0.9
+
+
+def still_rising(runs: list[dict]) -> bool:
+    """Whether the seeds' mean training curve is still rising at the budget (see
+    ``RISING``). Points with no episode ended are left out of the means.
+
+    >>> still_rising([{"curve": [[1, -0.5], [2, -0.5], [3, -0.4], [4, -0.3]]}])
+    True
+    """
+    length = min(len(r["curve"]) for r in runs)
+    quarter = length // 4
+    if quarter == 0:
+        return False
+    values = np.array([[np.nan if p[1] is None else p[1] for p in r["curve"][:length]]
+                       for r in runs], dtype=float)
+    with warnings.catch_warnings():  # a quarter with no episode ended on any seed: nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        last, before = np.nanmean(mean[-quarter:]), np.nanmean(mean[-2 * quarter:-quarter])
+    return bool(last - before >= RISING and last < CEILING)
+
+
 def cell_summary(runs: list[dict]) -> dict:
     """One agent's numbers on one task over its seeds."""
     mmers = [r["mmer"] for r in runs if r["mmer"] is not None]
@@ -347,7 +374,8 @@ def cell_summary(runs: list[dict]) -> dict:
             "final_eval_mean": float(np.mean([r["final_eval"] for r in runs])),
             "final_eval_std": float(np.std([r["final_eval"] for r in runs])),
             "steps_per_second": float(np.mean([r["steps_per_second"] for r in runs])),
-            "parameters": runs[0]["parameters"], "sb3_wrappers": runs[0]["sb3_wrappers"]}
+            "parameters": runs[0]["parameters"], "sb3_wrappers": runs[0]["sb3_wrappers"],
+            "still_rising": still_rising(runs)}
 
 
 def summarize(runs: list[dict], tasks: list[str], algos: list[str]) -> dict:
@@ -429,6 +457,20 @@ def task_table(summary: dict, tasks: list[str], algos: list[str]) -> list[str]:
                 f"{', '.join(f'{v:.3f}' for v in cell['final_eval'])} | "
                 f"{cell['steps_per_second']:.0f} | {cell['parameters']:,} |")
     return lines
+
+
+def rising_lines(summary: dict, tasks: list[str], algos: list[str], steps: int) -> list[str]:
+    """The tasks on which some agent's training curve is still rising at the budget."""
+    rising = {t: [ALGOS[a] for a in algos if summary["cells"][t][a] is not None
+                  and summary["cells"][t][a].get("still_rising")] for t in tasks}
+    named = "; ".join(f"{t}: {', '.join(names)}" for t, names in rising.items() if names)
+    rule = (f"the seeds' mean training curve, its last quarter at least {RISING} above the "
+            f"quarter before and under {CEILING}")
+    if not named:
+        return [f"No training curve is still rising at {steps:,} steps ({rule}).", ""]
+    return [f"Still rising at {steps:,} steps ({rule}): {named}. A longer budget for a task, "
+            "the same for every agent, is a page of its own: `python "
+            "benchmarks/bench_popgym.py --tasks <task> --steps <N> --out <folder>`.", ""]
 
 
 def wrapped_tasks(summary: dict, tasks: list[str], algos: list[str]) -> dict[str, list[str]]:
@@ -515,6 +557,7 @@ def page(report: dict) -> list[str]:
         "",
         *task_table(summary, tasks, algos),
         "",
+        *rising_lines(summary, tasks, algos, report["steps"]),
         *([f"Run files left out (another budget or settings): {report['left_out']}.", ""]
           if report["left_out"] else []),
         "![training episode returns](popgym.png)",

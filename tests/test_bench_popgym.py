@@ -221,7 +221,8 @@ def test_an_agent_not_run_yet_does_not_empty_the_common_column(bench_popgym):
     through it: the others keep their common tasks."""
     def run(task, algo, value):
         return {"task": task, "algo": algo, "seed": 0, "mmer": value, "final_eval": value,
-                "steps_per_second": 100.0, "parameters": 10, "sb3_wrappers": []}
+                "steps_per_second": 100.0, "parameters": 10, "sb3_wrappers": [],
+                "curve": [[10, value]]}
 
     algos = ["liquid_ppo", "liquid_ppo_gru", "ppo"]
     # no agent has run the whole suite: the tasks every agent with runs ran
@@ -313,3 +314,31 @@ def test_liquidppos_page_quotes_the_runs_of_its_defaults(bench_popgym):
         assert chosen == mean(task, (0, 1, 2)), task
         assert confirmed.split(" (")[0] == mean(task, (3, 4, 5)), task
         assert recurrent == f"{cells[task]['recurrent_ppo']['normalised_mmer_mean']:.3f}", task
+
+
+def test_a_curve_still_rising_at_the_budget_is_named(bench_popgym):
+    def run(*values):
+        return {"curve": [[10 * (i + 1), v] for i, v in enumerate(values)]}
+
+    rising = bench_popgym.still_rising
+    # 8 points, quarters of 2: the last (-0.1, 0.0) mean -0.05 against (-0.2, -0.2): +0.15
+    assert rising([run(-0.5, -0.5, -0.4, -0.3, -0.2, -0.2, -0.1, 0.0)])
+    # a rise of 0.04 is under RISING (0.05)
+    assert not rising([run(0, 0, 0, 0, 0.0, 0.0, 0.04, 0.04)])
+    # the seeds' mean: one rising by 0.2, one falling by 0.2, flat on the whole
+    assert not rising([run(0, 0, 0, 0, 0, 0, 0.2, 0.2), run(0, 0, 0, 0, 0, 0, -0.2, -0.2)])
+    # near the ceiling of 1 a curve has little left to gain
+    assert not rising([run(0, 0, 0, 0, 0.6, 0.6, 0.95, 0.95)])
+    # a point with no episode ended is left out: the quarter before is (-0.4), not (-0.4, 0)
+    assert rising([run(0, 0, 0, 0, -0.4, None, -0.3, -0.3)])
+    assert not rising([run(0, 0, 0.5)])  # under 4 points there are no quarters
+
+    cell = {"still_rising": True}
+    summary = {"cells": {"A": {"ppo": cell, "liquid_ppo": None},
+                         "B": {"ppo": {"still_rising": False}, "liquid_ppo": None}}}
+    line = bench_popgym.rising_lines(summary, ["A", "B"], ["ppo", "liquid_ppo"], 1000)[0]
+    assert line.startswith("Still rising at 1,000 steps") and "A: SB3 PPO" in line
+    assert "B:" not in line
+    summary["cells"]["A"]["ppo"] = {"still_rising": False}
+    assert bench_popgym.rising_lines(summary, ["A", "B"], ["ppo", "liquid_ppo"], 1000)[0] \
+        .startswith("No training curve is still rising")
