@@ -552,6 +552,42 @@ def test_bench_irregular_recurrent_ppo_sees_the_time_in_its_observation(bench_ir
     assert np.isfinite(evaluate(1))
 
 
+def cells_of(summary, variants):
+    return " | ".join(f"{summary[v]['mean']:.1f} ± {summary[v]['std']:.1f}" for v in variants)
+
+
+def test_the_rl_overview_quotes_the_irregular_pages():
+    """The irregular-time tables of docs/benchmarks/rl/index.md (NeuroFlow's and LiquidPPO's)
+    and of docs/agents/ppo.md hold the means and spreads of the pages' JSON, and the
+    overview their verdicts."""
+    from pathlib import Path
+
+    docs = Path(__file__).parents[1] / "docs/benchmarks/rl"
+    section = (docs / "index.md").read_text().split("## Irregular time")[1].split("\n## ")[0]
+    families = (("cells", "obs", "none", "recurrent_ppo"),
+                ("ppo-cells", "ppo-obs", "ppo-none", "ppo-gru-obs"))
+    for name, env_id in (("cartpole", "CartPoleNoVelIrregular-v1"),
+                         ("pendulum", "PendulumNoVelIrregular-v1")):
+        report = json.loads((docs / f"irregular-{name}.json").read_text())
+        summary = report["summary"]
+        rows = [line for line in section.splitlines() if line.startswith(f"| [{env_id}]")]
+        for variants in families:
+            if not all(v in summary for v in variants):
+                continue
+            cells = cells_of(summary, variants)
+            row = [line for line in rows if cells in line]
+            assert len(row) == 1, (name, variants, cells)
+            for target in report["targets"]:
+                if target["target"].startswith(variants[0] + " "):
+                    verdict = "**met**" if target["met"] else "**not met**"
+                    claim = target["target"].split(" (")[0]
+                    assert f"{claim}: {verdict}" in row[0], (name, claim)
+        # LiquidPPO's page quotes its family's row
+        ppo = (docs.parents[1] / "agents/ppo.md").read_text()
+        if all(v in summary for v in families[1]):
+            assert f"| {env_id} | {cells_of(summary, families[1])} |" in ppo, name
+
+
 @pytest.mark.parametrize("task, steps", [("cartpole", 100_000), ("pendulum", 30_000)])
 def test_bench_irregular_default_budget_is_the_tasks(bench_irregular, monkeypatch, task,
                                                      steps):
