@@ -26,6 +26,8 @@ last 100 episodes when fewer than 100 ended since then (RLlib's
 ``metrics_num_episodes_for_smoothing=100``). Beside it, every run evaluates its
 deterministic policy after training on 20 episodes of a fresh environment, seeded
 ``10_000 * (seed + 1) + episode`` (away from the training seeds, as the other RL pages).
+The page names the tasks on which an agent's training curve is still rising at the budget
+(``still_rising``), where a longer budget, the same for every agent, would change the table.
 
 The training episodes are read the same way for every agent: each keeps Stable-Baselines3's
 ``ep_info_buffer`` (the returns of the last 100 episodes, ``Monitor``'s or Gymnasium's
