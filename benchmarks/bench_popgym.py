@@ -464,7 +464,7 @@ def task_table(summary: dict, tasks: list[str], algos: list[str]) -> list[str]:
 def rising_lines(summary: dict, tasks: list[str], algos: list[str], steps: int) -> list[str]:
     """The tasks on which some agent's training curve is still rising at the budget."""
     rising = {t: [ALGOS[a] for a in algos if summary["cells"][t][a] is not None
-                  and summary["cells"][t][a].get("still_rising")] for t in tasks}
+                  and summary["cells"][t][a]["still_rising"]] for t in tasks}
     named = "; ".join(f"{t}: {', '.join(names)}" for t, names in rising.items() if names)
     rule = (f"the seeds' mean training curve, its last quarter at least {RISING} above the "
             f"quarter before and under {CEILING}")
