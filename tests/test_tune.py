@@ -22,6 +22,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna", reason="velora-ens tune needs the tune extra")
 
+from agents.common.hyperparams import tuned_hyperparams  # noqa: E402
 from agents.common.optim import NonFiniteTrainingError  # noqa: E402
 from velora_ens.cli import main  # noqa: E402
 from velora_ens.tuning import objective  # noqa: E402
@@ -126,6 +127,27 @@ def test_sampled_ppo_settings_always_go_together():
             assert s["batch_size"] <= s["n_steps"] * n_envs
             assert s["n_steps"] % s["seq_len"] == 0 and s["batch_size"] % s["seq_len"] == 0
             assert s["learning_rate"] == "lin_0.001" and s["actor_head"] == []
+
+
+def test_sampled_gsde_overrides_a_base_config_that_holds_the_noise():
+    # PendulumNoVel's tuned settings hold the noise for 4 steps; a trial that samples gSDE
+    # used to keep that hold and be pruned as invalid (use_sde with noise_hold_steps=4)
+    from agents import LiquidPPO
+
+    base = tuned_hyperparams("LiquidPPO", "PendulumNoVel-v1")
+    assert base["noise_hold_steps"] == 4
+    space = default_space("ppo")
+    params = {"n_steps": 64, "batch_size": 32, "seq_len": 8, "learning_rate": 1e-3,
+              "lr_schedule": "linear", "n_epochs": 5, "one_minus_gamma": 0.01,
+              "one_minus_gae_lambda": 0.05, "clip_range": 0.2, "ent_coef": 1e-3,
+              "max_grad_norm": 0.5, "target_kl": None, "actor_neurons": 16,
+              "critic_neurons": 16, "actor_head": 0, "actor_dense_recurrence": False,
+              "noise_hold_steps": 8}
+    for sde, hold in ((True, 1), (False, 8)):
+        trial = optuna.trial.FixedTrial({**params, "use_sde": sde})
+        s = sample_settings("ppo", trial, space, {"box": True, "n_envs": 4})
+        assert (s["use_sde"], s["noise_hold_steps"]) == (sde, hold)
+        LiquidPPO("PendulumNoVel-v1", **{**base, **s, "n_envs": 1})  # no ValueError
 
 
 # ------------------------------------------------------------------ pruning and failures
