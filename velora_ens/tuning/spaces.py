@@ -207,10 +207,10 @@ def sample_ppo(trial: Any, space: Space, context: dict[str, Any]) -> dict[str, A
         sde = s("use_sde") if "use_sde" in s else False
         if "use_sde" in s:
             out["use_sde"] = sde
-        if "noise_hold_steps" in s:
-            # gSDE holds its own noise: a trial that samples it also sets the hold to 1,
-            # over a base config's (PendulumNoVel's tuned noise_hold_steps=4)
-            out["noise_hold_steps"] = 1 if sde else s("noise_hold_steps")
+        if sde:  # gSDE holds its own noise: the hold is 1, over a base config's
+            out["noise_hold_steps"] = 1  # (PendulumNoVel's tuned noise_hold_steps=4)
+        elif "noise_hold_steps" in s:
+            out["noise_hold_steps"] = s("noise_hold_steps")
     if context.get("elapsed_time"):
         _plain(s, ("elapsed_time_unit",), out)
     _plain(s, _extra_names(space, _PPO_NAMES), out)
