@@ -109,6 +109,17 @@ def test_a_small_study_writes_the_config_csv_and_plots_that_train_accepts(tmp_pa
     lines = out.strip().splitlines()
     assert "3 complete" in lines[0] and lines[1].split()[:2] == ["trial", "score"]
     assert len(lines) == 5 and lines[2].split()[0] == str(study.best_trial.number)
+    # one readable line per trial: floats to 4 significant digits, every setting named
+    best = study.best_trial.user_attrs["settings"]
+    shown = json.loads(lines[2].split(None, 3)[3])
+    assert any(isinstance(v, float) and float(f"{v:.4g}") != v for v in best.values())
+    assert shown.keys() == best.keys()
+    for key, value in best.items():
+        if isinstance(value, float):
+            assert shown[key] == pytest.approx(value, rel=1e-3)
+            assert float(f"{shown[key]:.4g}") == shown[key], (key, shown[key])
+        else:
+            assert shown[key] == value, key
 
 
 def test_sampled_ppo_settings_always_go_together():

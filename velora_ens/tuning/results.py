@@ -92,8 +92,16 @@ def write_results(study: Any, folder: Path, plots: bool = True) -> list[str]:
     return lines
 
 
+def _compact(settings: dict[str, Any]) -> str:
+    """``settings`` as JSON with floats to 4 significant digits: one readable line per trial
+    (``best_config.json`` and ``trials.csv`` keep every digit)."""
+    return json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
+                       for k, v in settings.items()})
+
+
 def show_table(study: Any, top: int = 10) -> str:
-    """The ``top`` completed trials, best first, then the counts of the others."""
+    """The ``top`` completed trials, best first, then the counts of the others; settings
+    rounded to 4 significant digits."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -110,5 +118,5 @@ def show_table(study: Any, top: int = 10) -> str:
         seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
                    if t.datetime_complete and t.datetime_start else float("nan"))
         lines.append(f"{t.number:>5}  {t.value:>10.2f}  {seconds:>8.0f}  "
-                     f"{json.dumps(t.user_attrs.get('settings', t.params))}")
+                     f"{_compact(t.user_attrs.get('settings', t.params))}")
     return "\n".join(lines)
