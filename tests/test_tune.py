@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from glob import glob
 from pathlib import Path
 from types import SimpleNamespace
@@ -267,6 +269,41 @@ def test_processes_share_one_sqlite_study_without_overlap(tmp_path):
     outputs = _run_workers([_command(storage, tmp_path, 8, 2),
                             _command(storage, tmp_path, 8, 1)], tmp_path)
     _check_split(storage, outputs, 8)
+
+
+def test_sigterm_to_the_command_alone_stops_its_workers_too(tmp_path):
+    """``kill PID`` of the command, not of its process group (as a scheduler or a service
+    manager may send): every worker's running trial is recorded as interrupted and the
+    command exits 130 at once, not when the workers have finished the study."""
+    command = _command(f"sqlite:///{tmp_path}/stop.db", tmp_path, 4, 2)
+    command[command.index("--timesteps") + 1] = "1000000"  # trials far longer than the test
+    proc = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        for _ in range(240):  # until both processes have claimed a trial
+            try:
+                running = [t for t in optuna.load_study(study_name="shared",
+                                                        storage=f"sqlite:///{tmp_path}/stop.db")
+                           .trials if t.state == State.RUNNING]
+            except (KeyError, ValueError, RuntimeError, optuna.exceptions.StorageInternalError):
+                running = []
+            if len(running) == 2:
+                break
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.5)
+        assert len(running) == 2
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, output
+    assert "run the same command to continue" in output and "stopped with an error" not in output
+    trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/stop.db").trials
+    assert len(trials) == 2, output
+    assert all(t.state == State.FAIL and t.user_attrs.get("interrupted") for t in trials), output
 
 
 def _free_port() -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +184,44 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     return plan, setup, folder
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM ends the running trial as Ctrl-C does (recorded as interrupted)."""
+@contextmanager
+def _interrupts_stop_trials() -> Iterator[None]:
+    """Within: the first SIGTERM or Ctrl-C ends the running trial (recorded as
+    interrupted); later ones are ignored, so that they cannot cut the recording short. The
+    previous handlers come back on exit."""
+    names = (signal.SIGTERM, signal.SIGINT)
+    previous = {name: signal.getsignal(name) for name in names}
+
     def handle(signum: int, frame: Any) -> None:
+        for name in names:
+            signal.signal(name, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handle)
+    for name in names:
+        signal.signal(name, handle)
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+
+
+def _join(workers: list[Any], interrupted: bool) -> bool:
+    """Wait for the worker processes. Once this process is interrupted (before or while it
+    waits), stop them too: SIGTERM, on which each records its running trial as
+    interrupted. Returns whether it was interrupted."""
+    started = [process for process in workers if process.pid is not None]
+    while True:
+        try:
+            if interrupted:
+                for process in started:
+                    if process.is_alive():
+                        process.terminate()
+            for process in started:
+                process.join()
+            return interrupted
+        except KeyboardInterrupt:
+            interrupted = True
 
 
 def _work(plan: Any, setup: Any, threads: int, worker: int) -> None:
@@ -199,16 +233,16 @@ def _work(plan: Any, setup: Any, threads: int, worker: int) -> None:
     from velora_ens.tuning.study import run_worker
 
     _require_optuna()
-    _stop_on_sigterm()
     torch.set_num_threads(threads)
 
     def say(line: str) -> None:
         print(f"[worker {worker}] {line}", flush=True)
 
-    try:
-        run_worker(plan, open_storage(plan.url), make_objective(setup, say), say)
-    except KeyboardInterrupt:
-        pass
+    with _interrupts_stop_trials():
+        try:
+            run_worker(plan, open_storage(plan.url), make_objective(setup, say), say)
+        except KeyboardInterrupt:
+            pass
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -241,18 +275,18 @@ def run_tune(args: argparse.Namespace) -> int:
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_work, args=(plan, setup, args.threads, i))
                for i in range(1, args.n_jobs)]
-    for process in workers:
-        process.start()
     interrupted = False
-    try:
-        _stop_on_sigterm()
-        run_worker(plan, storage, make_objective(setup, lambda line: print(line, flush=True)))
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        for process in workers:
-            process.join()
-    failed = [i + 1 for i, p in enumerate(workers) if p.exitcode not in (0, None)]
+    with _interrupts_stop_trials():
+        try:
+            for process in workers:
+                process.start()
+            run_worker(plan, storage,
+                       make_objective(setup, lambda line: print(line, flush=True)))
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupted = _join(workers, interrupted)
+    stopped = (0, None, -signal.SIGTERM) if interrupted else (0, None)  # None: not started
+    failed = [i + 1 for i, p in enumerate(workers) if p.exitcode not in stopped]
     study = open_study(plan, storage)
     print(f"velora-ens tune: study {plan.name!r}: {study_summary(study)}"
           + (f"; worker(s) {failed} stopped with an error" if failed else ""))
