@@ -15,11 +15,14 @@ neurons):
 * ``liquid-agent``: the actor network ``agents.LiquidPPO`` builds on its defaults for 4
   observations and 4 discrete actions (2 and 3 for the counting task), whatever those
   defaults are; ``liquid-agent-mixed``: the same with ``actor_mixed_memory=True``;
+  ``liquid-agent-carry``: with ``actor_cfc_mode="carry"``;
 * ``liquid``: its defaults; ``liquid-dense``: ``dense_recurrence=True``;
   ``liquid-self``: ``self_synapse_init=0.5`` (each neuron's synapse onto itself starts at
   0.5); ``liquid-dense-self``: both; ``liquid-mixed``: ``mixed_memory=True`` (an LSTM
-  memory cell beside the CfC cell); ``ltc``, ``ltc-mixed``: the LTC cell, without and
-  with mixed memory;
+  memory cell beside the CfC cell); ``liquid-carry``: ``mode="carry"`` (the CfC state
+  carried through the time gate, ``h' = h (1 - g) + g ff2``); ``liquid-dense-carry``: with
+  ``dense_recurrence``; ``ltc``, ``ltc-mixed``: the LTC cell, without and with mixed
+  memory;
 * ``gru``, ``lstm``: torch's, with the liquid network's state width (12) and a linear
   read-out; ``gru-params``, ``lstm-params``: with about the liquid network's parameter
   count; ``gru-agent``: torch's GRU with ``liquid-agent``'s state width.
@@ -61,11 +64,15 @@ SELF = 0.5  # self_synapse_init, chosen on seed 0 at K = 8 and 16 with 1500 step
 LIQUID = {"liquid": {}, "liquid-dense": {"dense_recurrence": True},
           "liquid-self": {"self_synapse_init": SELF},
           "liquid-dense-self": {"dense_recurrence": True, "self_synapse_init": SELF},
-          "liquid-mixed": {"mixed_memory": True}, "ltc": {"cell": "ltc"},
+          "liquid-mixed": {"mixed_memory": True},
+          "liquid-carry": {"mode": "carry"},
+          "liquid-dense-carry": {"dense_recurrence": True, "mode": "carry"},
+          "ltc": {"cell": "ltc"},
           "ltc-mixed": {"cell": "ltc", "mixed_memory": True}}
 GATED = {"gru": nn.GRU, "lstm": nn.LSTM}
 AGENT = "liquid-agent"  # LiquidPPO's actor network on its defaults
-AGENT_OPTIONS = {AGENT: {}, "liquid-agent-mixed": {"actor_mixed_memory": True}}
+AGENT_OPTIONS = {AGENT: {}, "liquid-agent-mixed": {"actor_mixed_memory": True},
+                 "liquid-agent-carry": {"actor_cfc_mode": "carry"}}
 MODELS = (*AGENT_OPTIONS, *LIQUID, "gru", "lstm", "gru-params", "lstm-params", "gru-agent")
 
 

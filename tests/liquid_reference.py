@@ -76,6 +76,8 @@ def cfc_reference_step(cell, mask, recurrent_mask, x, h, dt=None):
     gate = torch.sigmoid(pre[2] * ts + pre[3])
     if cell.mode == "no_gate":
         return ff1 + gate * ff2
+    if cell.mode == "carry":  # the state in place of ff1
+        return h * (1.0 - gate) + gate * ff2
     return ff1 * (1.0 - gate) + gate * ff2
 
 

@@ -15,7 +15,7 @@ from liquid_reference import (
 
 from velora_ens.models.lnn import NCPLiquidCell
 
-MODES = ["default", "no_gate", "pure"]
+MODES = ["default", "no_gate", "pure", "carry"]
 F64 = torch.float64
 
 
@@ -220,9 +220,17 @@ def test_masked_weights_zero_grad_and_stay_zero(mode, opt_name):
         assert (w_rec[rec_off] == 0).all()
         assert (cell.input_weight.detach()[in_off] == 0).all()
         assert (cell.recurrent_weight.detach()[rec_off] == 0).all()
-    # every head's kept weights trained (non-zero gradient reached all heads)
+    # every head's kept weights trained (non-zero gradient reached all heads); carry has
+    # no ff1 head: its weights are all masked, stay zero and get no gradient
     for k in range(heads):
-        assert cell.input_weight.grad[k * 5:(k + 1) * 5][~in_off[:5]].abs().sum() > 0
+        rows = slice(k * 5, (k + 1) * 5)
+        if mode == "carry" and k == 0:
+            assert (cell.input_weight.detach()[rows] == 0).all()
+            assert (cell.recurrent_weight.detach()[rows] == 0).all()
+            assert (cell.input_weight.grad[rows] == 0).all()
+            assert (cell.recurrent_weight.grad[rows] == 0).all()
+            continue
+        assert cell.input_weight.grad[rows][~in_off[:5]].abs().sum() > 0
 
 
 # ------------------------------------------------- sequence vs steps, fused (6)
@@ -258,7 +266,7 @@ def _grads(cell, x, h0, dt, starts, fused):
     return ys.detach(), grads
 
 
-@pytest.mark.parametrize("mode", ["default", "no_gate"])
+@pytest.mark.parametrize("mode", ["default", "no_gate", "carry"])
 @pytest.mark.parametrize("with_dt", [True, False])
 @pytest.mark.parametrize("with_resets", [True, False])
 def test_fused_equals_reference_outputs_and_gradients(mode, with_dt, with_resets):
@@ -492,3 +500,36 @@ def test_no_grad_single_step_equals_grad_path_and_tracks_updates(mode):
     with torch.inference_mode():
         a2 = cell(x, h)[0]
     torch.testing.assert_close(a2.clone(), a1)
+
+
+# ------------------------------------------------- carry mode
+def test_carry_mode_keeps_the_state_while_its_gate_is_shut_and_moves_it_when_open():
+    """``carry``: ``h' = h (1 - g) + g ff2``. With the gate's bias at -40 (g = 4e-18) the
+    state passes through any input unchanged (to float64 rounding); at +40 it becomes
+    ``ff2 = tanh(W2 [x, h] + b2)``, computed here by hand. The default mode rewrites the
+    state through tanh even with the gate shut (``h' = ff1``)."""
+    torch.manual_seed(0)
+    cell = NCPLiquidCell(3, 4, mode="carry").double()
+    h0 = torch.randn(2, 4, dtype=F64)
+    x = torch.randn(2, 6, 3, dtype=F64) * 3.0
+    with torch.no_grad():
+        cell.bias[8:] = -20.0  # a_a + a_b: the gate's pre-activation about -40
+    ys, h = cell(x, h0)
+    torch.testing.assert_close(ys, h0.unsqueeze(1).expand(2, 6, 4), rtol=0, atol=1e-15)
+    with torch.no_grad():
+        cell.bias[8:] = 20.0
+    y1, _ = cell(x[:, 0], h0)
+    w_in, w_rec = cell.effective_input_weight(), cell.effective_recurrent_weight()
+    ff2 = torch.tanh(x[:, 0] @ w_in[4:8].t() + h0 @ w_rec[4:8].t() + cell.bias[4:8])
+    torch.testing.assert_close(y1, ff2, rtol=0, atol=1e-15)
+    default = NCPLiquidCell(3, 4).double()
+    with torch.no_grad():
+        default.bias[8:] = -20.0
+    assert (default(x, h0)[0][:, -1] - h0).abs().max() > 0.1
+
+
+def test_mixed_memory_refuses_a_carry_cell():
+    from velora_ens.models.lnn.mixed import MixedMemoryCell
+
+    with pytest.raises(ValueError, match="got mode 'carry'"):
+        MixedMemoryCell(NCPLiquidCell(3, 4, mode="carry"))

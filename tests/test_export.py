@@ -17,7 +17,8 @@ from velora_ens.models import InferenceGraph, LiquidNCPNetwork, NCPNetwork, expo
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
 
-CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("ltc", "default")]
+CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("cfc", "carry"),
+         ("ltc", "default")]
 
 
 def make_net(cell="cfc", mode="default", seed=0):

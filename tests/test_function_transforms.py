@@ -31,7 +31,7 @@ def data(batch: int = 3, steps: int = 6):
     return x, dt, starts
 
 
-@pytest.mark.parametrize("mode", ["default", "no_gate"])
+@pytest.mark.parametrize("mode", ["default", "no_gate", "carry"])
 def test_double_backward_equals_the_unfused_loop(mode):
     """A gradient penalty (gradient of a gradient norm) through the fused scan; it used to
     raise "functions with out=... arguments don't support automatic differentiation"."""
@@ -55,7 +55,7 @@ def test_double_backward_equals_the_unfused_loop(mode):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["default", "no_gate"])
+@pytest.mark.parametrize("mode", ["default", "no_gate", "carry"])
 def test_scan_second_derivatives_pass_gradgradcheck(mode):
     """The scan's gradients of gradients against finite differences, resets included."""
     g = torch.Generator().manual_seed(1)

@@ -147,7 +147,7 @@ def _ltc_hand_loop(cell):
     return run
 
 
-@pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
+@pytest.mark.parametrize("mode", ["default", "no_gate", "pure", "carry"])
 def test_cfc_loop_equals_hand_loop_bit_for_bit(mode):
     cell = _cfc(mode)
     data = _data()
@@ -157,7 +157,7 @@ def test_cfc_loop_equals_hand_loop_bit_for_bit(mode):
     _assert_bitwise_equal(_run(cell, unfused, *data), _run(cell, _cfc_hand_loop(cell), *data))
 
 
-@pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
+@pytest.mark.parametrize("mode", ["default", "no_gate", "pure", "carry"])
 def test_cfc_one_step_equals_hand_step_bit_for_bit(mode):
     cell = _cfc(mode)
 

@@ -17,7 +17,8 @@ import torch
 from velora_ens.models import LiquidNCPNetwork
 
 OUT_TOL, GRAD_TOL = 1e-2, 5e-2
-CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("ltc", "default")]
+CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("cfc", "carry"),
+         ("ltc", "default")]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

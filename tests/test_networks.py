@@ -16,7 +16,8 @@ F64 = torch.float64
 # Independent name -> function map (the network's default activation is a library choice).
 ACT = {"mish": F.mish, "silu": F.silu, "tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu,
        "identity": lambda v: v}
-CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("ltc", "default")]
+CELLS = [("cfc", "default"), ("cfc", "no_gate"), ("cfc", "pure"), ("cfc", "carry"),
+         ("ltc", "default")]
 
 
 def make_net(cell="cfc", mode="default", in_f=3, n=6, out=2, dtype=F64, seed=0, **kw):

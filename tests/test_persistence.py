@@ -68,6 +68,7 @@ def test_round_trip_gives_identical_actions_and_states(tmp_path, env_id):
     ("Pendulum-v1", {"cell": "lstm", "n_envs": 2}),
     ("CartPoleNoVel-v1", {"actor_dense_recurrence": True, "actor_mixed_memory": True,
                           "actor_self_synapse_init": 0.5}),  # the memory options
+    ("CartPoleNoVel-v1", {"actor_cfc_mode": "carry"}),  # the carried state
 ])
 def test_resume_is_exact(tmp_path, env_id, extra):
     """Stop at step k, save with the buffer, load, continue: the same parameters, losses,

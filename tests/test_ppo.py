@@ -248,6 +248,8 @@ def test_same_seed_same_run():
     ("CartPoleNoVel-v1", {"actor_mixed_memory": True, "actor_self_synapse_init": 0.5,
                           "seq_len": 8}),  # the memory options
     ("CartPoleNoVel-v1", {"cell": "lstm", "seq_len": 8}),  # gated baselines
+    ("PendulumNoVelIrregular-v1", {"actor_cfc_mode": "carry", "seq_len": 8,
+                                   "elapsed_time_key": "elapsed_time"}),  # carried state
     ("PendulumNoVelIrregular-v1", {"cell": "gru", "elapsed_time_key": "elapsed_time",
                                    "elapsed_time_unit": 0.05, "seq_len": 8}),
 ])
@@ -310,6 +312,9 @@ def test_save_load_round_trip_and_the_policy_file(tmp_path):
      r"\['dense_recurrence'\] apply to the liquid cells \('cfc', 'ltc'\) only"),
     ({"actor_self_synapse_init": 0.5, "cell": "ltc"}, "self_synapse_init applies to the CfC"),
     ({"actor_mixed_memory": 1}, "mixed_memory must be True or False, got 1"),
+    ({"actor_cfc_mode": "carried"}, r"actor_cfc_mode\) must be one of .*got 'carried'"),
+    ({"actor_cfc_mode": "carry", "cell": "ltc"}, "applies to cell='cfc', got cfc_mode='carry'"),
+    ({"actor_cfc_mode": "carry", "actor_mixed_memory": True}, "got mode 'carry'"),
     ({"use_sde": True, "noise_hold_steps": 4}, "use_sde=True and noise_hold_steps=4"),
     ({"use_sde": True}, r"use_sde=True needs Box actions, got Discrete\(2\)"),
     ({"use_sde": 1}, "use_sde must be True or False, got 1"),

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from agents.common.distributions import discrete_actions
 from velora_ens._validation import check_bool, check_int
 from velora_ens.models import recurrent_network
+from velora_ens.models.lnn.cell import CFC_MODES
 
 __all__ = ["LiquidActor"]
 
@@ -52,7 +53,8 @@ class LiquidActor(nn.Module):
     actor on PendulumNoVel, where the policy must infer the angular velocity from
     positions (trials in ``benchmarks/README.md``). ``mixed_memory`` and
     ``self_synapse_init`` are :class:`~velora_ens.models.LiquidNCPNetwork`'s memory
-    options (the Memory section of the liquid-networks guide).
+    options (the Memory section of the liquid-networks guide), and so is ``cfc_mode``,
+    its ``mode`` (``"carry"``: the CfC state carried through the time gate).
 
     >>> actor = LiquidActor(2, gym.spaces.Box(-1, 1, (1,)), 64, seed=0,
     ...                     distribution="gaussian", head_layers=(64,), dense_recurrence=True)
@@ -66,13 +68,19 @@ class LiquidActor(nn.Module):
                  distribution: str = "squashed_gaussian", log_std_init: float = 0.0,
                  head_layers: tuple[int, ...] | list[int] = (),
                  dense_recurrence: bool = False, mixed_memory: bool = False,
-                 self_synapse_init: float | None = None) -> None:
+                 self_synapse_init: float | None = None, cfc_mode: str = "default") -> None:
         super().__init__()
         if not isinstance(head_layers, (tuple, list)):
             raise ValueError(f"head_layers must be a sequence of layer widths, e.g. (64,), "
                              f"got {head_layers!r}")
         head_layers = tuple(check_int(f"head_layers[{i}]", w, 1)
                             for i, w in enumerate(head_layers))
+        if cfc_mode not in CFC_MODES:
+            raise ValueError(f"cfc_mode (the agents' actor_cfc_mode) must be one of "
+                             f"{CFC_MODES}, got {cfc_mode!r}")
+        if cfc_mode != "default" and cell != "cfc":
+            raise ValueError(f"cfc_mode (the agents' actor_cfc_mode) applies to cell='cfc', "
+                             f"got cfc_mode={cfc_mode!r} with cell={cell!r}")
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got "
                              f"{distribution!r}")
@@ -91,7 +99,8 @@ class LiquidActor(nn.Module):
         self.net = recurrent_network(obs_dim, max(n_neurons, motor), motor, cell=cell,
                                      seed=seed, dense_recurrence=dense_recurrence,
                                      mixed_memory=check_bool("mixed_memory", mixed_memory),
-                                     self_synapse_init=self_synapse_init)
+                                     self_synapse_init=self_synapse_init,
+                                     **({} if cfc_mode == "default" else {"mode": cfc_mode}))
         # motor neurons -> ReLU -> [Linear -> ReLU]... -> Linear to the outputs
         self.head = (None if not head_layers else nn.Sequential(*(
             layer for a, b in zip(head_layers, (*head_layers[1:], out), strict=True)
@@ -113,6 +122,8 @@ class LiquidActor(nn.Module):
             self.config["mixed_memory"] = True
         if self_synapse_init is not None:
             self.config["self_synapse_init"] = float(self_synapse_init)
+        if cfc_mode != "default":
+            self.config["cfc_mode"] = cfc_mode
 
     @property
     def state_dim(self) -> int:

@@ -64,6 +64,9 @@ class NeuroFlow(BaseAgent):
         actor_self_synapse_init: CfC only: the actor's self-synapses start at this weight
             (``self_synapse_init``); the Memory section of the liquid-networks guide says
             what each option remembers.
+        actor_cfc_mode: the mode of the actor's CfC cell: ``"default"``, or ``"carry"``,
+            where the state is carried from step to step through the time gate instead
+            of being rewritten through ``tanh`` (longer memory; the same guide).
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
             torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
             input) in the liquid network's place, a baseline for comparisons.
@@ -127,6 +130,7 @@ class NeuroFlow(BaseAgent):
         actor_dense_recurrence: bool = False,
         actor_mixed_memory: bool = False,
         actor_self_synapse_init: float | None = None,
+        actor_cfc_mode: str = "default",
         cell: str = "cfc",
         critic_hidden: tuple[int, ...] = (128, 128),
         critic_ncp_neurons: int | None = None,
@@ -186,7 +190,8 @@ class NeuroFlow(BaseAgent):
         self._set_actor(LiquidActor(self.obs_dim, self.action_space, actor_neurons, cell=cell,
                                     seed=seed, dense_recurrence=actor_dense_recurrence,
                                     mixed_memory=actor_mixed_memory,
-                                    self_synapse_init=actor_self_synapse_init))
+                                    self_synapse_init=actor_self_synapse_init,
+                                    cfc_mode=actor_cfc_mode))
         self.history = make_history(critic_encoder, critic_trains_state, self.actor,
                                     self.obs_dim, actor_neurons, cell, seed)
         for module in self.history.modules().values():

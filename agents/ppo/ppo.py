@@ -88,6 +88,11 @@ class LiquidPPO(BaseAgent):
         actor_self_synapse_init: CfC only: the actor's command neurons' synapses onto
             themselves start at this weight (``None``: the uniform draw); see the Memory
             section of the liquid-networks guide.
+        actor_cfc_mode: the mode of the actor's CfC cell
+            (:class:`~velora_ens.models.lnn.cell.NCPLiquidCell`): ``"default"``, or
+            ``"carry"``, where the state is carried from step to step through the time
+            gate instead of being rewritten through ``tanh`` (longer memory: the Memory
+            section of the liquid-networks guide).
         cell: ``"cfc"`` (closed-form, default) or ``"ltc"``; ``"gru"`` or ``"lstm"`` put
             torch's gated cell (``actor_neurons`` units, the elapsed time appended to its
             input) in the liquid network's place, a baseline for comparisons.
@@ -145,6 +150,7 @@ class LiquidPPO(BaseAgent):
         actor_dense_recurrence: bool | None = None,
         actor_mixed_memory: bool = False,
         actor_self_synapse_init: float | None = None,
+        actor_cfc_mode: str = "default",
         cell: str = "cfc",
         shared_critic: bool = False,
         learning_rate: float | str | Callable[[float], float] = 3e-4,
@@ -224,7 +230,8 @@ class LiquidPPO(BaseAgent):
                                     log_std_init=log_std_init, head_layers=actor_head,
                                     dense_recurrence=actor_dense_recurrence,
                                     mixed_memory=actor_mixed_memory,
-                                    self_synapse_init=actor_self_synapse_init))
+                                    self_synapse_init=actor_self_synapse_init,
+                                    cfc_mode=actor_cfc_mode))
         self.noise = make_noise(self.discrete, noise_hold_steps, use_sde, sde_sample_freq)
         self.value = make_value(shared_critic, self.actor, self.obs_dim, critic_neurons, cell,
                                 0 if seed is None else seed + 1)

@@ -16,7 +16,7 @@ from velora_ens.models.lnn.sparse import as_mask, sparse_uniform_
 
 __all__ = ["NCPLiquidCell", "CFC_MODES"]
 
-CFC_MODES = ("default", "no_gate", "pure")
+CFC_MODES = ("default", "no_gate", "pure", "carry")
 
 
 class NCPLiquidCell(nn.Module):
@@ -27,6 +27,11 @@ class NCPLiquidCell(nn.Module):
     * ``default``: ``ff1 = tanh(W1 z + b1)``, ``ff2 = tanh(W2 z + b2)``,
       ``g = sigmoid((Wa z + ba) * dt + (Wb z + bb))``, ``h' = ff1 * (1 - g) + g * ff2``;
     * ``no_gate``: ``h' = ff1 + g * ff2``;
+    * ``carry``: ``h' = h * (1 - g) + g * ff2``: the state itself in place of ``ff1``, so
+      that it is carried from step to step through the time gate, as a GRU carries its
+      state, instead of being rewritten through ``tanh`` at every step (which forgets
+      within a few steps: see the memory benchmark). The ``ff1`` head is unused (its
+      masks are zero);
     * ``pure``: ``h' = -A * exp(-dt * (|w_tau| + |f|)) * f + A`` with ``f = W1 z + b1``.
 
     Masks apply to **every** weight matrix (the time gates included):
@@ -87,6 +92,9 @@ class NCPLiquidCell(nn.Module):
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.register_buffer("input_mask", signed.abs().t().repeat(heads, 1).to(**factory))
         self.register_buffer("recurrent_mask", rec.t().repeat(heads, 1).to(**factory))
+        if mode == "carry":  # no ff1 head: the state takes its place
+            self.input_mask[:hid] = 0.0
+            self.recurrent_mask[:hid] = 0.0
         # Sign of each input weight for the sign-constrained heads (ff1, ff2), 0 elsewhere.
         sign = torch.zeros(heads * hid, n_in)
         if self.sign_constrained:
@@ -152,7 +160,7 @@ class NCPLiquidCell(nn.Module):
         reference the fused sequence path (:mod:`velora_ens.models.lnn.scan`) is tested
         against.
         """
-        return self.activate(torch.addmm(u, h, w_hh), dt)
+        return self.activate(torch.addmm(u, h, w_hh), dt, h)
 
     def drive(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The per-step inputs of :meth:`stepper` for any number of steps at once."""
@@ -164,12 +172,14 @@ class NCPLiquidCell(nn.Module):
         w_hh = self.effective_recurrent_weight().t()
         return lambda drive, h, dt: self.step(drive[0], h, w_hh, dt)
 
-    def activate(self, a: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
-        """New state from the pre-activations ``a = W z + b`` of all heads."""
+    def activate(self, a: torch.Tensor, dt: torch.Tensor | None,
+                 h: torch.Tensor | None = None) -> torch.Tensor:
+        """New state from the pre-activations ``a = W z + b`` of all heads (``carry``: and
+        the state ``h`` the step starts from)."""
         if self.mode == "pure":
             ts = 1.0 if dt is None else dt
             return -self.A * torch.exp(-ts * (self.w_tau.abs() + a.abs())) * a + self.A
-        return cfc_activate(a, dt, self.mode)
+        return cfc_activate(a, dt, self.mode, h)
 
     def forward(
         self,
@@ -182,8 +192,8 @@ class NCPLiquidCell(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step ``(B, F)`` or a sequence ``(B, L, F)``; returns ``(y, h_new)``.
 
-        Sequences in ``default``/``no_gate`` mode run the fused scan, except where it cannot
-        serve (autocast, ``torch.func`` transforms, forward-mode AD, ``torch.compile``,
+        Sequences in ``default``/``no_gate``/``carry`` mode run the fused scan, except where it
+        cannot serve (autocast, ``torch.func`` transforms, forward-mode AD, ``torch.compile``,
         ``dt`` requiring gradients, tracing; see :func:`~velora_ens.models.lnn.scan.cfc_scan`):
         there the step-by-step autograd loop runs, with the same maths. ``fused=False`` (or
         the attribute ``cell.fused = False``) forces that loop, the reference the fused scan
@@ -219,8 +229,10 @@ class NCPLiquidCell(nn.Module):
         return states.transpose(0, 1), states[-1]
 
     def extra_repr(self) -> str:
-        synapses = int(self.input_mask[: self.n_hidden].count_nonzero())
-        recurrent = int(self.recurrent_mask[: self.n_hidden].count_nonzero())
+        head = slice(self.n_hidden, 2 * self.n_hidden) if self.mode == "carry" else \
+            slice(0, self.n_hidden)  # carry: ff2's synapses (ff1 has none)
+        synapses = int(self.input_mask[head].count_nonzero())
+        recurrent = int(self.recurrent_mask[head].count_nonzero())
         return (f"in_features={self.in_features}, n_hidden={self.n_hidden}, mode={self.mode!r}, "
                 f"input_synapses={synapses}, recurrent_synapses={recurrent}, "
                 f"sign_constrained={self.sign_constrained}"

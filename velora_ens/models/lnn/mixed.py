@@ -52,6 +52,9 @@ class MixedMemoryCell(nn.Module):
 
     def __init__(self, cell: nn.Module, *, forget_bias: float = 1.0) -> None:
         super().__init__()
+        if getattr(cell, "mode", None) == "carry":
+            raise ValueError("mixed memory takes a CfC cell in mode 'default', 'no_gate' or "
+                             "'pure', got mode 'carry' (which carries its state itself)")
         self.cell = cell
         self.in_features = int(cell.in_features)
         self.liquid_size = int(cell.n_hidden)

@@ -218,6 +218,9 @@ class LiquidNCPNetwork(_WiredNetwork):
         super().__init__()
         if cell not in ("cfc", "ltc"):
             raise ValueError(f"cell must be 'cfc' or 'ltc', got {cell!r}")
+        if cell == "ltc" and mode != "default":
+            raise ValueError(f"mode applies to the CfC cell (cell='cfc'), not to cell='ltc', "
+                             f"got {mode!r}")
         if cell == "ltc" and self_synapse_init is not None:
             raise ValueError(f"self_synapse_init applies to the CfC cell (cell='cfc'), not to "
                              f"cell='ltc', got {self_synapse_init!r}")
@@ -319,7 +322,7 @@ class LiquidNCPNetwork(_WiredNetwork):
         inter, motor = self.inter, self.motor
         u = self._act(torch.addmm(inter.bias, x, inter.masked_weight().t()))
         a = torch.addmm(cmd.project_input(u), h, cmd.effective_recurrent_weight().t())
-        h_new = cmd.activate(a, None)
+        h_new = cmd.activate(a, None, h)
         return torch.addmm(motor.bias, h_new, motor.masked_weight().t()), h_new
 
     def get_config(self) -> dict:

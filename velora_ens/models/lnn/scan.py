@@ -11,6 +11,7 @@ step is ``a = u_t + h_in @ w_hh``, with ``h_in = h_{t-1} * keep_t`` and
 
 * ``default``:  ``h_t = ff1 + g * (ff2 - ff1)``,
 * ``no_gate``:  ``h_t = ff1 + g * ff2``,
+* ``carry``:    ``h_t = h_in + g * (ff2 - h_in)`` (``ff1`` unused),
 
 where ``ff1 = tanh(a_1)``, ``ff2 = tanh(a_2)``, ``g = sigmoid(a_a * dt_t + a_b)``.
 The reference implementation of the same maths with ordinary autograd is
@@ -40,13 +41,15 @@ from velora_ens.models.lnn.loop import unroll
 __all__ = ["CfCScan", "cfc_activate", "cfc_scan", "fused_scan_serves", "grads_by_autograd",
            "needs_differentiable_backward", "reset_steps"]
 
-_MODES = {"default": 0, "no_gate": 1}
+_MODES = {"default": 0, "no_gate": 1, "carry": 2}
 _MODE_NAMES = {code: name for name, code in _MODES.items()}
 
 
-def cfc_activate(a: torch.Tensor, dt: torch.Tensor | None, mode: str) -> torch.Tensor:
+def cfc_activate(a: torch.Tensor, dt: torch.Tensor | None, mode: str,
+                 h: torch.Tensor | None = None) -> torch.Tensor:
     """New state from the pre-activations ``a = [a_1 | a_2 | a_a | a_b]`` ``(B, 4H)``
-    (``default`` or ``no_gate`` mode); the maths of the module docstring with ordinary
+    (``default``, ``no_gate`` or ``carry`` mode; ``carry`` also reads the state ``h`` the
+    step started from, after any reset); the maths of the module docstring with ordinary
     autograd. :meth:`NCPLiquidCell.activate` and the plain loop of :func:`cfc_scan` both
     call it, so the two fallbacks compute the same numbers."""
     a1, a2, t_a, t_b = a.view(-1, 4, a.shape[-1] // 4).unbind(1)
@@ -54,10 +57,15 @@ def cfc_activate(a: torch.Tensor, dt: torch.Tensor | None, mode: str) -> torch.T
     gate = torch.sigmoid(t_a + t_b if dt is None else torch.addcmul(t_b, t_a, dt))
     if mode == "no_gate":
         return torch.addcmul(ff1, gate, ff2)
-    if gate.dtype != ff1.dtype:
-        # Under autocast ``a`` is low precision and a float32 ``dt`` promotes the gate;
-        # lerp wants one dtype: mix in the wider one, as addcmul does above.
-        wide = torch.promote_types(gate.dtype, ff1.dtype)
+    if mode == "carry":
+        if h is None:
+            raise ValueError("mode 'carry' needs the state h the step starts from")
+        ff1 = h
+    if not gate.dtype == ff1.dtype == ff2.dtype:
+        # Under autocast ``a`` is low precision and a float32 ``dt`` promotes the gate (and
+        # carry's ``h`` may be float32); lerp wants one dtype: mix in the widest one, as
+        # addcmul does above.
+        wide = torch.promote_types(torch.promote_types(gate.dtype, ff1.dtype), ff2.dtype)
         ff1, ff2, gate = ff1.to(wide), ff2.to(wide), gate.to(wide)
     return torch.lerp(ff1, ff2, gate)  # ff1 * (1 - gate) + gate * ff2
 
@@ -73,7 +81,7 @@ def _plain_loop(
     """States ``(L, B, H)`` by the step-by-step autograd loop (``fused=False``'s maths)."""
     def step(drive: tuple[torch.Tensor, ...], h: torch.Tensor,
              dt_t: torch.Tensor | None) -> torch.Tensor:
-        return cfc_activate(torch.addmm(drive[0], h, w_hh), dt_t, mode)
+        return cfc_activate(torch.addmm(drive[0], h, w_hh), dt_t, mode, h)
 
     return unroll(step, (u,), h0, dt, keep, time_dim=0)[0]
 
@@ -138,16 +146,17 @@ def _forward(
         if keep_t is not None and (resets is None or resets[t]):
             h = h * keep_t[t]
         h = cfc_step_into(torch.addmm(u_t[t], h, w_hh), None if dt_t is None else dt_t[t],
-                          mode, f_t[t], ff1_t[t], ff2_t[t], g_t[t], s_t[t])
+                          mode, f_t[t], ff1_t[t], ff2_t[t], g_t[t], s_t[t], h)
     return states, ffs, gates
 
 
 def cfc_step_into(a: torch.Tensor, dt: torch.Tensor | None, mode: int, ff: torch.Tensor,
-                  ff1: torch.Tensor, ff2: torch.Tensor, gate: torch.Tensor, out: torch.Tensor
-                  ) -> torch.Tensor:
+                  ff1: torch.Tensor, ff2: torch.Tensor, gate: torch.Tensor, out: torch.Tensor,
+                  h: torch.Tensor | None = None) -> torch.Tensor:
     """One CfC activation of the fused loops (this scan's and mixed memory's), from the
     pre-activations ``a`` ``(B, 4H)``: the tanh heads into ``ff`` (``ff1``, ``ff2``: its
-    halves), the time gate into ``gate`` and the new state into ``out``, which it returns."""
+    halves), the time gate into ``gate`` and the new state into ``out``, which it returns
+    (``carry`` mode also reads ``h``, the state the step starts from)."""
     hid = gate.shape[-1]
     a_ff, a_a, a_b = a.split_with_sizes([2 * hid, hid, hid], dim=1)
     torch.tanh(a_ff, out=ff)
@@ -155,13 +164,16 @@ def cfc_step_into(a: torch.Tensor, dt: torch.Tensor | None, mode: int, ff: torch
     g = torch.sigmoid(pre, out=gate)
     if mode == 0:
         return torch.lerp(ff1, ff2, g, out=out)
+    if mode == 2:
+        return torch.lerp(h, ff2, g, out=out)
     return torch.addcmul(ff1, g, ff2, out=out)
 
 
 def cfc_coefficients(ffs: torch.Tensor, gates: torch.Tensor, dt: torch.Tensor | None,
-                     mode: int) -> torch.Tensor:
+                     mode: int, h_in: torch.Tensor | None = None) -> torch.Tensor:
     """``d h_t / d a_*`` of the CfC activation for every step at once, ``(L, B, 4, H)``,
-    from the saved tanh heads ``ffs`` ``(L, B, 2H)`` and time gates ``(L, B, H)``."""
+    from the saved tanh heads ``ffs`` ``(L, B, 2H)`` and time gates ``(L, B, H)``
+    (``carry`` mode: and the states ``h_in`` ``(L, B, H)`` the steps start from)."""
     steps, batch, hid = gates.shape
     ff1, ff2 = ffs[..., :hid], ffs[..., hid:]
     one_minus_g = 1.0 - gates
@@ -171,6 +183,10 @@ def cfc_coefficients(ffs: torch.Tensor, gates: torch.Tensor, dt: torch.Tensor | 
         torch.mul(one_minus_g, 1.0 - ff1 * ff1, out=coef[:, :, 0])
         torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
         dz = (ff2 - ff1) * dsig
+    elif mode == 2:
+        coef[:, :, 0] = 0.0
+        torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
+        dz = (ff2 - h_in) * dsig
     else:
         coef[:, :, 0] = 1.0 - ff1 * ff1
         torch.mul(gates, 1.0 - ff2 * ff2, out=coef[:, :, 1])
@@ -212,7 +228,13 @@ class CfCScan(torch.autograd.Function):
                 (u, w_hh, h0), ctx.needs_input_grad, grad_states, 7)
         w_hh, h0, dt, keep, states, ffs, gates, _ = ctx.saved_tensors
         steps, batch, hid = states.shape
-        coef = cfc_coefficients(ffs, gates, dt, ctx.mode)  # d h_t / d a_*, (L, B, 4, H)
+        h_prev = None  # the state each step starts from, after its reset
+        if ctx.mode == 2 or ctx.needs_input_grad[1]:
+            h_prev = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)
+            if keep is not None:
+                h_prev = h_prev * keep
+        coef = cfc_coefficients(ffs, gates, dt, ctx.mode, h_prev)  # d h_t / d a_*
+        carried = None if ctx.mode != 2 else (1.0 - gates).unbind(0)  # d h_t / d h_in, direct
 
         grad_a = torch.empty_like(coef)
         grad_u = grad_a.view(steps, batch, 4 * hid)
@@ -223,16 +245,16 @@ class CfCScan(torch.autograd.Function):
         keep_t = None if keep is None else keep.unbind(0)
         resets = ctx.resets
         for t in range(steps - 1, -1, -1):
-            torch.mul(coef_t[t], (gs_t[t] + carry).unsqueeze(1), out=ga_t[t])
+            grad_h = gs_t[t] + carry
+            torch.mul(coef_t[t], grad_h.unsqueeze(1), out=ga_t[t])
             carry = torch.mm(gu_t[t], w_hh_t)
+            if carried is not None:
+                carry = torch.addcmul(carry, grad_h, carried[t])
             if keep_t is not None and (resets is None or resets[t]):
                 carry = carry * keep_t[t]
 
         grad_w = grad_h0 = None
         if ctx.needs_input_grad[1]:
-            h_prev = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)
-            if keep is not None:
-                h_prev = h_prev * keep
             grad_w = torch.mm(h_prev.reshape(-1, hid).t(), grad_u.reshape(-1, 4 * hid))
         if ctx.needs_input_grad[2]:
             grad_h0 = carry
