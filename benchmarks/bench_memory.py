@@ -172,6 +172,16 @@ def build(model: str, task: str, seed: int) -> nn.Module:
     return GatedReadout(kind, in_f, width, out_f)
 
 
+def machines(report: dict) -> str:
+    """The machine of a page made in one sitting, or each sitting's machine, date and
+    networks."""
+    sittings = report.get("sittings") or []
+    if len({(s["machine"], s["date"]) for s in sittings}) <= 1:
+        return report["machine"]
+    return "; ".join(f"{s['machine']} ({s['date']}: {', '.join(s['models'])})"
+                     for s in sittings)
+
+
 def state_width(model: str, task: str) -> int:
     net = build(model, task, 0)
     if isinstance(net, LiquidSequence | AgentSequence):
@@ -261,7 +271,7 @@ def render(report: dict, path: Path) -> None:
     lines = ["# Memory of the networks", "",
              "How many steps back can each network remember? Supervised probes with no RL; "
              "see `benchmarks/bench_memory.py` for the tasks and networks.", "",
-             run_line(report["command"], report["machine"], report["torch"], report["date"],
+             run_line(report["command"], machines(report), report["torch"], report["date"],
                       report["jobs"], report["minutes"]), "",
              f"Budget: at most {report['steps']} Adam steps (learning rate {report['lr']}) at "
              f"batch {BATCH}, sequences of {LENGTH} steps (2 K for K = 64), seeds {seeds}; "
@@ -357,9 +367,17 @@ def main(argv: list[str] | None = None) -> int:
             if (m, s) not in done]
     print(f"{len(jobs)} network-seed chain(s) to run", file=sys.stderr)
 
+    # where each sitting ran: the page names every machine that made its rows
+    sittings = earlier.get("sittings") or ([{
+        "machine": earlier["machine"], "date": earlier["date"],
+        "models": sorted({r["model"] for r in runs})}] if runs else [])
+    if jobs:
+        sittings = [*sittings, {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                                "models": sorted({m for m, *_ in jobs})}]
+
     def report() -> dict:
         return {"command": command, "machine": machine(), "torch": torch.__version__,
-                "date": time.strftime("%Y-%m-%d"), "jobs": args.jobs,
+                "date": time.strftime("%Y-%m-%d"), "jobs": args.jobs, "sittings": sittings,
                 "minutes": earlier.get("minutes", 0.0) * bool(done)
                 + (time.time() - start) / 60,
                 "steps": args.steps, "lr": args.lr, "tasks": args.tasks, "runs": runs}

@@ -194,3 +194,14 @@ def test_the_liquid_networks_guide_quotes_the_memory_page(bench):
                   >= bench.SOLVED]
         assert str(max(solved, default="none")) == largest, model
         assert {str(r["state_width"]) for r in mine if r["task"] != "count"} == {width}
+
+
+def test_the_page_names_every_machine_that_made_its_rows(bench):
+    one = {"machine": "M1", "date": "D1",
+           "sittings": [{"machine": "M1", "date": "D1", "models": ["gru", "liquid"]}]}
+    assert bench.machines(one) == "M1"
+    assert bench.machines({"machine": "M0", "date": "D0"}) == "M0"  # a file from before
+    two = {**one, "machine": "M2", "date": "D2",
+           "sittings": [*one["sittings"], {"machine": "M2", "date": "D2",
+                                           "models": ["liquid-carry"]}]}
+    assert bench.machines(two) == "M1 (D1: gru, liquid); M2 (D2: liquid-carry)"
