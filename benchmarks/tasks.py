@@ -347,11 +347,14 @@ def agent_defaults(cls: Any) -> dict:
 
 def changed_defaults(have: dict | None, want: dict) -> str | None:
     """Which defaults differ between a run file's ``have`` and today's ``want`` (one
-    line), or None."""
-    if have == want:
-        return None
+    line), or None. An option added since the run (a name ``have`` lacks) is left out:
+    a new option comes with a default that keeps what the agent did before (the
+    fingerprints of ``fingerprint_rl.py`` show it), so the run still holds."""
     if have is None:
         return "no agent defaults recorded"
+    want = {n: v for n, v in want.items() if n in have}
+    if have == want:
+        return None
     before, after = ({n: d.get(n, "(none)") for n in sorted(set(have) | set(want))}
                      for d in (have, want))
     return "agent defaults " + ", ".join(f"{n} {before[n]!r} -> {after[n]!r}"

@@ -188,6 +188,12 @@ def test_a_run_on_other_agent_defaults_is_stale(bench_popgym):
         f"agent defaults actor_neurons 7 -> {today['actor_neurons']!r}"
     assert bench_popgym.stale({k: v for k, v in run.items() if k != "defaults"}, args) == \
         "no agent defaults recorded"
+    # an option added since the run (at a default that keeps the old behaviour) leaves
+    # it current; one the agent no longer has does not
+    before_option = {k: v for k, v in today.items() if k != "actor_cfc_mode"}
+    assert bench_popgym.stale({**run, "defaults": before_option}, args) is None
+    assert bench_popgym.stale({**run, "defaults": {**today, "actor_gone": 1}}, args) == \
+        "agent defaults actor_gone 1 -> '(none)'"
     # the page names the defaults that shape memory, lists and all, and what None means
     line = bench_popgym.defaults_lines({"liquid_ppo": today})[2]
     assert line.startswith("- LiquidPPO: `cell='cfc'`") and "`actor_head=[]`" in line
@@ -297,7 +303,8 @@ def test_liquidppos_page_quotes_the_runs_of_its_defaults(bench_popgym):
     runs = [json.loads(p.read_text())
             for p in (root / "docs/benchmarks/rl" / bench_popgym.RUNS).glob("*.json")]
     today = bench_popgym.defaults("liquid_ppo")
-    ours = [r for r in runs if r["algo"] == "liquid_ppo" and r.get("defaults") == today
+    ours = [r for r in runs if r["algo"] == "liquid_ppo"
+            and bench_popgym.changed_defaults(r.get("defaults"), today) is None
             and r["settings"] == bench_popgym.settings("liquid_ppo")]
     cells = json.loads((root / "docs/benchmarks/rl/popgym.json").read_text())["summary"]["cells"]
     page = (root / "docs/agents/ppo.md").read_text()
