@@ -312,3 +312,11 @@ def test_the_agents_default_liquid_network_remembers_eight_steps_back():
     old = LiquidPPO("MlpPolicy", SymbolTask(), seed=0, actor_dense_recurrence=False,
                     actor_neurons=32).actor.net
     assert delay_accuracy(old, 8, 1000) < 0.9
+
+
+def test_a_cfc_mode_refuses_the_ltc_cell():
+    """The LTC cell has no modes: a CfC mode with it is refused, not silently ignored."""
+    with pytest.raises(ValueError, match="mode applies to the CfC cell .* got 'carry'"):
+        LiquidNCPNetwork(4, 20, 2, cell="ltc", mode="carry")
+    net = LiquidNCPNetwork(4, 20, 2, cell="ltc")  # the default mode stays accepted
+    assert net.get_config()["cell"] == "ltc"
